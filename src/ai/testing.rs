@@ -1,0 +1,105 @@
+//! ModelRiver's test mode: no model is called. After `response_delay_ms` the answer is the
+//! structured output's `sample_data`, or `{"content": <the last user message>}` when there
+//! is none, reported as provider `Testing`, model `test-mode`, zero tokens.
+
+use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider};
+
+/// The provider name that selects test mode.
+pub const NAME: &str = "testing";
+/// `meta.provider` of a test-mode result.
+pub const PROVIDER_LABEL: &str = "Testing";
+/// `meta.model` of a test-mode result.
+pub const MODEL_LABEL: &str = "test-mode";
+
+pub struct Testing;
+
+impl Provider for Testing {
+    fn generate<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        Box::pin(async move {
+            if !request.response_delay.is_zero() {
+                tokio::time::sleep(request.response_delay).await;
+            }
+            let data = match request.sample_data.map(serde_json::from_str) {
+                Some(Ok(sample)) => sample,
+                Some(Err(e)) => {
+                    return Err(AiError {
+                        message: format!("sample_data is not valid JSON: {e}"),
+                        retryable: false,
+                    });
+                }
+                None => serde_json::json!({ "content": last_user_message(request.messages) }),
+            };
+            Ok(AiOutput {
+                data,
+                provider: PROVIDER_LABEL.to_string(),
+                model: MODEL_LABEL.to_string(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            })
+        })
+    }
+}
+
+/// The text of the last `user` message: a string content, or the text parts of an array.
+fn last_user_message(messages: &serde_json::Value) -> String {
+    let Some(list) = messages.as_array() else {
+        return String::new();
+    };
+    let Some(msg) = list
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
+    else {
+        return String::new();
+    };
+    match msg.get("content") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn request<'a>(messages: &'a serde_json::Value, sample: Option<&'a str>) -> AiRequest<'a> {
+        AiRequest {
+            model: "m",
+            messages,
+            system_prompt: None,
+            schema: None,
+            sample_data: sample,
+            response_delay: Duration::ZERO,
+        }
+    }
+
+    /// Without sample data the answer echoes the last user message; with it, the sample.
+    #[tokio::test]
+    async fn echoes_or_returns_sample() {
+        let messages = serde_json::json!([
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}]}
+        ]);
+        let out = Testing.generate(&request(&messages, None)).await.unwrap();
+        assert_eq!(out.data, serde_json::json!({"content": "second"}));
+        assert_eq!(
+            (out.provider.as_str(), out.model.as_str()),
+            ("Testing", "test-mode")
+        );
+        let out = Testing
+            .generate(&request(&messages, Some(r#"{"title":"T"}"#)))
+            .await
+            .unwrap();
+        assert_eq!(out.data, serde_json::json!({"title": "T"}));
+    }
+}

@@ -1,0 +1,175 @@
+//! Sending one webhook attempt and classifying its outcome. The only user of reqwest.
+//!
+//! Stages: prepare (headers and signatures for this attempt's timestamp) → call (with the
+//! per-attempt timeout, no redirects) → classify (2xx delivered; anything else, a timeout
+//! or a connection error is retried) → report (status, error, duration, response excerpt).
+//! Recording the outcome is the engine's job.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+
+use crate::signature;
+
+/// How much of a receiver's response body is kept for the timeline and the DLQ.
+pub const EXCERPT_LIMIT: usize = 20 * 1024;
+
+/// One attempt to send.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub url: &'a str,
+    pub body: &'a str,
+    /// `webhook-id`: the same for every attempt of one delivery.
+    pub webhook_id: &'a str,
+    /// `X-ModelRiver-Webhook-Id`: the endpoint.
+    pub endpoint_id: &'a str,
+    pub channel_id: &'a str,
+    /// Signing secrets, current first.
+    pub secrets: &'a [String],
+    /// Unix seconds of this attempt.
+    pub timestamp: u64,
+}
+
+/// What came of an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub delivered: bool,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub response_excerpt: String,
+    /// The receiver's `Retry-After`, in seconds form.
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends webhooks. Cheap to clone (one connection pool).
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+/// Installs ring as rustls' process-wide crypto provider (once; later calls are no-ops).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Deliverer {
+    pub fn new(timeout: Duration) -> Deliverer {
+        install_crypto();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build()
+            .expect("reqwest client builds with static settings");
+        Deliverer { client, timeout }
+    }
+
+    /// The headers of SPEC §4 for one attempt.
+    fn headers(attempt: &Attempt<'_>) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(12);
+        let body = attempt.body.as_bytes();
+        let ts = attempt.timestamp.to_string();
+        let secrets: Vec<&str> = attempt.secrets.iter().map(String::as_str).collect();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        };
+        put(
+            "mr-signature",
+            signature::mr_signature(secrets.first().copied().unwrap_or(""), body),
+        );
+        put("mr-timestamp", ts.clone());
+        put("x-modelriver-timestamp", ts.clone());
+        put("mr-channel-id", attempt.channel_id.to_string());
+        put("x-modelriver-webhook-id", attempt.endpoint_id.to_string());
+        put("webhook-id", attempt.webhook_id.to_string());
+        put("webhook-timestamp", ts);
+        put(
+            "webhook-signature",
+            signature::standard_header(&secrets, attempt.webhook_id, attempt.timestamp, body),
+        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("eddy/", env!("CARGO_PKG_VERSION"))),
+        );
+        h
+    }
+
+    /// Sends one attempt and classifies it. Never fails: every problem is an [`Outcome`].
+    pub async fn send(&self, attempt: &Attempt<'_>) -> Outcome {
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(attempt.url)
+            .headers(Deliverer::headers(attempt))
+            .body(attempt.body.to_string())
+            .timeout(self.timeout);
+        let mut outcome = Outcome {
+            delivered: false,
+            status: None,
+            error: None,
+            duration_ms: 0,
+            response_excerpt: String::new(),
+            retry_after: None,
+        };
+        match request.send().await {
+            Ok(mut response) => {
+                let status = response.status();
+                outcome.status = Some(status.as_u16());
+                outcome.delivered = status.is_success();
+                outcome.retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let mut excerpt = Vec::new();
+                while excerpt.len() < EXCERPT_LIMIT {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !outcome.delivered {
+                                outcome.error = Some(format!("reading response: {}", describe(&e)));
+                            }
+                            break;
+                        }
+                    }
+                }
+                excerpt.truncate(EXCERPT_LIMIT);
+                outcome.response_excerpt = String::from_utf8_lossy(&excerpt).into_owned();
+                if !outcome.delivered && outcome.error.is_none() {
+                    outcome.error = Some(format!("HTTP {}", status.as_u16()));
+                }
+            }
+            Err(e) => outcome.error = Some(describe(&e)),
+        }
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+        outcome
+    }
+}
+
+/// A short, stable description of a transport error.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".to_string()
+    } else if e.is_connect() {
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        let mut last = None;
+        while let Some(s) = source {
+            last = Some(s.to_string());
+            source = s.source();
+        }
+        format!(
+            "connection failed: {}",
+            last.unwrap_or_else(|| e.to_string())
+        )
+    } else {
+        e.to_string()
+    }
+}

@@ -1,0 +1,416 @@
+//! Driving a due request forward: what the scheduler runs.
+//!
+//! Each round reads the record, does the one thing its state calls for (run the model,
+//! finish a recorded callback, time out a callback, settle, or send the webhook attempts
+//! that are due), records the outcome through `Store::update`, and reads again, until
+//! nothing is due now. The return value is when the request is next due. Every round is
+//! safe to repeat: a duplicate timer re-reads the record and finds nothing to do, and a
+//! crash mid-round repeats at most the effect (a webhook with the same `webhook-id`, a
+//! push), never skips it.
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use super::Engine;
+use crate::clock::now_ms;
+use crate::delivery::Attempt;
+use crate::error::Result;
+use crate::job::{
+    AiResult, AttemptEffect, AttemptLog, AttemptResult, DeadLetter, Delivery, DeliveryOutcome,
+    Event, Request, State, Step,
+};
+use crate::payload;
+use crate::secret;
+use crate::store::Update;
+
+/// Rounds per `drive` call before handing back to the scheduler (a guard against a
+/// request that keeps being due without progress).
+const MAX_ROUNDS: usize = 16;
+/// `endpoint_id` of a delivery to the request's own `webhook_url`.
+pub const REQUEST_ENDPOINT: &str = "request";
+
+impl Engine {
+    /// Runs what is due for request `id` (fired by the timer for `fired_due`); returns when
+    /// it is next due.
+    pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
+        for _ in 0..MAX_ROUNDS {
+            let record = match self.store.request(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
+                    return Some(now_ms() + 1000);
+                }
+            };
+            if record.due_ms != Some(fired_due)
+                && let Err(e) = self.store.drop_stale_due(fired_due, id)
+            {
+                tracing::warn!(id, error = %e, "cannot drop stale due entry");
+            }
+            match self.round(record).await {
+                Ok(true) => continue,
+                Ok(false) => return self.store.request(id).ok().flatten()?.due_ms,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "request round failed; retrying in 1s");
+                    return Some(now_ms() + 1000);
+                }
+            }
+        }
+        self.store.request(id).ok().flatten()?.due_ms
+    }
+
+    /// One round; true if it changed something (read again), false if nothing is due.
+    async fn round(&self, record: Request) -> Result<bool> {
+        let now = now_ms();
+        match record.state {
+            State::Pending => {
+                self.run_model(record).await?;
+                return Ok(true);
+            }
+            State::Callback => {
+                self.finish_callback(record.id).await;
+                return Ok(true);
+            }
+            State::Delivered if record.callback_deadline_ms.is_some_and(|t| t <= now) => {
+                self.time_out_callback(record.id).await?;
+                return Ok(true);
+            }
+            State::Generated if !record.has_pending_delivery() => {
+                self.settle(record.id).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        let due: Vec<Delivery> = record
+            .deliveries
+            .iter()
+            .filter(|d| {
+                d.outcome == DeliveryOutcome::Pending && d.next_ms.is_some_and(|t| t <= now)
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let body = payload::webhook_body(&record, &self.public_url);
+        let mut attempts: FuturesUnordered<_> = due
+            .iter()
+            .map(|d| self.attempt(&record, d, &body))
+            .collect();
+        while let Some(result) = attempts.next().await {
+            result?;
+        }
+        Ok(true)
+    }
+
+    /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
+    /// the project that wants the workflow's event.
+    fn targets(&self, record: &Request, now: u64) -> Vec<Delivery> {
+        let first_at = self.retry_at(0, now).unwrap_or(now);
+        let delivery = |endpoint_id: &str, url: &str| Delivery {
+            webhook_id: format!("msg_{}", secret::random_alnum(24)),
+            endpoint_id: endpoint_id.to_string(),
+            url: url.to_string(),
+            attempts: 0,
+            next_ms: Some(first_at),
+            outcome: DeliveryOutcome::Pending,
+            last_status: None,
+            last_error: None,
+        };
+        match &record.webhook_url {
+            Some(url) => vec![delivery(REQUEST_ENDPOINT, url)],
+            None => self
+                .catalog
+                .endpoints_for(&record.project_id, record.workflow.event_name.as_deref())
+                .iter()
+                .map(|e| delivery(&e.id, &e.url))
+                .collect(),
+        }
+    }
+
+    /// Runs the model and records its result (or failure) with the deliveries it goes to;
+    /// then, once that is durable, pushes it.
+    async fn run_model(&self, record: Request) -> Result<()> {
+        let messages: serde_json::Value =
+            serde_json::from_str(&record.messages).unwrap_or_default();
+        let (result, reports) = self
+            .models
+            .run(&record.workflow, &messages, record.test_mode)
+            .await;
+        let now = now_ms();
+        for r in &reports {
+            let step = Step::AiAttempt {
+                provider: r.provider.clone(),
+                model: r.model.clone(),
+                error: r.error.clone(),
+                duration_ms: r.duration_ms,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+            };
+            self.store.append_step(record.id, now, &step)?;
+        }
+        let targets = self.targets(&record, now);
+        let timeout = self.callback_timeout_ms(&record);
+        let update = self.store.update(record.id, now, |r| {
+            match &result {
+                Ok(out) => r.record_ai_success(
+                    AiResult {
+                        data: out.data.to_string(),
+                        provider: out.provider.clone(),
+                        model: out.model.clone(),
+                        prompt_tokens: out.prompt_tokens,
+                        completion_tokens: out.completion_tokens,
+                        duration_ms: reports.iter().map(|r| r.duration_ms).sum(),
+                        generated_ms: now,
+                    },
+                    targets.clone(),
+                    now,
+                )?,
+                // Event-driven workflows have nothing for a backend to call back about.
+                Err(e) => {
+                    let deliveries = if r.awaits_callback() {
+                        Vec::new()
+                    } else {
+                        targets.clone()
+                    };
+                    r.record_ai_failure(e.message.clone(), deliveries, now)?
+                }
+            }
+            r.settle(now, timeout);
+            Ok::<_, crate::job::InvalidTransition>(())
+        })?;
+        if let Update::Done(record, ()) = update {
+            self.note_state(&record, now)?;
+            self.store.commit().await?;
+            self.push_latest(&record);
+        }
+        Ok(())
+    }
+
+    /// Sends one attempt of delivery `d` and records it.
+    async fn attempt(&self, record: &Request, d: &Delivery, body: &str) -> Result<()> {
+        let started = now_ms();
+        let secrets = if d.endpoint_id == REQUEST_ENDPOINT {
+            self.catalog
+                .project(&record.project_id)
+                .map(|p| vec![p.signing_secret.clone()])
+        } else {
+            self.catalog
+                .endpoint(&record.project_id, &d.endpoint_id)
+                .map(|e| e.signing_secrets(started))
+        };
+        let (result, step) = match secrets {
+            Some(secrets) => {
+                let outcome = self
+                    .deliverer
+                    .send(&Attempt {
+                        url: &d.url,
+                        body,
+                        webhook_id: &d.webhook_id,
+                        endpoint_id: &d.endpoint_id,
+                        channel_id: &payload::channel_str(&record.channel_id),
+                        secrets: &secrets,
+                        timestamp: started / 1000,
+                    })
+                    .await;
+                let step = Step::WebhookAttempt {
+                    webhook_id: d.webhook_id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    attempt: d.attempts + 1,
+                    status: outcome.status,
+                    error: outcome.error.clone(),
+                    duration_ms: outcome.duration_ms,
+                    response_excerpt: outcome.response_excerpt,
+                };
+                let result = AttemptResult {
+                    delivered: outcome.delivered,
+                    status: outcome.status,
+                    error: outcome.error,
+                };
+                (result, Some(step))
+            }
+            None => {
+                let result = AttemptResult {
+                    delivered: false,
+                    status: None,
+                    error: Some("endpoint was deleted".into()),
+                };
+                (result, None)
+            }
+        };
+        let now = now_ms();
+        if let Some(step) = &step {
+            self.store.append_step(record.id, started, step)?;
+        }
+        let deleted = step.is_none();
+        let timeout = self.callback_timeout_ms(record);
+        let update = self.store.update(record.id, now, |r| {
+            let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
+                if deleted {
+                    None
+                } else {
+                    self.retry_at(made, now)
+                }
+            })?;
+            Ok::<_, crate::job::StaleAttempt>((effect, r.settle(now, timeout)))
+        })?;
+        let Update::Done(record, (effect, settled)) = update else {
+            return Ok(());
+        };
+        if effect == AttemptEffect::DeadLettered {
+            let reason = result.error.unwrap_or_else(|| "out of attempts".into());
+            self.dead_letter(&record, &d.webhook_id, body, reason, now)?;
+        }
+        if settled.is_some() {
+            self.note_state(&record, now)?;
+            self.store.commit().await?;
+            if matches!(record.state, State::Failed(_)) {
+                self.push_latest(&record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the dead-letter entry of one exhausted delivery, with all its attempts.
+    fn dead_letter(
+        &self,
+        record: &Request,
+        webhook_id: &str,
+        body: &str,
+        reason: String,
+        now: u64,
+    ) -> Result<()> {
+        let Some(d) = record
+            .deliveries
+            .iter()
+            .find(|d| d.webhook_id == webhook_id)
+        else {
+            return Ok(());
+        };
+        let attempts = self
+            .store
+            .timeline(record.id)?
+            .into_iter()
+            .filter_map(|(at_ms, step)| match step {
+                Step::WebhookAttempt {
+                    webhook_id,
+                    status,
+                    error,
+                    duration_ms,
+                    response_excerpt,
+                    ..
+                } if webhook_id == d.webhook_id => Some(AttemptLog {
+                    at_ms,
+                    status,
+                    error,
+                    duration_ms,
+                    response_excerpt,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.store.insert_dead_letter(&DeadLetter {
+            request_id: record.id,
+            channel_id: record.channel_id,
+            project_id: record.project_id,
+            webhook_id: d.webhook_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            url: d.url.clone(),
+            payload: body.to_string(),
+            reason: reason.clone(),
+            attempts,
+            dead_ms: now,
+        })?;
+        self.store.append_step(
+            record.id,
+            now,
+            &Step::DeadLettered {
+                webhook_id: d.webhook_id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                reason,
+            },
+        )?;
+        tracing::warn!(
+            channel_id = %payload::channel_str(&record.channel_id),
+            webhook_id = %d.webhook_id,
+            "delivery dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Settles a `generated` request whose deliveries are all settled.
+    async fn settle(&self, id: u64) -> Result<()> {
+        let now = now_ms();
+        let record = self.store.request(id)?;
+        let timeout = record.as_ref().map_or(0, |r| self.callback_timeout_ms(r));
+        let update = self
+            .store
+            .update(id, now, |r| r.settle(now, timeout).ok_or(()))?;
+        if let Update::Done(record, _) = update {
+            self.note_state(&record, now)?;
+            self.store.commit().await?;
+            if matches!(record.state, State::Failed(_)) {
+                self.push_latest(&record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails a `delivered` request whose callback deadline has passed.
+    async fn time_out_callback(&self, id: u64) -> Result<()> {
+        let now = now_ms();
+        let update = self.store.update(id, now, |r| {
+            let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
+            if r.state != State::Delivered || !due {
+                return Err(());
+            }
+            r.apply(Event::CallbackTimedOut, now).map_err(|_| ())?;
+            let waited = now.saturating_sub(r.callback_deadline_ms.unwrap_or(now))
+                + self.callback_timeout_ms(r);
+            r.error_message = Some(format!(
+                "no callback within {}s of the webhook's delivery",
+                waited / 1000
+            ));
+            Ok(waited)
+        })?;
+        if let Update::Done(record, after_ms) = update {
+            self.store
+                .append_step(id, now, &Step::CallbackTimeout { after_ms })?;
+            self.note_state(&record, now)?;
+            self.store.commit().await?;
+            self.push_latest(&record);
+        }
+        Ok(())
+    }
+
+    /// Pushes the final result of a recorded callback and completes the request.
+    pub(super) async fn finish_callback(&self, id: u64) {
+        let record = match self.store.request(id) {
+            Ok(Some(r)) if r.state == State::Callback => r,
+            _ => return,
+        };
+        self.push_latest(&record);
+        let now = now_ms();
+        match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
+            Ok(Update::Done(record, _)) => {
+                if let Err(e) = self.note_state(&record, now) {
+                    tracing::warn!(error = %e, "timeline write failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(id, error = %e, "cannot complete request"),
+        }
+    }
+
+    /// Puts the record's current state on its timeline.
+    fn note_state(&self, record: &Request, now: u64) -> Result<()> {
+        self.store.append_step(
+            record.id,
+            now,
+            &Step::Transition {
+                state: record.state,
+            },
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,443 @@
+//! The engine: the business rules of the event-driven flow, written against the store,
+//! the catalog, the models, the deliverer and the hub.
+//!
+//! - [`Engine::accept`]: validate against the workflow, store the request, wait for the
+//!   group commit, schedule it. Only then does the client get its 200.
+//! - [`Engine::callback`]: record the backend's callback durably, then push and complete.
+//! - [`drive`](Engine::drive) (in `drive.rs`): what the scheduler runs when a request is
+//!   due: the model, webhook attempts and retries, callback timeouts, final pushes.
+//!
+//! Every change goes through `Store::update` → commit → effect: no webhook leaves for an
+//! unrecorded result, no push for an unrecorded callback.
+
+mod drive;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ai::Models;
+use crate::catalog::{Catalog, Project, Workflow};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::delivery::Deliverer;
+use crate::error::{Error, Result};
+use crate::job::{CallbackData, Event, Request, State, Step, WorkflowSnapshot};
+use crate::payload;
+use crate::scheduler::SchedulerHandle;
+use crate::secret;
+use crate::store::{Claim, Store, Update};
+use crate::ws::{self, Claims, Hub, Replay, TokenKey};
+
+/// A validated `POST /v1/ai/async` body.
+#[derive(Debug, Clone)]
+pub struct AcceptInput {
+    pub workflow: String,
+    /// A non-empty array of `{role, content}` objects.
+    pub messages: serde_json::Value,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub webhook_url: Option<String>,
+    pub test_mode: bool,
+}
+
+/// What a client needs to follow its request.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub channel_id: String,
+    pub project_id: String,
+    pub ws_token: String,
+    pub websocket_url: String,
+    pub websocket_channel: String,
+    /// JSON text.
+    pub customer_data: String,
+}
+
+/// A validated callback body.
+#[derive(Debug, Clone)]
+pub enum CallbackInput {
+    Data {
+        /// JSON text of `data`.
+        data: String,
+        task_id: Option<String>,
+        /// JSON text of `metadata`.
+        metadata: Option<String>,
+        /// The whole body, for the timeline.
+        body: String,
+    },
+    Error {
+        error: String,
+        message: String,
+    },
+}
+
+/// Everything the engine works with.
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) hub: Arc<Hub>,
+    models: Models,
+    deliverer: Deliverer,
+    scheduler: SchedulerHandle,
+    config: Arc<Config>,
+    tokens: TokenKey,
+    /// Base of `callback_url`s.
+    public_url: String,
+    /// `ws(s)://host/socket`.
+    websocket_url: String,
+}
+
+/// Reads `path` (`metadata.segment`, `messages.0.content`) out of a request body.
+fn lookup<'a>(root: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(root, |node, part| match node {
+        serde_json::Value::Object(map) => map.get(part),
+        serde_json::Value::Array(list) => part.parse::<usize>().ok().and_then(|i| list.get(i)),
+        _ => None,
+    })
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        hub: Arc<Hub>,
+        models: Models,
+        scheduler: SchedulerHandle,
+        config: Arc<Config>,
+        tokens: TokenKey,
+        public_url: String,
+    ) -> Engine {
+        let websocket_url = format!(
+            "{}/socket",
+            public_url
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        );
+        Engine {
+            deliverer: Deliverer::new(config.webhook_timeout),
+            store,
+            catalog,
+            hub,
+            models,
+            scheduler,
+            config,
+            tokens,
+            public_url,
+            websocket_url,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn tokens(&self) -> &TokenKey {
+        &self.tokens
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn ticket(&self, record: &Request) -> Ticket {
+        let expires_s = now_ms() / 1000 + self.config.ws_token_ttl.as_secs();
+        let ws_token = self.tokens.issue(Claims {
+            project: record.project_id,
+            channel: record.channel_id,
+            expires_s,
+        });
+        Ticket {
+            channel_id: payload::channel_str(&record.channel_id),
+            project_id: payload::project_str(&record.project_id),
+            ws_token,
+            websocket_url: self.websocket_url.clone(),
+            websocket_channel: ws::topic(&record.project_id, &record.channel_id),
+            customer_data: record.customer_data.clone(),
+        }
+    }
+
+    fn snapshot(&self, workflow: &Workflow) -> WorkflowSnapshot {
+        let output = workflow
+            .structured_output_id
+            .as_deref()
+            .and_then(|id| self.catalog.structured_output(&workflow.project, id));
+        WorkflowSnapshot {
+            name: workflow.name.clone(),
+            event_name: workflow.event_name.clone(),
+            provider: workflow.provider.clone(),
+            model: workflow.model.clone(),
+            testing: workflow.testing,
+            response_delay_ms: workflow.response_delay_ms,
+            callback_timeout_ms: workflow.callback_timeout_ms,
+            structured_output_id: workflow.structured_output_id.clone(),
+            schema: output.as_ref().map(|o| o.schema.clone()),
+            sample_data: output.as_ref().and_then(|o| o.sample_data.clone()),
+            system_prompt: workflow.system_prompt.clone(),
+            fallbacks: workflow.fallbacks.clone(),
+        }
+    }
+
+    /// Accepts an async request: validates it against the workflow, stores it durably and
+    /// schedules it. With an idempotency key, a repeat returns the first request's ticket.
+    pub async fn accept(
+        &self,
+        project: &Project,
+        input: AcceptInput,
+        idempotency_key: Option<&str>,
+    ) -> Result<Ticket> {
+        let workflow = self
+            .catalog
+            .workflow(&project.id, &input.workflow)
+            .ok_or_else(|| Error::WorkflowNotFound(input.workflow.clone()))?;
+        if input.webhook_url.is_none()
+            && workflow.event_name.is_some()
+            && self
+                .catalog
+                .endpoints_for(&project.id, workflow.event_name.as_deref())
+                .is_empty()
+        {
+            return Err(Error::Invalid(format!(
+                "workflow '{}' is event-driven but no webhook endpoint receives event '{}': \
+                 register one with POST /console/webhooks or pass webhook_url",
+                workflow.name,
+                workflow.event_name.as_deref().unwrap_or_default()
+            )));
+        }
+
+        let mut customer_data = input.metadata.clone();
+        if !workflow.cache_fields.is_empty() {
+            let body = serde_json::json!({
+                "workflow": input.workflow,
+                "messages": input.messages,
+                "metadata": input.metadata,
+            });
+            for path in &workflow.cache_fields {
+                if let Some(value) = lookup(&body, path) {
+                    customer_data.insert(path.clone(), value.clone());
+                }
+            }
+        }
+
+        let now = now_ms();
+        let id = self.store.next_id()?;
+        if let Some(key) = idempotency_key {
+            let hash = secret::hash_key(key);
+            let ttl = self.config.idempotency_ttl.as_millis() as u64;
+            if let Claim::Existing(first) =
+                self.store
+                    .claim_idempotency(&project.id, &hash, id, now, ttl)?
+                && let Some(record) = self.store.request(first)?
+            {
+                // The first request may still be on its way to disk.
+                self.store.commit().await?;
+                return Ok(self.ticket(&record));
+            }
+        }
+
+        let mut record = Request {
+            id,
+            channel_id: *uuid::Uuid::new_v4().as_bytes(),
+            project_id: project.id,
+            workflow: self.snapshot(&workflow),
+            messages: input.messages.to_string(),
+            customer_data: serde_json::Value::Object(customer_data).to_string(),
+            webhook_url: input.webhook_url,
+            test_mode: input.test_mode,
+            state: State::Pending,
+            created_ms: now,
+            updated_ms: now,
+            due_ms: None,
+            ai: None,
+            error_message: None,
+            failed_ms: None,
+            deliveries: Vec::new(),
+            callback: None,
+            callback_deadline_ms: None,
+        };
+        self.store.insert_request(&mut record)?;
+        self.store.append_step(
+            id,
+            now,
+            &Step::Received {
+                workflow: record.workflow.name.clone(),
+            },
+        )?;
+        self.store.commit().await?;
+        self.scheduler.schedule(id, record.due_ms);
+        tracing::debug!(channel_id = %payload::channel_str(&record.channel_id), "accepted");
+        Ok(self.ticket(&record))
+    }
+
+    /// The request on `channel` if it belongs to `project` (another project's is not found).
+    pub fn request_of(&self, project: &[u8; 16], channel: &[u8; 16]) -> Result<Request> {
+        match self.store.request_by_channel(channel)? {
+            Some(r) if &r.project_id == project => Ok(r),
+            _ => Err(Error::NotFound(format!(
+                "request '{}'",
+                payload::channel_str(channel)
+            ))),
+        }
+    }
+
+    /// A fresh WebSocket token for an existing request of `project`.
+    pub fn reconnect(&self, project: &[u8; 16], channel: &[u8; 16]) -> Result<Ticket> {
+        let record = self.request_of(project, channel)?;
+        Ok(self.ticket(&record))
+    }
+
+    /// Records the backend's callback durably, then pushes the result and completes the
+    /// request. Accepted while `generated` too: the backend may answer before eddy has
+    /// recorded the webhook's 2xx.
+    pub async fn callback(
+        &self,
+        project: &[u8; 16],
+        channel: &[u8; 16],
+        input: CallbackInput,
+    ) -> Result<()> {
+        let record = self.request_of(project, channel)?;
+        let now = now_ms();
+        let update = self.store.update(record.id, now, |r| {
+            if !r.awaits_callback() {
+                return Err(Error::Conflict(format!(
+                    "workflow '{}' has no event_name: no callback is expected",
+                    r.workflow.name
+                )));
+            }
+            match r.state {
+                State::Pending => {
+                    return Err(Error::Conflict(
+                        "the AI result is not ready yet: no callback is expected".into(),
+                    ));
+                }
+                State::Generated | State::Delivered => {}
+                _ => {
+                    return Err(Error::AlreadyCompleted(format!(
+                        "request is already {}",
+                        r.failure().map_or(r.state.as_str(), |f| f.as_str())
+                    )));
+                }
+            }
+            match &input {
+                CallbackInput::Data {
+                    data,
+                    task_id,
+                    metadata,
+                    ..
+                } => {
+                    r.apply(Event::CallbackReceived, now)
+                        .map_err(|e| Error::Conflict(e.to_string()))?;
+                    r.callback = Some(CallbackData {
+                        data: data.clone(),
+                        task_id: task_id.clone(),
+                        metadata: metadata.clone(),
+                        error: None,
+                        received_ms: now,
+                    });
+                }
+                CallbackInput::Error { error, message } => {
+                    r.apply(Event::CallbackErrored, now)
+                        .map_err(|e| Error::Conflict(e.to_string()))?;
+                    r.error_message = Some(format!("{error}: {message}"));
+                    r.callback = Some(CallbackData {
+                        data: "null".into(),
+                        task_id: None,
+                        metadata: None,
+                        error: Some((error.clone(), message.clone())),
+                        received_ms: now,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        let record = match update {
+            Update::Done(record, ()) => record,
+            Update::Refused(e) => return Err(e),
+            Update::Missing => return Err(Error::NotFound("request".into())),
+        };
+        let step = match input {
+            CallbackInput::Data { body, .. } => Step::CallbackReceived { body },
+            CallbackInput::Error { error, message } => Step::CallbackError { error, message },
+        };
+        self.store.append_step(record.id, now, &step)?;
+        self.store.append_step(
+            record.id,
+            now,
+            &Step::Transition {
+                state: record.state,
+            },
+        )?;
+        self.store.commit().await?;
+        if record.state == State::Callback {
+            self.finish_callback(record.id).await;
+        } else {
+            self.push_latest(&record);
+        }
+        Ok(())
+    }
+
+    /// Pushes the record's latest message to its channel and notes it on the timeline.
+    fn push_latest(&self, record: &Request) -> usize {
+        let Some(message) = payload::latest_push(record) else {
+            return 0;
+        };
+        let topic = ws::topic(&record.project_id, &record.channel_id);
+        let sockets = self
+            .hub
+            .push(&record.channel_id, &topic, "response", &message);
+        let step = Step::Pushed {
+            status: payload::push_status(&message).to_string(),
+            sockets: sockets as u32,
+        };
+        if let Err(e) = self.store.append_step(record.id, now_ms(), &step) {
+            tracing::warn!(error = %e, "timeline write failed");
+        }
+        sockets
+    }
+
+    /// The callback timeout of a request: its workflow's, else the server's.
+    fn callback_timeout_ms(&self, record: &Request) -> u64 {
+        record
+            .workflow
+            .callback_timeout_ms
+            .unwrap_or(self.config.callback_timeout.as_millis() as u64)
+    }
+
+    /// When attempt number `made + 1` of a delivery is due, with ±20% jitter; `None` once
+    /// the schedule is used up.
+    fn retry_at(&self, made: u32, now: u64) -> Option<u64> {
+        let delay = *self.config.retry_schedule.get(made as usize)?;
+        Some(now + jittered(delay).as_millis() as u64)
+    }
+}
+
+/// `delay` scaled by a random factor in [0.8, 1.2].
+pub fn jittered(delay: Duration) -> Duration {
+    use rand::Rng;
+    delay.mul_f64(rand::rng().random_range(0.8..=1.2))
+}
+
+impl Replay for Engine {
+    fn latest(&self, channel: &[u8; 16]) -> Option<String> {
+        let record = self.store.request_by_channel(channel).ok()??;
+        payload::latest_push(&record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lookup;
+    use serde_json::json;
+
+    /// Cache-field paths walk objects by key and arrays by index.
+    #[test]
+    fn cache_field_paths() {
+        let body = json!({"metadata": {"segment": "pro"}, "messages": [{"content": "hi"}]});
+        assert_eq!(lookup(&body, "metadata.segment"), Some(&json!("pro")));
+        assert_eq!(lookup(&body, "messages.0.content"), Some(&json!("hi")));
+        assert_eq!(lookup(&body, "messages.1.content"), None);
+        assert_eq!(lookup(&body, "metadata.segment.x"), None);
+    }
+}

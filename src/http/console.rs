@@ -1,0 +1,534 @@
+//! `/console` routes, per project: workflows, structured outputs, webhook endpoints, API
+//! keys, the request log and the dead-letter queue. Input is validated here (messages name
+//! the field); rules about the resources live in [`crate::catalog`].
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::json::{Response, json_response, parse, query, read_body};
+use super::runtime::{check_url, parse_channel};
+use super::{App, views};
+use crate::catalog::{Endpoint, Project, StructuredOutput, Workflow};
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::payload::project_str;
+use crate::secret;
+
+/// Grace period during which a rotated secret still signs deliveries.
+const ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+pub async fn route(
+    app: &App,
+    request: Request<Incoming>,
+    rest: &[&str],
+) -> Result<Response, ApiError> {
+    let project = app.authenticate(&request)?;
+    let method = request.method().clone();
+    let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match (&method, rest.as_slice()) {
+        (&Method::GET, ["project"]) => Ok(ok(json!({
+            "project_id": project_str(&project.id),
+            "name": project.name,
+            "request_webhook_secret": project.signing_secret,
+        }))),
+
+        (&Method::POST, ["workflow"]) => put_workflow(app, &project, request, None).await,
+        (&Method::GET, ["workflow"]) => Ok(ok(json!({
+            "data": app.engine.catalog().workflows(&project.id).iter().map(|w| views::workflow(w)).collect::<Vec<_>>()
+        }))),
+        (&Method::GET, ["workflow", name]) => app
+            .engine
+            .catalog()
+            .workflow(&project.id, name)
+            .map(|w| ok(views::workflow(&w)))
+            .ok_or_else(|| Error::WorkflowNotFound(name.to_string()).into()),
+        (&Method::PUT, ["workflow", name]) => {
+            let name = name.to_string();
+            put_workflow(app, &project, request, Some(name)).await
+        }
+        (&Method::DELETE, ["workflow", name]) => {
+            if !app
+                .engine
+                .catalog()
+                .delete_workflow(&project.id, name)
+                .map_err(Error::from)?
+            {
+                return Err(Error::WorkflowNotFound(name.to_string()).into());
+            }
+            app.engine.store().commit().await.map_err(Error::from)?;
+            Ok(ok(json!({ "deleted": true, "name": name })))
+        }
+
+        (&Method::POST, ["structured-outputs"]) => create_output(app, &project, request).await,
+        (&Method::GET, ["structured-outputs"]) => Ok(ok(json!({
+            "data": app.engine.catalog().structured_outputs(&project.id).iter().map(|o| views::structured_output(o)).collect::<Vec<_>>()
+        }))),
+        (&Method::GET, ["structured-outputs", id]) => app
+            .engine
+            .catalog()
+            .structured_output(&project.id, id)
+            .map(|o| ok(views::structured_output(&o)))
+            .ok_or_else(|| ApiError::not_found(format!("structured output '{id}' not found"))),
+        (&Method::DELETE, ["structured-outputs", id]) => {
+            if !app
+                .engine
+                .catalog()
+                .delete_structured_output(&project.id, id)
+                .map_err(Error::from)?
+            {
+                return Err(ApiError::not_found(format!(
+                    "structured output '{id}' not found"
+                )));
+            }
+            app.engine.store().commit().await.map_err(Error::from)?;
+            Ok(ok(json!({ "deleted": true, "id": id })))
+        }
+
+        (&Method::POST, ["webhooks"]) => create_endpoint(app, &project, request).await,
+        (&Method::GET, ["webhooks"]) => Ok(ok(json!({
+            "data": app.engine.catalog().endpoints(&project.id).iter().map(|e| views::endpoint(e, false)).collect::<Vec<_>>()
+        }))),
+        (&Method::GET, ["webhooks", id]) => app
+            .engine
+            .catalog()
+            .endpoint(&project.id, id)
+            .map(|e| ok(views::endpoint(&e, false)))
+            .ok_or_else(|| ApiError::not_found(format!("webhook '{id}' not found"))),
+        (&Method::DELETE, ["webhooks", id]) => {
+            if !app
+                .engine
+                .catalog()
+                .delete_endpoint(&project.id, id)
+                .map_err(Error::from)?
+            {
+                return Err(ApiError::not_found(format!("webhook '{id}' not found")));
+            }
+            app.engine.store().commit().await.map_err(Error::from)?;
+            Ok(ok(json!({ "deleted": true, "id": id })))
+        }
+        (&Method::POST, ["webhooks", id, "rotate-secret"]) => {
+            let id = id.to_string();
+            rotate_secret(app, &project, &id).await
+        }
+
+        (&Method::POST, ["keys"]) => create_key(app, &project, request).await,
+        (&Method::GET, ["keys"]) => Ok(ok(json!({
+            "data": app.engine.catalog().keys(&project.id).iter().map(|k| views::api_key(k)).collect::<Vec<_>>()
+        }))),
+        (&Method::DELETE, ["keys", id]) => {
+            if !app
+                .engine
+                .catalog()
+                .delete_key(&project.id, id)
+                .map_err(Error::from)?
+            {
+                return Err(ApiError::not_found(format!("key '{id}' not found")));
+            }
+            app.engine.store().commit().await.map_err(Error::from)?;
+            Ok(ok(json!({ "deleted": true, "id": id })))
+        }
+
+        (&Method::GET, ["requests"]) => list_requests(app, &project, &request),
+        (&Method::GET, ["requests", channel]) => {
+            let channel = parse_channel(channel)?;
+            let record = app.engine.request_of(&project.id, &channel)?;
+            let timeline = app
+                .engine
+                .store()
+                .timeline(record.id)
+                .map_err(Error::from)?;
+            Ok(ok(views::request(&record, &timeline)))
+        }
+
+        (&Method::GET, ["dlq"]) => {
+            let entries = app
+                .engine
+                .store()
+                .dead_letters(usize::MAX)
+                .map_err(Error::from)?;
+            let limit = limit_param(&request)?;
+            let data: Vec<Value> = entries
+                .iter()
+                .filter(|d| d.project_id == project.id)
+                .take(limit)
+                .map(views::dead_letter)
+                .collect();
+            Ok(ok(json!({ "data": data })))
+        }
+
+        _ => Err(ApiError::not_found(format!(
+            "no route for {method} /console/{}",
+            rest.join("/")
+        ))),
+    }
+}
+
+fn ok(value: Value) -> Response {
+    json_response(StatusCode::OK, &value)
+}
+
+fn created(value: Value) -> Response {
+    json_response(StatusCode::CREATED, &value)
+}
+
+fn limit_param(request: &Request<Incoming>) -> Result<usize, ApiError> {
+    match query(request).into_iter().find(|(k, _)| k == "limit") {
+        Some((_, v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit: must be an integer from 1 to 1000")),
+        None => Ok(50),
+    }
+}
+
+/// Names of workflows, events and structured outputs: 1–128 of `[A-Za-z0-9_.:-]`.
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field}: must be 1 to 128 characters of letters, digits, '_', '-', '.' or ':'"
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+struct FallbackBody {
+    provider: String,
+    model: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    event_name: Option<String>,
+    provider: String,
+    model: String,
+    #[serde(default)]
+    structured_output_id: Option<String>,
+    #[serde(default)]
+    fallbacks: Vec<FallbackBody>,
+    #[serde(default)]
+    system_prompt: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    response_delay_ms: Option<u64>,
+    #[serde(default)]
+    callback_timeout_ms: Option<u64>,
+    #[serde(default)]
+    cache_fields: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+async fn put_workflow(
+    app: &App,
+    project: &Project,
+    request: Request<Incoming>,
+    path_name: Option<String>,
+) -> Result<Response, ApiError> {
+    let replace = path_name.is_some();
+    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let body: WorkflowBody = parse(&bytes)?;
+    let name = match (&path_name, body.name) {
+        (Some(path), Some(given)) if *path != given => {
+            return Err(ApiError::invalid(
+                "name: must match the workflow name in the URL",
+            ));
+        }
+        (Some(path), _) => path.clone(),
+        (None, Some(given)) => given,
+        (None, None) => return Err(ApiError::invalid("name: is required")),
+    };
+    check_name("name", &name)?;
+    if let Some(event) = &body.event_name {
+        check_name("event_name", event)?;
+    }
+    for (field, value) in [("provider", &body.provider), ("model", &body.model)] {
+        if value.trim().is_empty() || value.len() > 200 {
+            return Err(ApiError::invalid(format!(
+                "{field}: must be 1 to 200 characters"
+            )));
+        }
+    }
+    for (i, f) in body.fallbacks.iter().enumerate() {
+        if f.provider.trim().is_empty() || f.model.trim().is_empty() {
+            return Err(ApiError::invalid(format!(
+                "fallbacks[{i}]: provider and model must not be empty"
+            )));
+        }
+    }
+    let testing = match body.mode.as_deref() {
+        None | Some("production") => false,
+        Some("testing") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "mode: '{other}' is not one of production, testing"
+            )));
+        }
+    };
+    if body.response_delay_ms.is_some_and(|d| d > 600_000) {
+        return Err(ApiError::invalid(
+            "response_delay_ms: must be at most 600000",
+        ));
+    }
+    if body
+        .callback_timeout_ms
+        .is_some_and(|t| !(100..=7 * 24 * 3600 * 1000).contains(&t))
+    {
+        return Err(ApiError::invalid(
+            "callback_timeout_ms: must be from 100 to 604800000 (7 days)",
+        ));
+    }
+    for (i, path) in body.cache_fields.iter().enumerate() {
+        let root = path.split('.').next().unwrap_or("");
+        if !matches!(root, "metadata" | "messages") || path.split('.').any(str::is_empty) {
+            return Err(ApiError::invalid(format!(
+                "cache_fields[{i}]: '{path}' must be a dot path under metadata or messages"
+            )));
+        }
+    }
+    let now = now_ms();
+    let workflow = Workflow {
+        project: project.id,
+        name,
+        event_name: body.event_name,
+        provider: body.provider,
+        model: body.model,
+        structured_output_id: body.structured_output_id,
+        fallbacks: body
+            .fallbacks
+            .into_iter()
+            .map(|f| (f.provider, f.model))
+            .collect(),
+        system_prompt: body.system_prompt,
+        testing,
+        response_delay_ms: body.response_delay_ms.unwrap_or(0),
+        callback_timeout_ms: body.callback_timeout_ms,
+        cache_fields: body.cache_fields,
+        description: body.description,
+        created_ms: now,
+        updated_ms: now,
+    };
+    let saved = app
+        .engine
+        .catalog()
+        .put_workflow(workflow, replace)
+        .map_err(|e| match e {
+            crate::catalog::CatalogError::NotFound(what) if what.starts_with("structured") => {
+                ApiError::invalid(format!("structured_output_id: {what} not found"))
+            }
+            crate::catalog::CatalogError::NotFound(_) => {
+                Error::WorkflowNotFound(path_name.clone().unwrap_or_default()).into()
+            }
+            other => Error::from(other).into(),
+        })?;
+    app.engine.store().commit().await.map_err(Error::from)?;
+    let view = views::workflow(&saved);
+    Ok(if replace { ok(view) } else { created(view) })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputBody {
+    name: String,
+    schema: Value,
+    #[serde(default)]
+    sample_data: Option<Value>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+async fn create_output(
+    app: &App,
+    project: &Project,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let body: OutputBody = parse(&bytes)?;
+    check_name("name", &body.name)?;
+    if !body.schema.is_object() {
+        return Err(ApiError::invalid("schema: must be a JSON Schema object"));
+    }
+    if let Some(sample) = &body.sample_data
+        && !sample.is_object()
+    {
+        return Err(ApiError::invalid("sample_data: must be a JSON object"));
+    }
+    let output = StructuredOutput {
+        id: secret::new_id("schema"),
+        project: project.id,
+        name: body.name,
+        schema: body.schema.to_string(),
+        sample_data: body.sample_data.map(|s| s.to_string()),
+        description: body.description,
+        created_ms: now_ms(),
+    };
+    let saved = app
+        .engine
+        .catalog()
+        .create_structured_output(output)
+        .map_err(Error::from)?;
+    app.engine.store().commit().await.map_err(Error::from)?;
+    Ok(created(views::structured_output(&saved)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    url: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+async fn create_endpoint(
+    app: &App,
+    project: &Project,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let body: EndpointBody = parse(&bytes)?;
+    check_url("url", &body.url)?;
+    for (i, e) in body.events.iter().enumerate() {
+        check_name(&format!("events[{i}]"), e)?;
+    }
+    let endpoint = Endpoint {
+        id: secret::new_id("wh"),
+        project: project.id,
+        url: body.url,
+        description: body.description,
+        events: body.events,
+        secret: secret::new_webhook_secret(),
+        previous_secret: None,
+        created_ms: now_ms(),
+    };
+    let saved = app
+        .engine
+        .catalog()
+        .put_endpoint(endpoint)
+        .map_err(Error::from)?;
+    app.engine.store().commit().await.map_err(Error::from)?;
+    Ok(created(views::endpoint(&saved, true)))
+}
+
+async fn rotate_secret(app: &App, project: &Project, id: &str) -> Result<Response, ApiError> {
+    let current = app
+        .engine
+        .catalog()
+        .endpoint(&project.id, id)
+        .ok_or_else(|| ApiError::not_found(format!("webhook '{id}' not found")))?;
+    let mut next = (*current).clone();
+    let until = now_ms() + ROTATION_GRACE.as_millis() as u64;
+    next.previous_secret = Some((current.secret.clone(), until));
+    next.secret = secret::new_webhook_secret();
+    let saved = app
+        .engine
+        .catalog()
+        .put_endpoint(next)
+        .map_err(Error::from)?;
+    app.engine.store().commit().await.map_err(Error::from)?;
+    let mut view = views::endpoint(&saved, true);
+    view["previous_secret_expires_at"] = Value::String(crate::clock::rfc3339_ms(until));
+    Ok(ok(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+async fn create_key(
+    app: &App,
+    project: &Project,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let body: KeyBody = if bytes.is_empty() {
+        KeyBody {
+            name: None,
+            expires_in_days: None,
+        }
+    } else {
+        parse(&bytes)?
+    };
+    if body.expires_in_days.is_some_and(|d| d == 0 || d > 3650) {
+        return Err(ApiError::invalid("expires_in_days: must be from 1 to 3650"));
+    }
+    let now = now_ms();
+    let expires = body
+        .expires_in_days
+        .map(|d| now + u64::from(d) * 24 * 3600 * 1000);
+    let (record, key) = app
+        .engine
+        .catalog()
+        .create_key(&project.id, body.name, expires, now)
+        .map_err(Error::from)?;
+    app.engine.store().commit().await.map_err(Error::from)?;
+    let mut view = views::api_key(&record);
+    view["key"] = Value::String(key);
+    Ok(created(view))
+}
+
+fn list_requests(
+    app: &App,
+    project: &Project,
+    request: &Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let params = query(request);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let limit = limit_param(request)?;
+    let status = get("status");
+    let workflow = get("workflow");
+    let mut before = None;
+    let mut data = Vec::new();
+    // Scans newest first in pages until `limit` matches are found.
+    'scan: loop {
+        let page = app
+            .engine
+            .store()
+            .requests_before(before, 500)
+            .map_err(Error::from)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        for r in &page {
+            if r.project_id != project.id
+                || status.is_some_and(|s| r.state.as_str() != s)
+                || workflow.is_some_and(|w| r.workflow.name != w)
+            {
+                continue;
+            }
+            data.push(views::request_summary(r));
+            if data.len() >= limit {
+                break 'scan;
+            }
+        }
+    }
+    Ok(ok(json!({ "data": data })))
+}

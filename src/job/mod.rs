@@ -1,0 +1,264 @@
+//! The life cycle of one request: its states, the events that move it, and the pure
+//! transition function between them.
+//!
+//! ```text
+//! accept ─► pending ─(AI done)─► generated ─(webhook 2xx)─► delivered ─(callback)─► callback ─(pushed)─► completed
+//!              │                    │                             │
+//!              └─ failed(ai_failed) └─ failed(webhook_exhausted)  └─ failed(callback_error | callback_timeout)
+//! ```
+//!
+//! Nothing here does I/O: the engine reads a record, asks [`State::on`] whether an event
+//! may move it, and persists the answer. Keeping the rules in one table makes them testable
+//! pair by pair and keeps "what may happen" apart from "how it is made durable".
+
+mod record;
+mod rules;
+
+pub use record::{
+    AiResult, AttemptLog, CallbackData, DeadLetter, Delivery, DeliveryOutcome, Request, Step,
+    WorkflowSnapshot,
+};
+pub use rules::{AttemptEffect, AttemptResult, StaleAttempt};
+
+use bincode::{Decode, Encode};
+
+/// Where a request is in its life. Persisted inside [`Request`]; the wire name is
+/// [`State::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum State {
+    /// Accepted and durable; the model has not answered yet.
+    Pending,
+    /// The model's result is recorded; webhooks are being delivered.
+    Generated,
+    /// A webhook was acknowledged with a 2xx; the backend's callback is awaited.
+    Delivered,
+    /// The backend's callback is recorded; the final push is due.
+    Callback,
+    /// Terminal: the final result was pushed.
+    Completed,
+    /// Terminal: the request failed for the given reason.
+    Failed(Failure),
+}
+
+/// Why a request failed. Each is also the `error.code` pushed to the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Failure {
+    AiFailed,
+    WebhookExhausted,
+    CallbackError,
+    CallbackTimeout,
+}
+
+/// Something that happened to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The model produced a result.
+    AiSucceeded,
+    /// Every model attempt failed.
+    AiFailed,
+    /// A webhook delivery was acknowledged. `awaits_callback` is true for workflows with an
+    /// `event_name` (the backend will call back) and false for standard ones, which are done
+    /// once their webhooks are.
+    WebhookDelivered { awaits_callback: bool },
+    /// Every delivery of the request ran out of attempts without a 2xx.
+    WebhookExhausted,
+    /// The backend called back with data.
+    CallbackReceived,
+    /// The backend called back with an error payload.
+    CallbackErrored,
+    /// The callback did not arrive before its deadline.
+    CallbackTimedOut,
+    /// The final result was pushed to the request's channel.
+    Pushed,
+}
+
+/// An event that the current state does not allow. The engine treats it as "someone else
+/// already moved this request", never as a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event {event:?} is not allowed in state {state:?}")]
+pub struct InvalidTransition {
+    pub state: State,
+    pub event: Event,
+}
+
+impl State {
+    /// The state after `event`, or why the event does not apply.
+    pub fn on(self, event: Event) -> Result<State, InvalidTransition> {
+        use Event as E;
+        use State as S;
+        let next = match (self, event) {
+            (S::Pending, E::AiSucceeded) => S::Generated,
+            (S::Pending, E::AiFailed) => S::Failed(Failure::AiFailed),
+
+            (
+                S::Generated,
+                E::WebhookDelivered {
+                    awaits_callback: true,
+                },
+            ) => S::Delivered,
+            (
+                S::Generated,
+                E::WebhookDelivered {
+                    awaits_callback: false,
+                },
+            ) => S::Completed,
+            (S::Generated, E::WebhookExhausted) => S::Failed(Failure::WebhookExhausted),
+            // The backend may answer before eddy has recorded the webhook's 2xx.
+            (S::Generated, E::CallbackReceived) => S::Callback,
+            (S::Generated, E::CallbackErrored) => S::Failed(Failure::CallbackError),
+
+            (S::Delivered, E::CallbackReceived) => S::Callback,
+            (S::Delivered, E::CallbackErrored) => S::Failed(Failure::CallbackError),
+            (S::Delivered, E::CallbackTimedOut) => S::Failed(Failure::CallbackTimeout),
+
+            (S::Callback, E::Pushed) => S::Completed,
+
+            (state, event) => return Err(InvalidTransition { state, event }),
+        };
+        Ok(next)
+    }
+
+    /// Completed and failed requests never move again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Completed | State::Failed(_))
+    }
+
+    /// The name clients and operators see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Generated => "generated",
+            State::Delivered => "delivered",
+            State::Callback => "callback",
+            State::Completed => "completed",
+            State::Failed(_) => "failed",
+        }
+    }
+}
+
+impl Failure {
+    /// The `error.code` of the browser push and the `failure` of the request view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::AiFailed => "ai_failed",
+            Failure::WebhookExhausted => "webhook_exhausted",
+            Failure::CallbackError => "callback_error",
+            Failure::CallbackTimeout => "callback_timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATES: [State; 9] = [
+        State::Pending,
+        State::Generated,
+        State::Delivered,
+        State::Callback,
+        State::Completed,
+        State::Failed(Failure::AiFailed),
+        State::Failed(Failure::WebhookExhausted),
+        State::Failed(Failure::CallbackError),
+        State::Failed(Failure::CallbackTimeout),
+    ];
+
+    const EVENTS: [Event; 9] = [
+        Event::AiSucceeded,
+        Event::AiFailed,
+        Event::WebhookDelivered {
+            awaits_callback: true,
+        },
+        Event::WebhookDelivered {
+            awaits_callback: false,
+        },
+        Event::WebhookExhausted,
+        Event::CallbackReceived,
+        Event::CallbackErrored,
+        Event::CallbackTimedOut,
+        Event::Pushed,
+    ];
+
+    /// The allowed transitions, written out once by hand; every pair not listed must fail.
+    fn allowed(state: State, event: Event) -> Option<State> {
+        use Event as E;
+        use Failure as F;
+        use State as S;
+        let table: &[(S, E, S)] = &[
+            (S::Pending, E::AiSucceeded, S::Generated),
+            (S::Pending, E::AiFailed, S::Failed(F::AiFailed)),
+            (
+                S::Generated,
+                E::WebhookDelivered {
+                    awaits_callback: true,
+                },
+                S::Delivered,
+            ),
+            (
+                S::Generated,
+                E::WebhookDelivered {
+                    awaits_callback: false,
+                },
+                S::Completed,
+            ),
+            (
+                S::Generated,
+                E::WebhookExhausted,
+                S::Failed(F::WebhookExhausted),
+            ),
+            (S::Generated, E::CallbackReceived, S::Callback),
+            (
+                S::Generated,
+                E::CallbackErrored,
+                S::Failed(F::CallbackError),
+            ),
+            (S::Delivered, E::CallbackReceived, S::Callback),
+            (
+                S::Delivered,
+                E::CallbackErrored,
+                S::Failed(F::CallbackError),
+            ),
+            (
+                S::Delivered,
+                E::CallbackTimedOut,
+                S::Failed(F::CallbackTimeout),
+            ),
+            (S::Callback, E::Pushed, S::Completed),
+        ];
+        table
+            .iter()
+            .find(|(s, e, _)| *s == state && *e == event)
+            .map(|(_, _, next)| *next)
+    }
+
+    /// Every (state, event) pair gives exactly the table's answer: the listed next state, or
+    /// an `InvalidTransition` naming the pair.
+    #[test]
+    fn every_state_event_pair_follows_the_table() {
+        let mut allowed_pairs = 0;
+        for state in STATES {
+            for event in EVENTS {
+                match (allowed(state, event), state.on(event)) {
+                    (Some(want), Ok(got)) => {
+                        assert_eq!(got, want, "{state:?} + {event:?}");
+                        allowed_pairs += 1;
+                    }
+                    (None, Err(err)) => assert_eq!(err, InvalidTransition { state, event }),
+                    (want, got) => panic!("{state:?} + {event:?}: want {want:?}, got {got:?}"),
+                }
+            }
+        }
+        assert_eq!(allowed_pairs, 11);
+    }
+
+    /// Terminal states accept no event at all.
+    #[test]
+    fn terminal_states_never_move() {
+        for state in STATES.into_iter().filter(|s| s.is_terminal()) {
+            for event in EVENTS {
+                assert!(state.on(event).is_err(), "{state:?} moved on {event:?}");
+            }
+        }
+    }
+}

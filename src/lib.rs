@@ -1,0 +1,49 @@
+//! # eddy
+//!
+//! A single-binary engine for event-driven AI: an app fires a request and returns at once;
+//! eddy stores it durably, runs the model in the background, POSTs the result to the
+//! customer's backend as a signed webhook, waits for the backend's callback, and pushes the
+//! final result to the browser over Phoenix Channels. See `ARCHITECTURE.md`.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, env and TOML merged and validated into one `Config`.
+//! - [`job`]: the request record, its states and events, the pure transition rules.
+//! - [`store`]: sled trees, key encoding, record codec, CAS updates, group commit.
+//! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints (in memory,
+//!   written through to the store).
+//! - [`scheduler`]: the timer wheel over the persistent due index.
+//! - [`engine`]: the flow's business rules: accept, drive (model, webhooks, timeouts),
+//!   callbacks.
+//! - [`ai`]: the provider trait and the `testing` provider.
+//! - [`delivery`]: sending one webhook attempt and classifying it (the only reqwest user).
+//! - [`signature`]: `mr-signature` and Standard Webhooks signatures.
+//! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record.
+//! - [`http`]: the hyper server, routing, auth, the error envelope, handlers.
+//! - [`ws`]: Phoenix Channels v2: frames, tokens, the channel hub, socket tasks.
+//! - [`server`]: wiring of all the above around a bound listener.
+//! - [`cli`]: the `eddy` command line; [`demo`]: `eddy demo`.
+//! - [`clock`], [`secret`], [`error`]: wall-clock ms, random material, the error type.
+
+pub mod ai;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod job;
+pub mod payload;
+pub mod scheduler;
+pub mod secret;
+pub mod server;
+pub mod signature;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::Server;

@@ -1,0 +1,247 @@
+//! The JSON bodies eddy sends about a request: webhook payloads (`task.ai_generated`,
+//! `task.completed`) and WebSocket `response` payloads (`ai_generated`, `completed`,
+//! `success`, `error`), all built from the stored record.
+//!
+//! One place builds them so that the webhook and the socket always say the same thing, and
+//! so that a body is a pure function of the record: every retry of a delivery sends the
+//! same bytes, and a browser joining late is sent exactly what a live one got. JSON fields
+//! stored as text are embedded as raw JSON, never re-parsed; output is compact.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::clock::rfc3339_ms;
+use crate::job::{Failure, Request, State};
+
+/// The public form of a channel id: a hyphenated UUID.
+pub fn channel_str(id: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*id).hyphenated().to_string()
+}
+
+/// The public form of a project id.
+pub fn project_str(id: &[u8; 16]) -> String {
+    channel_str(id)
+}
+
+/// Stored JSON text as a raw value; stored text is always valid JSON, `null` otherwise.
+fn raw(text: &str) -> &RawValue {
+    serde_json::from_str(text).unwrap_or_else(|_| null())
+}
+
+fn null() -> &'static RawValue {
+    serde_json::from_str("null").expect("null is JSON")
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("payloads serialize")
+}
+
+#[derive(Serialize)]
+pub struct Meta<'a> {
+    pub workflow_name: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+}
+
+fn meta(record: &Request) -> Meta<'_> {
+    let (provider, model) = match &record.ai {
+        Some(ai) => (ai.provider.as_str(), ai.model.as_str()),
+        None => (
+            record.workflow.provider.as_str(),
+            record.workflow.model.as_str(),
+        ),
+    };
+    Meta {
+        workflow_name: &record.workflow.name,
+        provider,
+        model,
+    }
+}
+
+#[derive(Serialize)]
+struct DataWrap<'a> {
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct AiGeneratedHook<'a> {
+    r#type: &'static str,
+    event: &'a str,
+    channel_id: String,
+    ai_response: DataWrap<'a>,
+    callback_url: String,
+    callback_required: bool,
+    customer_data: &'a RawValue,
+    meta: Meta<'a>,
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+struct CompletedHook<'a> {
+    r#type: &'static str,
+    workflow: &'a str,
+    status: &'static str,
+    channel_id: String,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody<'a>>,
+    meta: Meta<'a>,
+    customer_data: &'a RawValue,
+    timestamp: String,
+}
+
+/// The webhook body for `record`: `task.ai_generated` for workflows with an `event_name`,
+/// `task.completed` otherwise. `public_url` is the base of `callback_url`.
+pub fn webhook_body(record: &Request, public_url: &str) -> String {
+    let channel_id = channel_str(&record.channel_id);
+    let customer_data = raw(&record.customer_data);
+    match (&record.workflow.event_name, &record.ai) {
+        (Some(event), Some(ai)) => encode(&AiGeneratedHook {
+            r#type: "task.ai_generated",
+            event,
+            callback_url: format!("{public_url}/v1/callback/{channel_id}"),
+            channel_id,
+            ai_response: DataWrap {
+                data: raw(&ai.data),
+            },
+            callback_required: true,
+            customer_data,
+            meta: meta(record),
+            timestamp: rfc3339_ms(ai.generated_ms),
+        }),
+        (_, ai) => {
+            let error = record.failure().map(|f| ErrorBody {
+                code: f.as_str(),
+                message: record.error_message.as_deref().unwrap_or(""),
+            });
+            let at = ai
+                .as_ref()
+                .map(|a| a.generated_ms)
+                .or(record.failed_ms)
+                .unwrap_or(record.created_ms);
+            encode(&CompletedHook {
+                r#type: "task.completed",
+                workflow: &record.workflow.name,
+                status: if ai.is_some() { "success" } else { "error" },
+                channel_id,
+                data: ai.as_ref().map_or(null(), |a| raw(&a.data)),
+                error: if ai.is_some() { None } else { error },
+                meta: meta(record),
+                customer_data,
+                timestamp: rfc3339_ms(at),
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AiGeneratedPush<'a> {
+    status: &'static str,
+    channel_id: String,
+    event_name: &'a str,
+    ai_response: DataWrap<'a>,
+    meta: Meta<'a>,
+    customer_data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct CompletedPush<'a> {
+    status: &'static str,
+    channel_id: String,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_metadata: Option<&'a RawValue>,
+    customer_data: &'a RawValue,
+    meta: Meta<'a>,
+}
+
+#[derive(Serialize)]
+struct SuccessPush<'a> {
+    status: &'static str,
+    channel_id: String,
+    data: &'a RawValue,
+    meta: Meta<'a>,
+    customer_data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ErrorPush<'a> {
+    status: &'static str,
+    channel_id: String,
+    error: ErrorBody<'a>,
+    customer_data: &'a RawValue,
+}
+
+/// The WebSocket `response` payload that reflects `record` now: what a browser should have
+/// seen last. `None` while the model has not answered.
+///
+/// Standard workflows (no `event_name`) show `success` once the model answered: that is the
+/// browser's final result, and a webhook that later runs out of attempts is an operator's
+/// concern (dead-letter queue), not the browser's.
+pub fn latest_push(record: &Request) -> Option<String> {
+    let channel_id = channel_str(&record.channel_id);
+    let customer_data = raw(&record.customer_data);
+    let ai = record.ai.as_ref();
+    let event_name = record.workflow.event_name.as_deref();
+    match (record.state, event_name, ai) {
+        (State::Pending, _, _) => None,
+        (State::Failed(f), _, _) if !(f == Failure::WebhookExhausted && event_name.is_none()) => {
+            Some(encode(&ErrorPush {
+                status: "error",
+                channel_id,
+                error: ErrorBody {
+                    code: f.as_str(),
+                    message: record.error_message.as_deref().unwrap_or(""),
+                },
+                customer_data,
+            }))
+        }
+        (State::Callback | State::Completed, Some(_), _) => {
+            let cb = record.callback.as_ref();
+            Some(encode(&CompletedPush {
+                status: "completed",
+                channel_id,
+                data: cb.map_or(null(), |c| raw(&c.data)),
+                task_id: cb.and_then(|c| c.task_id.as_deref()),
+                callback_metadata: cb.and_then(|c| c.metadata.as_deref()).map(raw),
+                customer_data,
+                meta: meta(record),
+            }))
+        }
+        (_, Some(event), Some(ai)) => Some(encode(&AiGeneratedPush {
+            status: "ai_generated",
+            channel_id,
+            event_name: event,
+            ai_response: DataWrap {
+                data: raw(&ai.data),
+            },
+            meta: meta(record),
+            customer_data,
+        })),
+        (_, None, Some(ai)) => Some(encode(&SuccessPush {
+            status: "success",
+            channel_id,
+            data: raw(&ai.data),
+            meta: meta(record),
+            customer_data,
+        })),
+        _ => None,
+    }
+}
+
+/// The `status` field of a push payload, for the timeline.
+pub fn push_status(payload: &str) -> &'static str {
+    const KNOWN: [&str; 4] = ["ai_generated", "completed", "success", "error"];
+    KNOWN
+        .into_iter()
+        .find(|s| payload.starts_with(&format!("{{\"status\":\"{s}\"")))
+        .unwrap_or("unknown")
+}

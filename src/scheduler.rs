@@ -1,0 +1,229 @@
+//! The timer wheel that decides *when* a request is worked on (never *what* is done).
+//!
+//! The persistent `due` index is the truth. In memory there is only what falls due within
+//! a horizon: a tokio-util `DelayQueue` (a hierarchical timing wheel, ~56 B per timer) with
+//! one timer per request id. One task owns it and selects over: expired timers, newly
+//! scheduled ids, finished work, and a periodic refill from `due.range(..now + horizon)`.
+//! On start the first refill loads everything overdue, so a restart resumes all work.
+//!
+//! Work runs as tasks in a `JoinSet`, at most `max_inflight` at once; expired ids beyond
+//! that wait in a FIFO backlog, which bounds the burst after a restart. An id is never
+//! run twice at once: a timer that fires while its request is running is remembered and
+//! merged with the run's own next due time when it finishes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+use crate::clock::now_ms;
+use crate::store::Store;
+
+/// What the scheduler runs for a due request: `run(id, due_ms)` returns when the request
+/// is next due, if ever.
+pub trait Work: Send + Sync + 'static {
+    fn run(&self, id: u64, due_ms: u64) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>>;
+}
+
+enum Command {
+    Schedule(u64, u64),
+}
+
+/// Tells the scheduler about new or moved due times. Cheap to clone.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl SchedulerHandle {
+    /// The request `id` is due at `due_ms` (wall-clock ms); `None` does nothing.
+    pub fn schedule(&self, id: u64, due_ms: Option<u64>) {
+        if let Some(due) = due_ms {
+            let _ = self.tx.send(Command::Schedule(id, due));
+        }
+    }
+}
+
+/// The receiving half, given to [`spawn`] once the work is built.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Command>,
+}
+
+/// A handle and its inbox: the engine needs the handle before the scheduler can run it.
+pub fn channel() -> (SchedulerHandle, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (SchedulerHandle { tx }, Inbox { rx })
+}
+
+/// Tuning of the wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How far ahead timers are held in memory.
+    pub horizon: Duration,
+    /// How often the due index is re-read.
+    pub refill_every: Duration,
+    /// Requests worked on at once.
+    pub max_inflight: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            horizon: Duration::from_secs(60),
+            refill_every: Duration::from_secs(20),
+            max_inflight: 4096,
+        }
+    }
+}
+
+/// Most due-index entries loaded by one refill.
+const REFILL_LIMIT: usize = 200_000;
+
+struct Wheel {
+    store: Store,
+    work: Arc<dyn Work>,
+    settings: Settings,
+    queue: DelayQueue<(u64, u64)>,
+    timers: HashMap<u64, (Key, u64)>,
+    /// Running ids, with the earliest due time that fired or was scheduled meanwhile.
+    running: HashMap<u64, Option<u64>>,
+    backlog: VecDeque<(u64, u64)>,
+    /// Ids in `backlog`, so a refill does not queue them twice.
+    waiting: HashSet<u64>,
+    tasks: JoinSet<(u64, Option<u64>)>,
+}
+
+/// Starts the scheduler task; it stops when `shutdown` is cancelled, aborting running work
+/// (which is safe: work is recorded before its effects, and resumes from the due index).
+pub fn spawn(
+    inbox: Inbox,
+    store: Store,
+    work: Arc<dyn Work>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let wheel = Wheel {
+        store,
+        work,
+        settings,
+        queue: DelayQueue::new(),
+        timers: HashMap::new(),
+        running: HashMap::new(),
+        backlog: VecDeque::new(),
+        waiting: HashSet::new(),
+        tasks: JoinSet::new(),
+    };
+    tokio::spawn(wheel.run(inbox, shutdown))
+}
+
+fn instant_of(due_ms: u64, now_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms))
+}
+
+impl Wheel {
+    async fn run(mut self, mut inbox: Inbox, shutdown: CancellationToken) {
+        let mut refill = tokio::time::interval(self.settings.refill_every);
+        refill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(cmd) = inbox.rx.recv() => match cmd {
+                    Command::Schedule(id, due) => self.schedule(id, due),
+                },
+                Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
+                    let (id, due) = expired.into_inner();
+                    self.timers.remove(&id);
+                    self.fire(id, due);
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match done {
+                        Ok((id, next)) => self.finished(id, next),
+                        Err(e) => tracing::error!(error = %e, "request task failed"),
+                    }
+                }
+                _ = refill.tick() => self.refill(),
+            }
+        }
+        self.tasks.shutdown().await;
+    }
+
+    /// Holds a timer for `id` at `due` if it falls within the horizon (else the refill will
+    /// find it in the index). One timer per id: a new due time replaces the old one.
+    fn schedule(&mut self, id: u64, due: u64) {
+        if let Some(pending) = self.running.get_mut(&id) {
+            *pending = Some(pending.map_or(due, |p| p.min(due)));
+            return;
+        }
+        let now = now_ms();
+        if let Some((key, _)) = self.timers.remove(&id) {
+            self.queue.try_remove(&key);
+        }
+        if due > now + self.settings.horizon.as_millis() as u64 {
+            return;
+        }
+        let key = self.queue.insert_at((id, due), instant_of(due, now));
+        self.timers.insert(id, (key, due));
+    }
+
+    fn fire(&mut self, id: u64, due: u64) {
+        if let Some(pending) = self.running.get_mut(&id) {
+            *pending = Some(pending.map_or(due, |p| p.min(due)));
+            return;
+        }
+        if self.running.len() >= self.settings.max_inflight {
+            if self.waiting.insert(id) {
+                self.backlog.push_back((id, due));
+            }
+            return;
+        }
+        self.running.insert(id, None);
+        let work = self.work.clone();
+        self.tasks
+            .spawn(async move { (id, work.run(id, due).await) });
+    }
+
+    fn finished(&mut self, id: u64, next: Option<u64>) {
+        let pending = self.running.remove(&id).flatten();
+        let next = match (next, pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(due) = next {
+            self.schedule(id, due);
+        }
+        while self.running.len() < self.settings.max_inflight {
+            let Some((id, due)) = self.backlog.pop_front() else {
+                break;
+            };
+            self.waiting.remove(&id);
+            self.fire(id, due);
+        }
+    }
+
+    /// Loads every due-index entry up to the horizon that has no timer yet.
+    fn refill(&mut self) {
+        let until = now_ms() + self.settings.horizon.as_millis() as u64;
+        let entries = match self.store.due_before(until, REFILL_LIMIT) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the due index");
+                return;
+            }
+        };
+        for (due, id) in entries {
+            let known = self.timers.get(&id).is_some_and(|(_, d)| *d <= due);
+            if !known && !self.running.contains_key(&id) && !self.waiting.contains(&id) {
+                self.schedule(id, due);
+            }
+        }
+    }
+}

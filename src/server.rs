@@ -1,0 +1,154 @@
+//! Wiring: opens the store and catalog, bootstraps the default project and key, then runs
+//! the engine, the scheduler and the HTTP server on a bound listener until a shutdown
+//! future resolves. Taking a listener and any future keeps the whole server testable
+//! in-process (tests bind `127.0.0.1:0`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ai::Models;
+use crate::catalog::{Catalog, DEFAULT_PROJECT};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::{self, App};
+use crate::scheduler::{self, Work};
+use crate::secret;
+use crate::store::{Store, StoreError};
+use crate::ws::socket::SocketContext;
+use crate::ws::{Hub, TokenKey};
+
+/// How long open HTTP requests may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// An opened, bootstrapped server, not yet serving.
+pub struct Server {
+    config: Arc<Config>,
+    store: Store,
+    catalog: Arc<Catalog>,
+    tokens: TokenKey,
+    models: Models,
+    new_key: Option<String>,
+}
+
+impl Server {
+    /// Opens the store under `config.data` and makes sure project `default` exists with
+    /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
+    pub async fn open(config: Config) -> Result<Server, StoreError> {
+        let store = Store::open(&config.data, config.cache_bytes)?;
+        let catalog = Arc::new(Catalog::load(store.clone())?);
+        let now = now_ms();
+        let project = catalog.ensure_project(DEFAULT_PROJECT, now)?;
+        let mut new_key = None;
+        if let Some(key) = &config.api_key {
+            catalog.ensure_key(&project.id, key, "bootstrap", now)?;
+        } else if catalog.keys(&project.id).is_empty() && catalog.projects().len() == 1 {
+            let (_, key) = catalog.create_key(&project.id, Some("initial".into()), None, now)?;
+            new_key = Some(key);
+        }
+        let secret = store.meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())?;
+        let secret: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| StoreError::Io(std::io::Error::other("corrupt ws_token_key")))?;
+        store.commit().await?;
+        Ok(Server {
+            config: Arc::new(config),
+            store,
+            catalog,
+            tokens: TokenKey::new(secret),
+            models: Models::default(),
+            new_key,
+        })
+    }
+
+    /// A key created on this start because the store had none; print it once.
+    pub fn new_key(&self) -> Option<&str> {
+        self.new_key.as_deref()
+    }
+
+    /// Replaces the model registry (tests and real providers).
+    pub fn with_models(mut self, models: Models) -> Server {
+        self.models = models;
+        self
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, closes WebSockets with 1001,
+    /// stops the scheduler (in-flight work stays parked in the due index), lets open
+    /// requests finish, and makes the store durable.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        let public_url = self
+            .config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+
+        let hub = Arc::new(Hub::new());
+        let (scheduler_handle, inbox) = scheduler::channel();
+        let engine = Arc::new(Engine::new(
+            self.store.clone(),
+            self.catalog.clone(),
+            hub.clone(),
+            self.models.clone(),
+            scheduler_handle,
+            self.config.clone(),
+            self.tokens.clone(),
+            public_url,
+        ));
+        let sockets = Arc::new(SocketContext {
+            hub,
+            replay: engine.clone(),
+            idle_timeout: self.config.ws_idle_timeout,
+            shutdown: stop.child_token(),
+        });
+        let settings = scheduler::Settings {
+            max_inflight: self.config.max_inflight,
+            ..scheduler::Settings::default()
+        };
+        let scheduler_task = scheduler::spawn(
+            inbox,
+            self.store.clone(),
+            engine.clone(),
+            settings,
+            stop.child_token(),
+        );
+        let app = Arc::new(App { engine, sockets });
+        tracing::info!(%addr, "serving");
+        http::serve(
+            listener,
+            app,
+            self.config.header_read_timeout,
+            SHUTDOWN_GRACE,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        stop.cancel();
+        let _ = scheduler_task.await;
+        if let Err(e) = self.store.commit().await {
+            tracing::error!(error = %e, "final commit failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+impl Work for Engine {
+    fn run(&self, id: u64, due_ms: u64) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>> {
+        Box::pin(self.drive(id, due_ms))
+    }
+}

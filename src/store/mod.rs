@@ -1,0 +1,410 @@
+//! The durable store: sled trees, key encoding, record CAS transitions and group commit.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `requests` | id `u64` BE | `[v][Request]`: the truth |
+//! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
+//! | `channels` | channel UUID (16 bytes) | id `u64` BE |
+//! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
+//! | `timeline` | id BE ‖ seq BE | `[v][at_ms, Step]` |
+//! | `dlq` | `dead_ms BE ‖ seq BE` | `[v][DeadLetter]` |
+//! | `catalog` | kind byte ‖ … (see [`catalog`]) | `[v][Project/ApiKey/Workflow/…]` |
+//! | `meta` | name | value |
+//!
+//! Invariants:
+//! - Only this module touches sled; every state change of a request goes through
+//!   [`Store::update`].
+//! - `requests` is the truth; `due` and `channels` are derived and [`Store::rebuild_indexes`]
+//!   recomputes them. The due key of a record is inserted *before* the record is swapped
+//!   in, so a durable record always has its due key; an old key is removed after.
+//! - No multi-tree transaction: each record moves by `compare_and_swap`, and writers of the
+//!   same record in this process are serialized by a striped lock so that index
+//!   maintenance cannot interleave.
+//! - Nothing is acknowledged before [`Store::commit`] returns.
+
+pub mod catalog;
+mod codec;
+mod commit;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use sled::{IVec, Tree};
+
+pub use codec::{CodecError, FORMAT_V1};
+pub use commit::{CommitResult, CommitStats, Committer};
+
+use crate::job::{DeadLetter, Request, Step};
+
+/// Store failures. Expected outcomes (a refused update, a missing record) are values of
+/// [`Update`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored value: {0}")]
+    Codec(#[from] CodecError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("durable commit failed: {0}")]
+    Commit(Arc<std::io::Error>),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What [`Store::update`] did.
+#[derive(Debug)]
+pub enum Update<T, R> {
+    /// The closure accepted the change; the record as stored now and the closure's value.
+    Done(Request, T),
+    /// The closure refused; nothing was written.
+    Refused(R),
+    /// No record has this id.
+    Missing,
+}
+
+/// How an idempotency key was claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller owns the key now and must create the request with this id.
+    New,
+    /// A request was already created with this key.
+    Existing(u64),
+}
+
+const LOCK_STRIPES: usize = 256;
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    requests: Tree,
+    due: Tree,
+    channels: Tree,
+    idempotency: Tree,
+    timeline: Tree,
+    dlq: Tree,
+    catalog: Tree,
+    meta: Tree,
+    committer: Committer,
+    /// Serializes writers of one record (by id) so that "insert new due key → CAS →
+    /// remove old due key" never interleaves with another writer of the same record.
+    stripes: Vec<Mutex<()>>,
+}
+
+pub fn request_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub fn due_key(due_ms: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&due_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
+    let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    Some((due, id))
+}
+
+fn be_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("db"))?;
+        let committer = Committer::start(db.clone(), file)?;
+        let inner = Inner {
+            requests: db.open_tree("requests")?,
+            due: db.open_tree("due")?,
+            channels: db.open_tree("channels")?,
+            idempotency: db.open_tree("idempotency")?,
+            timeline: db.open_tree("timeline")?,
+            dlq: db.open_tree("dlq")?,
+            catalog: db.open_tree("catalog")?,
+            meta: db.open_tree("meta")?,
+            committer,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            db,
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Resolves once every write made before the call is on disk (flush + fdatasync).
+    pub async fn commit(&self) -> Result<()> {
+        self.inner
+            .committer
+            .wait()
+            .await
+            .map_err(StoreError::Commit)
+    }
+
+    pub fn commit_stats(&self) -> &CommitStats {
+        self.inner.committer.stats()
+    }
+
+    /// A new unique, increasing id (for requests and timeline entries).
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.inner.db.generate_id()?)
+    }
+
+    fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, ()> {
+        let lock = &self.inner.stripes[(id as usize) % LOCK_STRIPES];
+        lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a new request with its indexes. Not durable until [`Store::commit`].
+    pub fn insert_request(&self, record: &mut Request) -> Result<()> {
+        let _guard = self.stripe(record.id);
+        record.due_ms = record.next_due();
+        if let Some(due) = record.due_ms {
+            self.inner.due.insert(due_key(due, record.id), &[])?;
+        }
+        self.inner
+            .channels
+            .insert(record.channel_id, &request_key(record.id))?;
+        self.inner
+            .requests
+            .insert(request_key(record.id), codec::encode(record)?)?;
+        Ok(())
+    }
+
+    pub fn request(&self, id: u64) -> Result<Option<Request>> {
+        match self.inner.requests.get(request_key(id))? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn request_by_channel(&self, channel: &[u8; 16]) -> Result<Option<Request>> {
+        match self.inner.channels.get(channel)? {
+            Some(id) => match be_u64(&id) {
+                Some(id) => self.request(id),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `change` to the record and swaps it in: read → change → CAS → move the due
+    /// key. `change` may refuse (nothing is written). `updated_ms` and `due_ms` are set
+    /// here, so the due index always follows [`Request::next_due`].
+    pub fn update<T, R>(
+        &self,
+        id: u64,
+        now_ms: u64,
+        mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
+    ) -> Result<Update<T, R>> {
+        let _guard = self.stripe(id);
+        let key = request_key(id);
+        loop {
+            let Some(old) = self.inner.requests.get(key)? else {
+                return Ok(Update::Missing);
+            };
+            let mut record: Request = codec::decode(&old)?;
+            let old_due = record.due_ms;
+            let value = match change(&mut record) {
+                Ok(v) => v,
+                Err(refusal) => return Ok(Update::Refused(refusal)),
+            };
+            record.updated_ms = now_ms.max(record.updated_ms);
+            record.due_ms = record.next_due();
+            if record.due_ms != old_due
+                && let Some(due) = record.due_ms
+            {
+                self.inner.due.insert(due_key(due, id), &[])?;
+            }
+            let new = codec::encode(&record)?;
+            // Another process cannot write this store (sled locks it), and this process
+            // holds the stripe, so a conflict means a bug elsewhere; re-reading is still
+            // the correct answer to it.
+            if self
+                .inner
+                .requests
+                .compare_and_swap(key, Some(old), Some(new))?
+                .is_err()
+            {
+                continue;
+            }
+            if record.due_ms != old_due
+                && let Some(due) = old_due
+            {
+                self.inner.due.remove(due_key(due, id))?;
+            }
+            return Ok(Update::Done(record, value));
+        }
+    }
+
+    /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.
+    pub fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.inner.due.range(..due_key(until_ms, 0)).take(limit) {
+            let (k, _) = kv?;
+            if let Some(entry) = split_due_key(&k) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the due entry `(due_ms, id)` if the record no longer owns it (a leftover of a
+    /// crash between swapping a record and removing its old key). Returns true if removed.
+    pub fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
+        let _guard = self.stripe(id);
+        let owned = self.request(id)?.and_then(|r| r.due_ms) == Some(due_ms);
+        if !owned {
+            self.inner.due.remove(due_key(due_ms, id))?;
+        }
+        Ok(!owned)
+    }
+
+    pub fn due_len(&self) -> usize {
+        self.inner.due.len()
+    }
+
+    /// Claims `project ‖ key_hash` for request `id`, unless an unexpired claim exists whose
+    /// request was stored. Claims older than `ttl_ms` are taken over.
+    pub fn claim_idempotency(
+        &self,
+        project: &[u8; 16],
+        key_hash: &[u8; 32],
+        id: u64,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Claim> {
+        let mut key = [0u8; 48];
+        key[..16].copy_from_slice(project);
+        key[16..].copy_from_slice(key_hash);
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&id.to_be_bytes());
+        value[8..].copy_from_slice(&now_ms.to_be_bytes());
+        let mut expected: Option<IVec> = None;
+        loop {
+            match self.inner.idempotency.compare_and_swap(
+                key,
+                expected.as_ref(),
+                Some(&value[..]),
+            )? {
+                Ok(()) => return Ok(Claim::New),
+                Err(conflict) => {
+                    let current = conflict.current.unwrap_or_default();
+                    let owner = be_u64(&current).unwrap_or(0);
+                    let created = current.get(8..).and_then(be_u64).unwrap_or(0);
+                    let expired = now_ms.saturating_sub(created) >= ttl_ms;
+                    if !expired && self.inner.requests.contains_key(request_key(owner))? {
+                        return Ok(Claim::Existing(owner));
+                    }
+                    expected = Some(current);
+                }
+            }
+        }
+    }
+
+    /// Appends a step to a request's timeline. Durable with the next commit.
+    pub fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
+        let seq = self.next_id()?;
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&id.to_be_bytes());
+        key[8..].copy_from_slice(&seq.to_be_bytes());
+        self.inner
+            .timeline
+            .insert(key, codec::encode(&(at_ms, step))?)?;
+        Ok(())
+    }
+
+    /// A request's timeline, oldest first.
+    pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
+        let mut out = Vec::new();
+        for kv in self.inner.timeline.scan_prefix(id.to_be_bytes()) {
+            let (_, v) = kv?;
+            out.push(codec::decode::<(u64, Step)>(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records a dead-lettered delivery. Durable with the next commit.
+    pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<()> {
+        let seq = self.next_id()?;
+        self.inner
+            .dlq
+            .insert(due_key(entry.dead_ms, seq), codec::encode(entry)?)?;
+        Ok(())
+    }
+
+    /// Dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        for kv in self.inner.dlq.iter().rev().take(limit) {
+            let (_, v) = kv?;
+            out.push(codec::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Requests, newest first, at most `limit`, starting below id `before`.
+    pub fn requests_before(&self, before: Option<u64>, limit: usize) -> Result<Vec<Request>> {
+        let end = request_key(before.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        for kv in self.inner.requests.range(..end).rev().take(limit) {
+            let (_, v) = kv?;
+            out.push(codec::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// A value of the `meta` tree, created with `init` on first use.
+    pub fn meta_or_init(&self, name: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        let fresh = init();
+        match self.inner.meta.compare_and_swap(
+            name,
+            None as Option<&[u8]>,
+            Some(fresh.as_slice()),
+        )? {
+            Ok(()) => Ok(fresh),
+            Err(conflict) => Ok(conflict.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+
+    /// Recomputes the `due` and `channels` indexes from the records. Returns the number of
+    /// records scanned. Used on a store whose indexes are missing or suspect.
+    pub fn rebuild_indexes(&self) -> Result<usize> {
+        self.inner.due.clear()?;
+        let mut scanned = 0;
+        for kv in self.inner.requests.iter() {
+            let (k, v) = kv?;
+            let Some(id) = be_u64(&k) else { continue };
+            let _guard = self.stripe(id);
+            let mut record: Request = codec::decode(&v)?;
+            let due = record.next_due();
+            if due != record.due_ms {
+                record.due_ms = due;
+                self.inner.requests.insert(&k, codec::encode(&record)?)?;
+            }
+            if let Some(due) = due {
+                self.inner.due.insert(due_key(due, id), &[])?;
+            }
+            self.inner.channels.insert(record.channel_id, &k)?;
+            scanned += 1;
+        }
+        Ok(scanned)
+    }
+}

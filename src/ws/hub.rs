@@ -1,0 +1,117 @@
+//! The channel hub: which sockets have joined which channel, and fan-out of pushes.
+//!
+//! A push encodes one frame and hands a cheap clone of it to every subscriber's bounded
+//! outbox. A subscriber whose outbox is full is a slow reader: it is removed and its socket
+//! told to close, so one stuck browser can neither block a push nor grow memory. The hub
+//! keeps no history: the latest message of a channel is derived from the stored record
+//! (see `Replay`), so it survives restarts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::frame;
+
+/// One socket's subscription to one channel.
+struct Subscriber {
+    socket: u64,
+    outbox: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled to make the socket close itself (slow reader).
+    kill: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<[u8; 16], Vec<Subscriber>>>,
+    next_socket: AtomicU64,
+    open_sockets: AtomicUsize,
+    pushes: AtomicU64,
+    dropped_slow: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// A new socket id; counts the socket as open until [`Hub::socket_closed`].
+    pub fn socket_opened(&self) -> u64 {
+        self.open_sockets.fetch_add(1, Ordering::Relaxed);
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn socket_closed(&self) {
+        self.open_sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn open_sockets(&self) -> usize {
+        self.open_sockets.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped_slow(&self) -> u64 {
+        self.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Vec<Subscriber>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(
+        &self,
+        channel: [u8; 16],
+        socket: u64,
+        outbox: mpsc::Sender<Utf8Bytes>,
+        kill: CancellationToken,
+    ) {
+        let mut channels = self.lock();
+        let subs = channels.entry(channel).or_default();
+        subs.retain(|s| s.socket != socket);
+        subs.push(Subscriber {
+            socket,
+            outbox,
+            kill,
+        });
+    }
+
+    pub fn unsubscribe(&self, channel: &[u8; 16], socket: u64) {
+        let mut channels = self.lock();
+        if let Some(subs) = channels.get_mut(channel) {
+            subs.retain(|s| s.socket != socket);
+            if subs.is_empty() {
+                channels.remove(channel);
+            }
+        }
+    }
+
+    /// Pushes `event` with `payload` (JSON text) on `topic` to every socket joined on
+    /// `channel`. Returns how many sockets got it. No socket is not an error.
+    pub fn push(&self, channel: &[u8; 16], topic: &str, event: &str, payload: &str) -> usize {
+        let mut channels = self.lock();
+        let Some(subs) = channels.get_mut(channel) else {
+            return 0;
+        };
+        let frame = Utf8Bytes::from(frame::push(topic, event, payload));
+        let mut delivered = 0;
+        subs.retain(|s| match s.outbox.try_send(frame.clone()) {
+            Ok(()) => {
+                delivered += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                s.kill.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if subs.is_empty() {
+            channels.remove(channel);
+        }
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        delivered
+    }
+}

@@ -1,0 +1,32 @@
+//! The browser side: Phoenix Channels v2 over WebSocket at `/socket/websocket`.
+//!
+//! - [`frame`]: the v2 wire format.
+//! - [`token`]: channel-bound tokens checked on upgrade and join.
+//! - [`hub`]: fan-out of pushes to the sockets joined on a channel.
+//! - [`socket`]: one connection's task (joins, heartbeats, outbox, idle and shutdown).
+//!
+//! This module stores nothing. The latest message of a channel comes from the engine
+//! through [`Replay`], which derives it from the stored record.
+
+pub mod frame;
+pub mod hub;
+pub mod socket;
+pub mod token;
+
+pub use hub::Hub;
+pub use token::{Claims, TokenError, TokenKey};
+
+/// The latest `response` payload of a channel, for a socket that joins late or rejoins.
+pub trait Replay: Send + Sync {
+    /// `(project, payload)` for the request on `channel`, if any and if it has a message.
+    fn latest(&self, channel: &[u8; 16]) -> Option<String>;
+}
+
+/// `ai_response:<project_id>:<channel_id>`.
+pub fn topic(project: &[u8; 16], channel: &[u8; 16]) -> String {
+    format!(
+        "ai_response:{}:{}",
+        crate::payload::project_str(project),
+        crate::payload::channel_str(channel)
+    )
+}
