@@ -195,9 +195,24 @@ impl Catalog {
 
     /// The project called `name`, created if there is none.
     pub fn ensure_project(&self, name: &str, now_ms: u64) -> Result<Arc<Project>, StoreError> {
+        match self.create_project(name, now_ms) {
+            Ok(project) => Ok(project),
+            Err(CatalogError::Store(e)) => Err(e),
+            Err(_) => self
+                .read()
+                .projects
+                .values()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| StoreError::Io(std::io::Error::other("project vanished"))),
+        }
+    }
+
+    /// A new project; names are unique.
+    pub fn create_project(&self, name: &str, now_ms: u64) -> Result<Arc<Project>, CatalogError> {
         let mut cache = self.write();
-        if let Some(p) = cache.projects.values().find(|p| p.name == name) {
-            return Ok(p.clone());
+        if cache.projects.values().any(|p| p.name == name) {
+            return Err(CatalogError::Conflict(format!("project '{name}'")));
         }
         let project = Project {
             id: *uuid::Uuid::new_v4().as_bytes(),

@@ -7,6 +7,7 @@
 //! - [`runtime`]: `/v1` routes. [`console`]: `/console` routes. [`views`]: JSON views.
 //! - [`upgrade`]: the WebSocket upgrade at `/socket/websocket`.
 
+pub mod admin;
 pub mod console;
 pub mod error;
 pub mod json;
@@ -133,6 +134,7 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response {
         (&Method::GET, ["socket", "websocket"]) => upgrade::upgrade(&app, request),
         (_, ["v1", rest @ ..]) => runtime::route(&app, request, rest).await,
         (_, ["console", rest @ ..]) => console::route(&app, request, rest).await,
+        (_, ["admin", rest @ ..]) => admin::route(&app, request, rest).await,
         (_, ["healthz"] | ["socket", "websocket"]) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     };

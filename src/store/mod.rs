@@ -56,7 +56,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug)]
 pub enum Update<T, R> {
     /// The closure accepted the change; the record as stored now and the closure's value.
-    Done(Request, T),
+    Done(Box<Request>, T),
     /// The closure refused; nothing was written.
     Refused(R),
     /// No record has this id.
@@ -250,7 +250,7 @@ impl Store {
             {
                 self.inner.due.remove(due_key(due, id))?;
             }
-            return Ok(Update::Done(record, value));
+            return Ok(Update::Done(Box::new(record), value));
         }
     }
 
@@ -331,13 +331,15 @@ impl Store {
         Ok(())
     }
 
-    /// A request's timeline, oldest first.
+    /// A request's timeline in time order (a webhook attempt is stamped with its start,
+    /// so it sorts before a callback that arrived while it was in flight).
     pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
         let mut out = Vec::new();
         for kv in self.inner.timeline.scan_prefix(id.to_be_bytes()) {
             let (_, v) = kv?;
             out.push(codec::decode::<(u64, Step)>(&v)?);
         }
+        out.sort_by_key(|(at_ms, _)| *at_ms);
         Ok(out)
     }
 
