@@ -26,6 +26,8 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     /// Per webhook attempt.
     pub webhook_timeout: Duration,
+    /// Least delay before retrying after a 429 or a timeout.
+    pub webhook_throttle_delay: Duration,
     /// From a webhook's 2xx to the backend's callback.
     pub callback_timeout: Duration,
     pub allow_private_webhooks: bool,
@@ -60,6 +62,7 @@ impl Default for Config {
                 .map(Duration::from_secs)
                 .collect(),
             webhook_timeout: Duration::from_secs(30),
+            webhook_throttle_delay: Duration::from_secs(60),
             callback_timeout: Duration::from_secs(300),
             allow_private_webhooks: false,
             admin_token: None,
@@ -98,6 +101,9 @@ pub struct Options {
     /// Timeout of one webhook attempt [default: 30s]
     #[arg(long, env = "EDDY_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<String>,
+    /// Least delay before retrying after a 429 or a timeout [default: 60s]
+    #[arg(long, env = "EDDY_WEBHOOK_THROTTLE_DELAY")]
+    pub webhook_throttle_delay: Option<String>,
     /// Time from a webhook's 2xx to the backend's callback [default: 5m]
     #[arg(long, env = "EDDY_CALLBACK_TIMEOUT")]
     pub callback_timeout: Option<String>,
@@ -211,6 +217,9 @@ impl Options {
         }
         if let Some(t) = self.webhook_timeout.or(file.webhook_timeout) {
             config.webhook_timeout = parse_duration("webhook_timeout", &t)?;
+        }
+        if let Some(t) = self.webhook_throttle_delay.or(file.webhook_throttle_delay) {
+            config.webhook_throttle_delay = parse_duration("webhook_throttle_delay", &t)?;
         }
         if let Some(t) = self.callback_timeout.or(file.callback_timeout) {
             config.callback_timeout = parse_duration("callback_timeout", &t)?;

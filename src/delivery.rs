@@ -5,11 +5,12 @@
 //! or a connection error is retried) → report (status, error, duration, response excerpt).
 //! Recording the outcome is the engine's job.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 
-use crate::signature;
+use crate::{egress, signature};
 
 /// How much of a receiver's response body is kept for the timeline and the DLQ.
 pub const EXCERPT_LIMIT: usize = 20 * 1024;
@@ -38,8 +39,41 @@ pub struct Outcome {
     pub error: Option<String>,
     pub duration_ms: u64,
     pub response_excerpt: String,
-    /// The receiver's `Retry-After`, in seconds form.
+    /// The receiver's `Retry-After` (seconds or an HTTP date).
     pub retry_after: Option<Duration>,
+    /// The attempt timed out.
+    pub timed_out: bool,
+    /// Retrying cannot help (the SSRF guard refused the address, the endpoint is gone).
+    pub permanent: bool,
+}
+
+impl Outcome {
+    /// An attempt that was not made, for a reason retrying cannot change.
+    pub fn refused(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            error: Some(reason.into()),
+            permanent: true,
+            ..Outcome::new()
+        }
+    }
+
+    fn new() -> Outcome {
+        Outcome {
+            delivered: false,
+            status: None,
+            error: None,
+            duration_ms: 0,
+            response_excerpt: String::new(),
+            retry_after: None,
+            timed_out: false,
+            permanent: false,
+        }
+    }
+
+    /// The receiver asked to slow down (429) or did not answer in time.
+    pub fn slow_down(&self) -> bool {
+        self.timed_out || self.status == Some(429)
+    }
 }
 
 /// Sends webhooks. Cheap to clone (one connection pool).
@@ -47,6 +81,8 @@ pub struct Outcome {
 pub struct Deliverer {
     client: reqwest::Client,
     timeout: Duration,
+    /// The SSRF guard is on (no `--allow-private-webhooks`).
+    guarded: bool,
 }
 
 /// Installs ring as rustls' process-wide crypto provider (once; later calls are no-ops).
@@ -55,16 +91,26 @@ pub fn install_crypto() {
 }
 
 impl Deliverer {
-    pub fn new(timeout: Duration) -> Deliverer {
+    /// A deliverer with a per-attempt `timeout`; `guarded` turns the SSRF guard on.
+    pub fn new(timeout: Duration, guarded: bool) -> Deliverer {
         install_crypto();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(32);
+        if guarded {
+            builder = builder.dns_resolver(Arc::new(egress::GuardedResolver));
+        }
+        let client = builder
             .build()
             .expect("reqwest client builds with static settings");
-        Deliverer { client, timeout }
+        Deliverer {
+            client,
+            timeout,
+            guarded,
+        }
     }
 
     /// The headers of SPEC §4 for one attempt.
@@ -103,20 +149,22 @@ impl Deliverer {
     /// Sends one attempt and classifies it. Never fails: every problem is an [`Outcome`].
     pub async fn send(&self, attempt: &Attempt<'_>) -> Outcome {
         let started = Instant::now();
+        let mut outcome = Outcome::new();
+        if self.guarded {
+            // Literal addresses never reach the resolver, so they are checked here.
+            let checked = reqwest::Url::parse(attempt.url)
+                .map_err(|e| egress::Blocked(format!("invalid URL: {e}")))
+                .and_then(|url| egress::check_literal(&url));
+            if let Err(blocked) = checked {
+                return Outcome::refused(blocked.to_string());
+            }
+        }
         let request = self
             .client
             .post(attempt.url)
             .headers(Deliverer::headers(attempt))
             .body(attempt.body.to_string())
             .timeout(self.timeout);
-        let mut outcome = Outcome {
-            delivered: false,
-            status: None,
-            error: None,
-            duration_ms: 0,
-            response_excerpt: String::new(),
-            retry_after: None,
-        };
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status();
@@ -126,8 +174,7 @@ impl Deliverer {
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(retry_after);
                 let mut excerpt = Vec::new();
                 while excerpt.len() < EXCERPT_LIMIT {
                     match response.chunk().await {
@@ -147,16 +194,43 @@ impl Deliverer {
                     outcome.error = Some(format!("HTTP {}", status.as_u16()));
                 }
             }
-            Err(e) => outcome.error = Some(describe(&e)),
+            Err(e) => {
+                outcome.timed_out = e.is_timeout();
+                outcome.permanent = blocked_by_guard(&e);
+                outcome.error = Some(describe(&e));
+            }
         }
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         outcome
     }
 }
 
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn sources(e: &reqwest::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(e), |s| s.source())
+}
+
+fn blocked_by_guard(e: &reqwest::Error) -> bool {
+    sources(e).any(|s| s.downcast_ref::<egress::Blocked>().is_some())
+}
+
 /// A short, stable description of a transport error.
 fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
+    if let Some(blocked) = sources(e).find_map(|s| s.downcast_ref::<egress::Blocked>()) {
+        blocked.to_string()
+    } else if e.is_timeout() {
         "timeout".to_string()
     } else if e.is_connect() {
         let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);

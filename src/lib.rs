@@ -17,6 +17,7 @@
 //!   callbacks.
 //! - [`ai`]: the provider trait and the `testing` provider.
 //! - [`delivery`]: sending one webhook attempt and classifying it (the only reqwest user).
+//! - [`egress`]: the SSRF guard: which addresses webhooks may go to.
 //! - [`signature`]: `mr-signature` and Standard Webhooks signatures.
 //! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record.
 //! - [`http`]: the hyper server, routing, auth, the error envelope, handlers.
@@ -32,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod http;

@@ -13,7 +13,7 @@ use futures_util::stream::FuturesUnordered;
 
 use super::Engine;
 use crate::clock::now_ms;
-use crate::delivery::Attempt;
+use crate::delivery::{Attempt, Outcome};
 use crate::error::Result;
 use crate::job::{
     AiResult, AttemptEffect, AttemptLog, AttemptResult, DeadLetter, Delivery, DeliveryOutcome,
@@ -106,7 +106,7 @@ impl Engine {
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
     /// the project that wants the workflow's event.
     fn targets(&self, record: &Request, now: u64) -> Vec<Delivery> {
-        let first_at = self.retry_at(0, now).unwrap_or(now);
+        let first_at = self.first_attempt_at(now);
         let delivery = |endpoint_id: &str, url: &str| Delivery {
             webhook_id: format!("msg_{}", secret::random_alnum(24)),
             endpoint_id: endpoint_id.to_string(),
@@ -176,11 +176,15 @@ impl Engine {
                     r.record_ai_failure(e.message.clone(), deliveries, now)?
                 }
             }
-            r.settle(now, timeout);
-            Ok::<_, crate::job::InvalidTransition>(())
+            let mut visited = vec![r.state];
+            visited.extend(r.settle(now, timeout));
+            Ok::<_, crate::job::InvalidTransition>(visited)
         })?;
-        if let Update::Done(record, ()) = update {
-            self.note_state(&record, now)?;
+        if let Update::Done(record, visited) = update {
+            for state in visited {
+                self.store
+                    .append_step(record.id, now, &Step::Transition { state })?;
+            }
             self.store.commit().await?;
             self.push_latest(&record);
         }
@@ -199,10 +203,9 @@ impl Engine {
                 .endpoint(&record.project_id, &d.endpoint_id)
                 .map(|e| e.signing_secrets(started))
         };
-        let (result, step) = match secrets {
+        let outcome = match secrets {
             Some(secrets) => {
-                let outcome = self
-                    .deliverer
+                self.deliverer
                     .send(&Attempt {
                         url: &d.url,
                         body,
@@ -212,45 +215,33 @@ impl Engine {
                         secrets: &secrets,
                         timestamp: started / 1000,
                     })
-                    .await;
-                let step = Step::WebhookAttempt {
-                    webhook_id: d.webhook_id.clone(),
-                    endpoint_id: d.endpoint_id.clone(),
-                    attempt: d.attempts + 1,
-                    status: outcome.status,
-                    error: outcome.error.clone(),
-                    duration_ms: outcome.duration_ms,
-                    response_excerpt: outcome.response_excerpt,
-                };
-                let result = AttemptResult {
-                    delivered: outcome.delivered,
-                    status: outcome.status,
-                    error: outcome.error,
-                };
-                (result, Some(step))
+                    .await
             }
-            None => {
-                let result = AttemptResult {
-                    delivered: false,
-                    status: None,
-                    error: Some("endpoint was deleted".into()),
-                };
-                (result, None)
-            }
+            None => Outcome::refused("the endpoint was deleted"),
         };
         let now = now_ms();
-        if let Some(step) = &step {
-            self.store.append_step(record.id, started, step)?;
-        }
-        let deleted = step.is_none();
+        self.store.append_step(
+            record.id,
+            started,
+            &Step::WebhookAttempt {
+                webhook_id: d.webhook_id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                attempt: d.attempts + 1,
+                status: outcome.status,
+                error: outcome.error.clone(),
+                duration_ms: outcome.duration_ms,
+                response_excerpt: outcome.response_excerpt.clone(),
+            },
+        )?;
+        let result = AttemptResult {
+            delivered: outcome.delivered,
+            status: outcome.status,
+            error: outcome.error.clone(),
+        };
         let timeout = self.callback_timeout_ms(record);
         let update = self.store.update(record.id, now, |r| {
             let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
-                if deleted {
-                    None
-                } else {
-                    self.retry_at(made, now)
-                }
+                self.retry_at(made, now, &outcome)
             })?;
             Ok::<_, crate::job::StaleAttempt>((effect, r.settle(now, timeout)))
         })?;

@@ -19,7 +19,7 @@ use crate::ai::Models;
 use crate::catalog::{Catalog, Project, Workflow};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::delivery::Deliverer;
+use crate::delivery::{Deliverer, Outcome};
 use crate::error::{Error, Result};
 use crate::job::{CallbackData, Event, Request, State, Step, WorkflowSnapshot};
 use crate::payload;
@@ -113,7 +113,7 @@ impl Engine {
                 .replacen("http://", "ws://", 1)
         );
         Engine {
-            deliverer: Deliverer::new(config.webhook_timeout),
+            deliverer: Deliverer::new(config.webhook_timeout, !config.allow_private_webhooks),
             store,
             catalog,
             hub,
@@ -223,20 +223,6 @@ impl Engine {
 
         let now = now_ms();
         let id = self.store.next_id()?;
-        if let Some(key) = idempotency_key {
-            let hash = secret::hash_key(key);
-            let ttl = self.config.idempotency_ttl.as_millis() as u64;
-            if let Claim::Existing(first) =
-                self.store
-                    .claim_idempotency(&project.id, &hash, id, now, ttl)?
-                && let Some(record) = self.store.request(first)?
-            {
-                // The first request may still be on its way to disk.
-                self.store.commit().await?;
-                return Ok(self.ticket(&record));
-            }
-        }
-
         let mut record = Request {
             id,
             channel_id: *uuid::Uuid::new_v4().as_bytes(),
@@ -257,7 +243,25 @@ impl Engine {
             callback: None,
             callback_deadline_ms: None,
         };
-        self.store.insert_request(&mut record)?;
+        match idempotency_key {
+            Some(key) => {
+                let hash = secret::hash_key(key);
+                let ttl = self.config.idempotency_ttl.as_millis() as u64;
+                let claim = self
+                    .store
+                    .insert_request_once(&mut record, &project.id, &hash, ttl)?;
+                if let Claim::Existing(first) = claim {
+                    let first = self
+                        .store
+                        .request(first)?
+                        .ok_or_else(|| Error::Unavailable("idempotent request vanished".into()))?;
+                    // The first request may still be on its way to disk.
+                    self.store.commit().await?;
+                    return Ok(self.ticket(&first));
+                }
+            }
+            None => self.store.insert_request(&mut record)?,
+        }
         self.store.append_step(
             id,
             now,
@@ -405,11 +409,34 @@ impl Engine {
             .unwrap_or(self.config.callback_timeout.as_millis() as u64)
     }
 
-    /// When attempt number `made + 1` of a delivery is due, with ±20% jitter; `None` once
-    /// the schedule is used up.
-    fn retry_at(&self, made: u32, now: u64) -> Option<u64> {
-        let delay = *self.config.retry_schedule.get(made as usize)?;
-        Some(now + jittered(delay).as_millis() as u64)
+    /// When the first attempt of a new delivery is due.
+    fn first_attempt_at(&self, now: u64) -> u64 {
+        let delay = self
+            .config
+            .retry_schedule
+            .first()
+            .copied()
+            .unwrap_or_default();
+        now + jittered(delay).as_millis() as u64
+    }
+
+    /// When attempt number `made + 1` of a delivery is due after `outcome`, or `None` when
+    /// the schedule is used up or retrying cannot help. The scheduled delay (±20% jitter)
+    /// stretches to the receiver's `Retry-After`, clamped to [delay, 2×delay], and to at
+    /// least the throttle delay after a 429 or a timeout.
+    fn retry_at(&self, made: u32, now: u64, outcome: &Outcome) -> Option<u64> {
+        if outcome.permanent {
+            return None;
+        }
+        let scheduled = jittered(*self.config.retry_schedule.get(made as usize)?);
+        let mut delay = match outcome.retry_after {
+            Some(asked) => asked.clamp(scheduled, scheduled * 2),
+            None => scheduled,
+        };
+        if outcome.slow_down() {
+            delay = delay.max(self.config.webhook_throttle_delay);
+        }
+        Some(now + delay.as_millis() as u64)
     }
 }
 

@@ -11,10 +11,11 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{Response, json_response, parse, query, read_body};
-use super::runtime::{check_url, parse_channel};
+use super::runtime::{blocked, check_url, parse_channel};
 use super::{App, views};
 use crate::catalog::{Endpoint, Project, StructuredOutput, Workflow};
 use crate::clock::now_ms;
+use crate::egress;
 use crate::error::Error;
 use crate::payload::project_str;
 use crate::secret;
@@ -406,7 +407,13 @@ async fn create_endpoint(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(request, app.engine.config().body_limit).await?;
     let body: EndpointBody = parse(&bytes)?;
-    check_url("url", &body.url)?;
+    let guarded = !app.engine.config().allow_private_webhooks;
+    let url = check_url("url", &body.url, guarded)?;
+    if guarded {
+        egress::check_resolving(&url, Duration::from_secs(2))
+            .await
+            .map_err(|b| blocked("url", &b))?;
+    }
     for (i, e) in body.events.iter().enumerate() {
         check_name(&format!("events[{i}]"), e)?;
     }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::App;
 use super::error::ApiError;
 use super::json::{Response, json_response, parse, read_body};
+use crate::egress;
 use crate::engine::{AcceptInput, CallbackInput, Ticket};
 
 pub async fn route(
@@ -55,8 +56,14 @@ struct AsyncBody {
 
 const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "developer"];
 
-/// Checks an `http(s)://` URL with a host.
-pub fn check_url(field: &str, url: &str) -> Result<(), ApiError> {
+/// Checks an `http(s)://` URL with a host and, when `guarded`, that its host is not a
+/// private or loopback address (names are resolved at connect time).
+pub fn check_url(field: &str, url: &str, guarded: bool) -> Result<reqwest::Url, ApiError> {
+    if url.len() > 2048 {
+        return Err(ApiError::invalid(format!(
+            "{field}: longer than 2048 characters"
+        )));
+    }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ApiError::invalid(format!("{field}: not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -64,15 +71,20 @@ pub fn check_url(field: &str, url: &str) -> Result<(), ApiError> {
             "{field}: must be an http:// or https:// URL with a host"
         )));
     }
-    if url.len() > 2048 {
-        return Err(ApiError::invalid(format!(
-            "{field}: longer than 2048 characters"
-        )));
+    if guarded {
+        egress::check_literal(&parsed).map_err(|b| blocked(field, &b))?;
     }
-    Ok(())
+    Ok(parsed)
 }
 
-fn validate_async(body: AsyncBody) -> Result<AcceptInput, ApiError> {
+/// The 400 for a URL the SSRF guard refuses.
+pub fn blocked(field: &str, why: &egress::Blocked) -> ApiError {
+    ApiError::invalid(format!(
+        "{field}: {why} (start eddy with --allow-private-webhooks to permit private addresses)"
+    ))
+}
+
+fn validate_async(body: AsyncBody, guarded: bool) -> Result<AcceptInput, ApiError> {
     if body.workflow.trim().is_empty() {
         return Err(ApiError::invalid("workflow: must not be empty"));
     }
@@ -117,7 +129,7 @@ fn validate_async(body: AsyncBody) -> Result<AcceptInput, ApiError> {
         }
     }
     if let Some(url) = &body.webhook_url {
-        check_url("webhook_url", url)?;
+        check_url("webhook_url", url, guarded)?;
     }
     Ok(AcceptInput {
         workflow: body.workflow,
@@ -158,7 +170,8 @@ async fn accept(app: &App, request: Request<Incoming>) -> Result<Response, ApiEr
         })
         .transpose()?;
     let bytes = read_body(request, app.engine.config().body_limit).await?;
-    let input = validate_async(parse(&bytes)?)?;
+    let guarded = !app.engine.config().allow_private_webhooks;
+    let input = validate_async(parse(&bytes)?, guarded)?;
     let ticket = app
         .engine
         .accept(&project, input, idempotency_key.as_deref())

@@ -29,7 +29,7 @@ mod commit;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sled::{IVec, Tree};
+use sled::Tree;
 
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
@@ -63,10 +63,10 @@ pub enum Update<T, R> {
     Missing,
 }
 
-/// How an idempotency key was claimed.
+/// What [`Store::insert_request_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// This caller owns the key now and must create the request with this id.
+    /// The request was stored under the key.
     New,
     /// A request was already created with this key.
     Existing(u64),
@@ -94,6 +94,8 @@ struct Inner {
     /// Serializes writers of one record (by id) so that "insert new due key → CAS →
     /// remove old due key" never interleaves with another writer of the same record.
     stripes: Vec<Mutex<()>>,
+    /// Serializes "check idempotency claim → insert request" per key (by key hash).
+    claim_stripes: Vec<Mutex<()>>,
 }
 
 pub fn request_key(id: u64) -> [u8; 8] {
@@ -142,6 +144,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             committer,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             db,
         };
         Ok(Store {
@@ -281,42 +284,39 @@ impl Store {
         self.inner.due.len()
     }
 
-    /// Claims `project ‖ key_hash` for request `id`, unless an unexpired claim exists whose
-    /// request was stored. Claims older than `ttl_ms` are taken over.
-    pub fn claim_idempotency(
+    /// Stores a new request unless `project ‖ key_hash` already names one that exists and
+    /// is younger than `ttl_ms`; then returns that request's id and stores nothing. The
+    /// check and the insert happen under one lock per key, so concurrent repeats of a key
+    /// create exactly one request; a claim whose request is missing (a crash between the
+    /// two writes) or expired is taken over.
+    pub fn insert_request_once(
         &self,
+        record: &mut Request,
         project: &[u8; 16],
         key_hash: &[u8; 32],
-        id: u64,
-        now_ms: u64,
         ttl_ms: u64,
     ) -> Result<Claim> {
         let mut key = [0u8; 48];
         key[..16].copy_from_slice(project);
         key[16..].copy_from_slice(key_hash);
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&id.to_be_bytes());
-        value[8..].copy_from_slice(&now_ms.to_be_bytes());
-        let mut expected: Option<IVec> = None;
-        loop {
-            match self.inner.idempotency.compare_and_swap(
-                key,
-                expected.as_ref(),
-                Some(&value[..]),
-            )? {
-                Ok(()) => return Ok(Claim::New),
-                Err(conflict) => {
-                    let current = conflict.current.unwrap_or_default();
-                    let owner = be_u64(&current).unwrap_or(0);
-                    let created = current.get(8..).and_then(be_u64).unwrap_or(0);
-                    let expired = now_ms.saturating_sub(created) >= ttl_ms;
-                    if !expired && self.inner.requests.contains_key(request_key(owner))? {
-                        return Ok(Claim::Existing(owner));
-                    }
-                    expected = Some(current);
-                }
+        let stripe = u64::from_be_bytes(key_hash[..8].try_into().unwrap_or_default());
+        let _guard = self.inner.claim_stripes[(stripe as usize) % LOCK_STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = self.inner.idempotency.get(key)? {
+            let owner = be_u64(&current).unwrap_or(0);
+            let created = current.get(8..).and_then(be_u64).unwrap_or(0);
+            let fresh = record.created_ms.saturating_sub(created) < ttl_ms;
+            if fresh && self.inner.requests.contains_key(request_key(owner))? {
+                return Ok(Claim::Existing(owner));
             }
         }
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&record.id.to_be_bytes());
+        value[8..].copy_from_slice(&record.created_ms.to_be_bytes());
+        self.inner.idempotency.insert(key, &value[..])?;
+        self.insert_request(record)?;
+        Ok(Claim::New)
     }
 
     /// Appends a step to a request's timeline. Durable with the next commit.
