@@ -1,0 +1,213 @@
+//! Test support: an in-process eddy on a temporary store, a real webhook receiver, a
+//! Phoenix v2 client, and an independent implementation of the webhook signatures.
+//!
+//! Everything runs on real sockets: the server binds `127.0.0.1:0`, the receiver is a hyper
+//! server on its own ephemeral port, and the socket client speaks WebSocket to the server.
+
+pub mod api;
+pub mod phoenix;
+pub mod receiver;
+pub mod sign;
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use api::Api;
+pub use phoenix::Phoenix;
+pub use receiver::{Callback, Receiver};
+
+/// The bootstrap API key of every test server: `mr_live_` and 40 alphanumerics.
+pub const KEY: &str = "mr_live_0123456789abcdefghijABCDEFGHIJ0123456789";
+
+/// How long a test waits for something that normally takes milliseconds. Generous, so a
+/// loaded two-core machine does not fail a test that is merely slow; waits end as soon as
+/// the awaited thing happens.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The seed's structured output: the headphones the product doc generates.
+pub fn headphones() -> Value {
+    json!({
+        "title": "ProSound X1 Wireless Headphones",
+        "description": "Experience crystal-clear audio...",
+        "features": ["Active noise cancellation", "40-hour battery"]
+    })
+}
+
+/// The seed's async request body for workflow `workflow`.
+pub fn seed_request(workflow: &str) -> Value {
+    json!({
+        "workflow": workflow,
+        "messages": [
+            {"role": "user", "content": "Generate a product description for wireless headphones"}
+        ],
+        "metadata": {"product_id": "prod_123", "category": "electronics"}
+    })
+}
+
+/// A reqwest client for plain-HTTP test traffic.
+pub fn http_client() -> reqwest::Client {
+    eddy::delivery::install_crypto();
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("test client builds")
+}
+
+/// An HTTP answer, whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+    /// The body as JSON, `Value::Null` if it is not JSON.
+    pub json: Value,
+}
+
+/// An eddy server running in this process on a temporary store; derefs to its [`Api`].
+pub struct TestServer {
+    api: Api,
+    config: eddy::Config,
+    /// Kept alive for restarts on the same store.
+    _dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts a server with the test defaults (bootstrap key, private webhooks allowed, a
+/// 0 ms / 50 ms / 100 ms retry schedule), changed by `tweak`.
+pub async fn start(tweak: impl FnOnce(&mut eddy::Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = eddy::Config {
+        data: dir.path().to_path_buf(),
+        api_key: Some(KEY.to_string()),
+        allow_private_webhooks: true,
+        retry_schedule: vec![
+            Duration::ZERO,
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        ],
+        webhook_timeout: Duration::from_secs(5),
+        webhook_throttle_delay: Duration::from_millis(100),
+        ..eddy::Config::default()
+    };
+    tweak(&mut config);
+    let mut server = TestServer {
+        api: Api {
+            base: String::new(),
+            key: KEY.to_string(),
+            http: http_client(),
+        },
+        config,
+        _dir: dir,
+        stop: None,
+        task: None,
+    };
+    server.launch().await;
+    server
+}
+
+impl TestServer {
+    async fn launch(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        // sled releases its lock on drop; a store just closed may hold it for a moment.
+        let deadline = Instant::now() + WAIT;
+        let server = loop {
+            match eddy::Server::open(self.config.clone()).await {
+                Ok(server) => break server,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("store not ready yet ({e}), retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot open the store: {e}"),
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        self.api.base = format!("http://{addr}");
+        self.stop = Some(stop);
+        self.task = Some(task);
+    }
+
+    /// Stops the server the way SIGTERM does and waits until it has closed its store.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops within the wait")
+                .expect("server task does not panic")
+                .expect("server stops cleanly");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same store (on a new port).
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        // Connections to the old port are useless now.
+        self.api.http = http_client();
+        self.launch().await;
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Shallow merge of object `extra` into object `into`.
+pub fn merge(into: &mut Value, extra: Value) {
+    if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
+        into.extend(extra);
+    }
+}
+
+/// True for `2026-02-15T08:30:00.000Z`: RFC 3339, UTC, exactly three fraction digits.
+pub fn is_rfc3339_ms_z(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| range.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() == 24
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..23)
+        && b[23] == b'Z'
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}

@@ -1,0 +1,367 @@
+//! A real webhook endpoint: a hyper server on an ephemeral port that records every request
+//! in order (headers and exact body bytes), answers with a status the test can change or
+//! script, and can act as the seed's backend: after a 2xx to a `task.ai_generated` webhook
+//! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::WAIT;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The status the receiver answered with.
+    pub answered: u16,
+    /// When the request arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
+    }
+
+    /// A header as text; panics if it is missing.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name} is missing"))
+            .to_str()
+            .expect("header is text")
+    }
+}
+
+/// What the receiver does after answering a `task.ai_generated` webhook with a 2xx.
+#[derive(Debug, Clone)]
+pub enum Callback {
+    /// Nothing: the callback never comes.
+    None,
+    /// The seed's backend: enrich the AI data with `slug` and `saved_at` and call back.
+    Enrich,
+    /// An error callback `{error, message}`.
+    Error { error: String, message: String },
+}
+
+/// A callback the receiver made, and how eddy answered it.
+#[derive(Debug, Clone)]
+pub struct CallbackResult {
+    pub channel_id: String,
+    /// What was sent.
+    pub sent: Value,
+    pub status: u16,
+    pub reply: Value,
+}
+
+struct Inner {
+    /// Answered when the script is empty.
+    status: AtomicU16,
+    /// Statuses to answer first, in order.
+    script: Mutex<VecDeque<u16>>,
+    /// How long to wait before answering, one per request, in order.
+    delays: Mutex<VecDeque<Duration>>,
+    /// Added to every response.
+    response_headers: Mutex<Vec<(String, String)>>,
+    received: Mutex<Vec<Received>>,
+    received_count: watch::Sender<usize>,
+    callback: Mutex<(Callback, Option<String>)>,
+    /// Callbacks wait while this is false.
+    gate: watch::Sender<bool>,
+    callbacks: Mutex<Vec<CallbackResult>>,
+    callback_count: watch::Sender<usize>,
+    http: reqwest::Client,
+}
+
+/// A webhook endpoint on `127.0.0.1`.
+pub struct Receiver {
+    inner: Arc<Inner>,
+    /// `http://127.0.0.1:PORT/hook`.
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    /// A receiver answering 200, not calling back.
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        Receiver::on(listener)
+    }
+
+    /// A receiver serving on an already bound listener.
+    pub fn on(listener: TcpListener) -> Receiver {
+        let addr = listener.local_addr().expect("receiver address");
+        let inner = Arc::new(Inner {
+            status: AtomicU16::new(200),
+            script: Mutex::new(VecDeque::new()),
+            delays: Mutex::new(VecDeque::new()),
+            response_headers: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+            received_count: watch::channel(0).0,
+            callback: Mutex::new((Callback::None, None)),
+            gate: watch::channel(true).0,
+            callbacks: Mutex::new(Vec::new()),
+            callback_count: watch::channel(0).0,
+            http: super::http_client(),
+        });
+        let task = tokio::spawn(accept_loop(listener, inner.clone()));
+        Receiver {
+            inner,
+            url: format!("http://{addr}/hook"),
+            task,
+        }
+    }
+
+    /// The status answered from now on (after any scripted ones).
+    pub fn set_status(&self, status: u16) {
+        self.inner.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Statuses to answer next, one per request, before falling back to the set status.
+    pub fn script(&self, statuses: &[u16]) {
+        self.inner
+            .script
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().copied());
+    }
+
+    /// Delays before answering the next requests, one per request.
+    pub fn script_delays(&self, delays: &[Duration]) {
+        self.inner
+            .delays
+            .lock()
+            .unwrap()
+            .extend(delays.iter().copied());
+    }
+
+    /// A header put on every response from now on.
+    pub fn add_response_header(&self, name: &str, value: &str) {
+        self.inner
+            .response_headers
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+    }
+
+    /// Calls back like `callback` after each 2xx to a webhook that asks for a callback,
+    /// with `Authorization: Bearer <key>`.
+    pub fn call_back(&self, key: &str, callback: Callback) {
+        *self.inner.callback.lock().unwrap() = (callback, Some(key.to_string()));
+    }
+
+    /// Makes callbacks wait until [`Receiver::release_callbacks`].
+    pub fn hold_callbacks(&self) {
+        self.inner.gate.send_replace(false);
+    }
+
+    pub fn release_callbacks(&self) {
+        self.inner.gate.send_replace(true);
+    }
+
+    /// Everything received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests were received; returns all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let mut count = self.inner.received_count.subscribe();
+        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
+        let all = self.received();
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "receiver got {} requests, expected {n}",
+            all.len()
+        );
+        all
+    }
+
+    /// Every callback made so far, in order of completion.
+    pub fn callbacks(&self) -> Vec<CallbackResult> {
+        self.inner.callbacks.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` callbacks were answered by eddy; returns all of them.
+    pub async fn wait_for_callbacks(&self, n: usize) -> Vec<CallbackResult> {
+        let mut count = self.inner.callback_count.subscribe();
+        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
+        let all = self.callbacks();
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "receiver made {} callbacks, expected {n}",
+            all.len()
+        );
+        all
+    }
+
+    /// Asserts that no further request arrives within `quiet`.
+    pub async fn assert_quiet(&self, seen: usize, quiet: Duration) {
+        let mut count = self.inner.received_count.subscribe();
+        let more = tokio::time::timeout(quiet, count.wait_for(|c| *c > seen)).await;
+        assert!(
+            more.is_err(),
+            "receiver got more than {seen} requests: {:?}",
+            self.received().len()
+        );
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(handle(inner, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let at = Instant::now();
+    let headers = request.headers().clone();
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let scripted = inner.script.lock().unwrap().pop_front();
+    let status = scripted.unwrap_or_else(|| inner.status.load(Ordering::SeqCst));
+    {
+        let mut received = inner.received.lock().unwrap();
+        received.push(Received {
+            headers,
+            body: body.clone(),
+            answered: status,
+            at,
+        });
+        inner.received_count.send_replace(received.len());
+    }
+    if (200..300).contains(&status) {
+        let (callback, key) = inner.callback.lock().unwrap().clone();
+        if let (Ok(payload), Some(key)) = (serde_json::from_slice::<Value>(&body), key)
+            && payload["callback_required"] == true
+            && !matches!(callback, Callback::None)
+        {
+            tokio::spawn(call_back(inner.clone(), payload, callback, key));
+        }
+    }
+    let delay = inner.delays.lock().unwrap().pop_front();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+    for (name, value) in inner.response_headers.lock().unwrap().iter() {
+        response.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            hyper::header::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    response
+}
+
+/// `ProSound X1 Wireless Headphones` → `prosound-x1-wireless-headphones`.
+fn slug(title: &str) -> String {
+    title
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: String) {
+    let mut gate = inner.gate.subscribe();
+    let _ = gate.wait_for(|open| *open).await;
+    let channel_id = payload["channel_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let sent = match callback {
+        Callback::None => return,
+        Callback::Enrich => {
+            let mut data = payload["ai_response"]["data"].clone();
+            let title = data["title"].as_str().unwrap_or("untitled").to_string();
+            if let Value::Object(map) = &mut data {
+                map.insert("slug".into(), json!(slug(&title)));
+                map.insert(
+                    "saved_at".into(),
+                    json!(eddy::clock::rfc3339_ms(eddy::clock::now_ms())),
+                );
+            }
+            let task_id = match payload["customer_data"]["product_id"].as_str() {
+                Some(product) => format!("product_{product}"),
+                None => format!("task_{channel_id}"),
+            };
+            json!({"data": data, "task_id": task_id})
+        }
+        Callback::Error { error, message } => json!({"error": error, "message": message}),
+    };
+    let url = payload["callback_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let result = inner
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&sent).expect("json"))
+        .send()
+        .await;
+    let (status, reply) = match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+        Err(e) => (0, json!({"transport_error": e.to_string()})),
+    };
+    let mut callbacks = inner.callbacks.lock().unwrap();
+    callbacks.push(CallbackResult {
+        channel_id,
+        sent,
+        status,
+        reply,
+    });
+    inner.callback_count.send_replace(callbacks.len());
+}
