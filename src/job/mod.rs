@@ -70,6 +70,9 @@ pub enum Event {
     CallbackTimedOut,
     /// The final result was pushed to the request's channel.
     Pushed,
+    /// An operator re-drove a dead-lettered delivery of a request that had failed for
+    /// want of a delivery: it goes back to waiting for a 2xx.
+    Redriven,
 }
 
 /// An event that the current state does not allow. The engine treats it as "someone else
@@ -113,12 +116,16 @@ impl State {
 
             (S::Callback, E::Pushed) => S::Completed,
 
+            // The one way out of a terminal state: an operator retries the dead letter.
+            (S::Failed(Failure::WebhookExhausted), E::Redriven) => S::Generated,
+
             (state, event) => return Err(InvalidTransition { state, event }),
         };
         Ok(next)
     }
 
-    /// Completed and failed requests never move again.
+    /// Completed and failed requests never move again on their own (only an operator's
+    /// re-drive of a dead letter revives a `webhook_exhausted` one).
     pub fn is_terminal(self) -> bool {
         matches!(self, State::Completed | State::Failed(_))
     }
@@ -164,7 +171,7 @@ mod tests {
         State::Failed(Failure::CallbackTimeout),
     ];
 
-    const EVENTS: [Event; 9] = [
+    const EVENTS: [Event; 10] = [
         Event::AiSucceeded,
         Event::AiFailed,
         Event::WebhookDelivered {
@@ -178,6 +185,7 @@ mod tests {
         Event::CallbackErrored,
         Event::CallbackTimedOut,
         Event::Pushed,
+        Event::Redriven,
     ];
 
     /// The allowed transitions, written out once by hand; every pair not listed must fail.
@@ -225,6 +233,7 @@ mod tests {
                 S::Failed(F::CallbackTimeout),
             ),
             (S::Callback, E::Pushed, S::Completed),
+            (S::Failed(F::WebhookExhausted), E::Redriven, S::Generated),
         ];
         table
             .iter()
@@ -249,15 +258,18 @@ mod tests {
                 }
             }
         }
-        assert_eq!(allowed_pairs, 11);
+        assert_eq!(allowed_pairs, 12);
     }
 
-    /// Terminal states accept no event at all.
+    /// Terminal states accept no event but an operator's re-drive of a request that
+    /// failed for want of a delivery.
     #[test]
-    fn terminal_states_never_move() {
+    fn terminal_states_never_move_on_their_own() {
         for state in STATES.into_iter().filter(|s| s.is_terminal()) {
             for event in EVENTS {
-                assert!(state.on(event).is_err(), "{state:?} moved on {event:?}");
+                let revived =
+                    state == State::Failed(Failure::WebhookExhausted) && event == Event::Redriven;
+                assert_eq!(state.on(event).is_ok(), revived, "{state:?} on {event:?}");
             }
         }
     }

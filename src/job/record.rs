@@ -148,6 +148,11 @@ pub enum Step {
         endpoint_id: String,
         reason: String,
     },
+    /// An operator retried a dead-lettered delivery.
+    Redriven {
+        webhook_id: String,
+        endpoint_id: String,
+    },
     CallbackReceived {
         body: String,
     },

@@ -97,6 +97,34 @@ impl Request {
         Ok(effect)
     }
 
+    /// Re-arms the dead-lettered delivery `webhook_id` (same `webhook-id`, a fresh run of
+    /// the schedule, first attempt at `now_ms`); a request that had failed for want of a
+    /// delivery goes back to `generated`. Returns the new state if it changed.
+    pub fn redrive(
+        &mut self,
+        webhook_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<State>, StaleAttempt> {
+        let d = self
+            .deliveries
+            .iter_mut()
+            .find(|d| {
+                d.webhook_id == webhook_id
+                    && matches!(d.outcome, DeliveryOutcome::DeadLettered { .. })
+            })
+            .ok_or(StaleAttempt)?;
+        d.outcome = DeliveryOutcome::Pending;
+        d.attempts = 0;
+        d.next_ms = Some(now_ms);
+        let revived = self.apply(Event::Redriven, now_ms).ok();
+        if revived.is_some() {
+            self.failed_ms = None;
+            self.error_message = None;
+            self.callback_deadline_ms = None;
+        }
+        Ok(revived)
+    }
+
     /// Moves a `generated` request on once its deliveries allow: to `delivered` (callback
     /// awaited, deadline set) at the first 2xx of an event-driven workflow; to `completed`
     /// when every delivery of a standard workflow is settled with one success (or there
