@@ -87,6 +87,11 @@ pub struct Endpoint {
     /// The secret before the last rotation, still signing until `previous_until_ms`.
     pub previous_secret: Option<(String, u64)>,
     pub created_ms: u64,
+    /// Why and when the endpoint was disabled (410 Gone, or failing for too long).
+    /// Deliveries to a disabled endpoint are dead-lettered, never dropped.
+    pub disabled: Option<(String, u64)>,
+    /// Since when every attempt to this endpoint has failed; `None` after a success.
+    pub failing_since_ms: Option<u64>,
 }
 
 impl Endpoint {
@@ -503,6 +508,67 @@ impl Catalog {
             .or_default()
             .insert(endpoint.id.clone(), endpoint.clone());
         Ok(endpoint)
+    }
+
+    /// Applies `change` to an endpoint and stores it if `change` says it changed
+    /// (returns true). `None` if there is no such endpoint.
+    pub fn update_endpoint(
+        &self,
+        project: &[u8; 16],
+        id: &str,
+        change: impl FnOnce(&mut Endpoint) -> bool,
+    ) -> Result<Option<Arc<Endpoint>>, StoreError> {
+        let mut cache = self.write();
+        let Some(current) = found(&cache.endpoints, project, id) else {
+            return Ok(None);
+        };
+        let mut next = (*current).clone();
+        if !change(&mut next) {
+            return Ok(Some(current));
+        }
+        self.store
+            .catalog_put(Kind::Endpoint, project, id.as_bytes(), &next)?;
+        let next = Arc::new(next);
+        cache
+            .endpoints
+            .entry(*project)
+            .or_default()
+            .insert(id.to_string(), next.clone());
+        Ok(Some(next))
+    }
+
+    /// Notes an attempt's outcome on the endpoint's health: a success clears the failing
+    /// streak; a failure starts one, and a streak older than `disable_after_ms` (or a
+    /// `gone` answer, 410) disables the endpoint. Writes only when something changes.
+    pub fn note_attempt(
+        &self,
+        project: &[u8; 16],
+        id: &str,
+        delivered: bool,
+        gone: bool,
+        now_ms: u64,
+        disable_after_ms: u64,
+    ) -> Result<Option<Arc<Endpoint>>, StoreError> {
+        self.update_endpoint(project, id, |e| {
+            if delivered {
+                return e.failing_since_ms.take().is_some();
+            }
+            let since = *e.failing_since_ms.get_or_insert(now_ms);
+            if e.disabled.is_none() && gone {
+                e.disabled = Some(("the endpoint answered 410 Gone".into(), now_ms));
+            } else if e.disabled.is_none() && now_ms.saturating_sub(since) >= disable_after_ms {
+                e.disabled = Some((
+                    format!(
+                        "every delivery failed for {} s",
+                        now_ms.saturating_sub(since) / 1000
+                    ),
+                    now_ms,
+                ));
+            } else {
+                return since == now_ms;
+            }
+            true
+        })
     }
 
     pub fn delete_endpoint(&self, project: &[u8; 16], id: &str) -> Result<bool, StoreError> {

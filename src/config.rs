@@ -28,6 +28,15 @@ pub struct Config {
     pub webhook_timeout: Duration,
     /// Least delay before retrying after a 429 or a timeout.
     pub webhook_throttle_delay: Duration,
+    /// Webhook attempts in flight per endpoint, for first attempts and for retries each:
+    /// a slow endpoint holds at most this many, never the whole server.
+    pub endpoint_concurrency: usize,
+    /// An endpoint whose every delivery failed for this long is disabled.
+    pub endpoint_disable_after: Duration,
+    /// How long a rotated webhook secret keeps signing beside the new one.
+    pub secret_rotation_grace: Duration,
+    /// How long dead letters are kept.
+    pub dlq_retention: Duration,
     /// From a webhook's 2xx to the backend's callback.
     pub callback_timeout: Duration,
     pub allow_private_webhooks: bool,
@@ -63,6 +72,10 @@ impl Default for Config {
                 .collect(),
             webhook_timeout: Duration::from_secs(30),
             webhook_throttle_delay: Duration::from_secs(60),
+            endpoint_concurrency: 16,
+            endpoint_disable_after: Duration::from_secs(5 * 24 * 3600),
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
+            dlq_retention: Duration::from_secs(30 * 24 * 3600),
             callback_timeout: Duration::from_secs(300),
             allow_private_webhooks: false,
             admin_token: None,
@@ -104,6 +117,18 @@ pub struct Options {
     /// Least delay before retrying after a 429 or a timeout [default: 60s]
     #[arg(long, env = "EDDY_WEBHOOK_THROTTLE_DELAY")]
     pub webhook_throttle_delay: Option<String>,
+    /// Webhook attempts in flight per endpoint (first attempts and retries each) [default: 16]
+    #[arg(long, env = "EDDY_ENDPOINT_CONCURRENCY")]
+    pub endpoint_concurrency: Option<usize>,
+    /// Disable an endpoint whose every delivery failed for this long [default: 5d]
+    #[arg(long, env = "EDDY_ENDPOINT_DISABLE_AFTER")]
+    pub endpoint_disable_after: Option<String>,
+    /// How long a rotated webhook secret still signs [default: 24h]
+    #[arg(long, env = "EDDY_SECRET_ROTATION_GRACE")]
+    pub secret_rotation_grace: Option<String>,
+    /// How long dead letters are kept [default: 30d]
+    #[arg(long, env = "EDDY_DLQ_RETENTION")]
+    pub dlq_retention: Option<String>,
     /// Time from a webhook's 2xx to the backend's callback [default: 5m]
     #[arg(long, env = "EDDY_CALLBACK_TIMEOUT")]
     pub callback_timeout: Option<String>,
@@ -220,6 +245,21 @@ impl Options {
         }
         if let Some(t) = self.webhook_throttle_delay.or(file.webhook_throttle_delay) {
             config.webhook_throttle_delay = parse_duration("webhook_throttle_delay", &t)?;
+        }
+        if let Some(n) = self.endpoint_concurrency.or(file.endpoint_concurrency) {
+            if !(1..=1024).contains(&n) {
+                return Err(invalid("endpoint_concurrency", "must be from 1 to 1024"));
+            }
+            config.endpoint_concurrency = n;
+        }
+        if let Some(t) = self.endpoint_disable_after.or(file.endpoint_disable_after) {
+            config.endpoint_disable_after = parse_duration("endpoint_disable_after", &t)?;
+        }
+        if let Some(t) = self.secret_rotation_grace.or(file.secret_rotation_grace) {
+            config.secret_rotation_grace = parse_duration("secret_rotation_grace", &t)?;
+        }
+        if let Some(t) = self.dlq_retention.or(file.dlq_retention) {
+            config.dlq_retention = parse_duration("dlq_retention", &t)?;
         }
         if let Some(t) = self.callback_timeout.or(file.callback_timeout) {
             config.callback_timeout = parse_duration("callback_timeout", &t)?;

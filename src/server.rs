@@ -40,6 +40,7 @@ impl Server {
     /// Opens the store under `config.data` and makes sure project `default` exists with
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
+        crate::delivery::install_crypto();
         let store = Store::open(&config.data, config.cache_bytes)?;
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let now = now_ms();
@@ -127,6 +128,7 @@ impl Server {
             settings,
             stop.child_token(),
         );
+        let sweeper = tokio::spawn(sweep(engine.clone(), stop.child_token()));
         let app = Arc::new(App { engine, sockets });
         tracing::info!(%addr, "serving");
         http::serve(
@@ -139,11 +141,30 @@ impl Server {
         .await;
         stop.cancel();
         let _ = scheduler_task.await;
+        let _ = sweeper.await;
         if let Err(e) = self.store.commit().await {
             tracing::error!(error = %e, "final commit failed");
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Purges dead letters past their retention, at start and then every tenth of the
+/// retention (at most hourly, at least every second).
+async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
+    let every = (engine.config().dlq_retention / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => match engine.sweep_dead_letters() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "dead letters past retention purged"),
+                Err(e) => tracing::warn!(error = %e, "dead-letter sweep failed"),
+            },
+        }
     }
 }
 

@@ -29,6 +29,27 @@ const MAX_ROUNDS: usize = 16;
 /// `endpoint_id` of a delivery to the request's own `webhook_url`.
 pub const REQUEST_ENDPOINT: &str = "request";
 
+/// What a round did.
+enum Round {
+    /// Changed something: read the record again.
+    Again,
+    /// Nothing is due now.
+    Idle,
+    /// Deliveries are due but their endpoints' lanes are full: look again at this time.
+    Deferred(u64),
+}
+
+/// The lane of a delivery: its endpoint, or for a request's own `webhook_url` its host.
+fn lane_of(d: &Delivery) -> String {
+    if d.endpoint_id != REQUEST_ENDPOINT {
+        return d.endpoint_id.clone();
+    }
+    reqwest::Url::parse(&d.url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| d.url.clone())
+}
+
 impl Engine {
     /// Runs what is due for request `id` (fired by the timer for `fired_due`); returns when
     /// it is next due.
@@ -48,8 +69,10 @@ impl Engine {
                 tracing::warn!(id, error = %e, "cannot drop stale due entry");
             }
             match self.round(record).await {
-                Ok(true) => continue,
-                Ok(false) => return self.store.request(id).ok().flatten()?.due_ms,
+                Ok(Round::Again) => continue,
+                Ok(Round::Idle) => return self.store.request(id).ok().flatten()?.due_ms,
+                // The record still says "due now"; only the in-memory timer waits.
+                Ok(Round::Deferred(at)) => return Some(at),
                 Err(e) => {
                     tracing::error!(id, error = %e, "request round failed; retrying in 1s");
                     return Some(now_ms() + 1000);
@@ -59,25 +82,25 @@ impl Engine {
         self.store.request(id).ok().flatten()?.due_ms
     }
 
-    /// One round; true if it changed something (read again), false if nothing is due.
-    async fn round(&self, record: Request) -> Result<bool> {
+    /// One round of work on a record.
+    async fn round(&self, record: Request) -> Result<Round> {
         let now = now_ms();
         match record.state {
             State::Pending => {
                 self.run_model(record).await?;
-                return Ok(true);
+                return Ok(Round::Again);
             }
             State::Callback => {
                 self.finish_callback(record.id).await;
-                return Ok(true);
+                return Ok(Round::Again);
             }
             State::Delivered if record.callback_deadline_ms.is_some_and(|t| t <= now) => {
                 self.time_out_callback(record.id).await?;
-                return Ok(true);
+                return Ok(Round::Again);
             }
             State::Generated if !record.has_pending_delivery() => {
                 self.settle(record.id).await?;
-                return Ok(true);
+                return Ok(Round::Again);
             }
             _ => {}
         }
@@ -90,17 +113,23 @@ impl Engine {
             .cloned()
             .collect();
         if due.is_empty() {
-            return Ok(false);
+            return Ok(Round::Idle);
         }
         let body = payload::webhook_body(&record, &self.public_url);
-        let mut attempts: FuturesUnordered<_> = due
-            .iter()
-            .map(|d| self.attempt(&record, d, &body))
-            .collect();
+        let mut attempts = FuturesUnordered::new();
+        for d in &due {
+            if let Some(permit) = self.lanes.try_enter(&lane_of(d), d.attempts == 0) {
+                attempts.push(self.attempt(&record, d, &body, permit));
+            }
+        }
+        if attempts.is_empty() {
+            use rand::Rng;
+            return Ok(Round::Deferred(now + rand::rng().random_range(200..800)));
+        }
         while let Some(result) = attempts.next().await {
             result?;
         }
-        Ok(true)
+        Ok(Round::Again)
     }
 
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
@@ -191,20 +220,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends one attempt of delivery `d` and records it.
-    async fn attempt(&self, record: &Request, d: &Delivery, body: &str) -> Result<()> {
+    /// Sends one attempt of delivery `d` (holding its lane's `permit`) and records it,
+    /// with its effect on the endpoint's health.
+    async fn attempt(
+        &self,
+        record: &Request,
+        d: &Delivery,
+        body: &str,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<()> {
         let started = now_ms();
-        let secrets = if d.endpoint_id == REQUEST_ENDPOINT {
-            self.catalog
+        let endpoint = (d.endpoint_id != REQUEST_ENDPOINT)
+            .then(|| self.catalog.endpoint(&record.project_id, &d.endpoint_id));
+        let secrets = match &endpoint {
+            None => self
+                .catalog
                 .project(&record.project_id)
-                .map(|p| vec![p.signing_secret.clone()])
-        } else {
-            self.catalog
-                .endpoint(&record.project_id, &d.endpoint_id)
-                .map(|e| e.signing_secrets(started))
+                .map(|p| Ok(vec![p.signing_secret.clone()])),
+            Some(None) => None,
+            Some(Some(e)) => Some(match &e.disabled {
+                Some((why, _)) => Err(format!("the endpoint is disabled: {why}")),
+                None => Ok(e.signing_secrets(started)),
+            }),
         };
-        let outcome = match secrets {
-            Some(secrets) => {
+        let mut outcome = match secrets {
+            Some(Ok(secrets)) => {
                 self.deliverer
                     .send(&Attempt {
                         url: &d.url,
@@ -217,8 +257,29 @@ impl Engine {
                     })
                     .await
             }
+            Some(Err(disabled)) => Outcome::refused(disabled),
             None => Outcome::refused("the endpoint was deleted"),
         };
+        drop(permit);
+        if let Some(Some(e)) = &endpoint
+            && e.disabled.is_none()
+            && !outcome.permanent
+        {
+            let gone = outcome.status == Some(410);
+            outcome.permanent |= gone;
+            let disable_after = self.config.endpoint_disable_after.as_millis() as u64;
+            let noted = self.catalog.note_attempt(
+                &record.project_id,
+                &e.id,
+                outcome.delivered,
+                gone,
+                now_ms(),
+                disable_after,
+            )?;
+            if let Some(now_disabled) = noted.filter(|n| n.disabled.is_some()) {
+                tracing::warn!(endpoint = %now_disabled.id, "webhook endpoint disabled");
+            }
+        }
         let now = now_ms();
         self.store.append_step(
             record.id,
@@ -250,7 +311,7 @@ impl Engine {
         };
         if effect == AttemptEffect::DeadLettered {
             let reason = result.error.unwrap_or_else(|| "out of attempts".into());
-            self.dead_letter(&record, &d.webhook_id, body, reason, now)?;
+            self.record_dead_letter(&record, &d.webhook_id, body, reason, now)?;
         }
         if settled.is_some() {
             self.note_state(&record, now)?;
@@ -263,7 +324,7 @@ impl Engine {
     }
 
     /// Stores the dead-letter entry of one exhausted delivery, with all its attempts.
-    fn dead_letter(
+    fn record_dead_letter(
         &self,
         record: &Request,
         webhook_id: &str,

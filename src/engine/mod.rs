@@ -10,7 +10,12 @@
 //! Every change goes through `Store::update` → commit → effect: no webhook leaves for an
 //! unrecorded result, no push for an unrecorded callback.
 
+mod dlq;
 mod drive;
+mod lanes;
+
+pub use dlq::Redrive;
+pub use drive::REQUEST_ENDPOINT;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +81,8 @@ pub struct Engine {
     pub(crate) hub: Arc<Hub>,
     models: Models,
     deliverer: Deliverer,
+    /// Bounded in-flight webhook attempts per endpoint.
+    lanes: lanes::Lanes,
     scheduler: SchedulerHandle,
     config: Arc<Config>,
     tokens: TokenKey,
@@ -114,6 +121,7 @@ impl Engine {
         );
         Engine {
             deliverer: Deliverer::new(config.webhook_timeout, !config.allow_private_webhooks),
+            lanes: lanes::Lanes::new(config.endpoint_concurrency),
             store,
             catalog,
             hub,

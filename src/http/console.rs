@@ -12,16 +12,13 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::json::{Response, json_response, parse, query, read_body};
 use super::runtime::{blocked, check_url, parse_channel};
-use super::{App, views};
+use super::{App, dlq, views};
 use crate::catalog::{Endpoint, Project, StructuredOutput, Workflow};
 use crate::clock::now_ms;
 use crate::egress;
 use crate::error::Error;
 use crate::payload::project_str;
 use crate::secret;
-
-/// Grace period during which a rotated secret still signs deliveries.
-const ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn route(
     app: &App,
@@ -147,20 +144,19 @@ pub async fn route(
             Ok(ok(views::request(&record, &timeline)))
         }
 
-        (&Method::GET, ["dlq"]) => {
-            let entries = app
+        (_, ["dlq", rest @ ..]) => dlq::route(app, &project, request, rest).await,
+        (&Method::POST, ["webhooks", id, "enable"]) => {
+            let enabled = app
                 .engine
-                .store()
-                .dead_letters(usize::MAX)
-                .map_err(Error::from)?;
-            let limit = limit_param(&request)?;
-            let data: Vec<Value> = entries
-                .iter()
-                .filter(|d| d.project_id == project.id)
-                .take(limit)
-                .map(views::dead_letter)
-                .collect();
-            Ok(ok(json!({ "data": data })))
+                .catalog()
+                .update_endpoint(&project.id, id, |e| {
+                    e.failing_since_ms = None;
+                    e.disabled.take().is_some()
+                })
+                .map_err(Error::from)?
+                .ok_or_else(|| ApiError::not_found(format!("webhook '{id}' not found")))?;
+            app.engine.store().commit().await.map_err(Error::from)?;
+            Ok(ok(views::endpoint(&enabled, false)))
         }
 
         _ => Err(ApiError::not_found(format!(
@@ -178,7 +174,7 @@ fn created(value: Value) -> Response {
     json_response(StatusCode::CREATED, &value)
 }
 
-fn limit_param(request: &Request<Incoming>) -> Result<usize, ApiError> {
+pub fn limit_param(request: &Request<Incoming>) -> Result<usize, ApiError> {
     match query(request).into_iter().find(|(k, _)| k == "limit") {
         Some((_, v)) => v
             .parse::<usize>()
@@ -426,6 +422,8 @@ async fn create_endpoint(
         secret: secret::new_webhook_secret(),
         previous_secret: None,
         created_ms: now_ms(),
+        disabled: None,
+        failing_since_ms: None,
     };
     let saved = app
         .engine
@@ -443,7 +441,7 @@ async fn rotate_secret(app: &App, project: &Project, id: &str) -> Result<Respons
         .endpoint(&project.id, id)
         .ok_or_else(|| ApiError::not_found(format!("webhook '{id}' not found")))?;
     let mut next = (*current).clone();
-    let until = now_ms() + ROTATION_GRACE.as_millis() as u64;
+    let until = now_ms() + app.engine.config().secret_rotation_grace.as_millis() as u64;
     next.previous_secret = Some((current.secret.clone(), until));
     next.secret = secret::new_webhook_secret();
     let saved = app
@@ -513,7 +511,15 @@ fn list_requests(
     let limit = limit_param(request)?;
     let status = get("status");
     let workflow = get("workflow");
-    let mut before = None;
+    let mut before = match get("before") {
+        Some(channel) => Some(
+            app.engine
+                .request_of(&project.id, &parse_channel(channel)?)
+                .map_err(|_| ApiError::invalid("before: not a request of this project"))?
+                .id,
+        ),
+        None => None,
+    };
     let mut data = Vec::new();
     // Scans newest first in pages until `limit` matches are found.
     'scan: loop {

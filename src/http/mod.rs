@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod console;
+pub mod dlq;
 pub mod error;
 pub mod json;
 pub mod runtime;

@@ -59,6 +59,10 @@ pub fn endpoint(e: &Endpoint, with_secret: bool) -> Value {
         "description": e.description,
         "events": e.events,
         "created_at": at(e.created_ms),
+        "status": if e.disabled.is_some() { "disabled" } else { "enabled" },
+        "disabled_reason": e.disabled.as_ref().map(|(why, _)| why),
+        "disabled_at": opt_at(e.disabled.as_ref().map(|(_, at)| *at)),
+        "failing_since": opt_at(e.failing_since_ms),
     });
     if with_secret {
         v["secret"] = Value::String(e.secret.clone());
@@ -127,6 +131,14 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
             "webhook_id": webhook_id,
             "endpoint_id": endpoint_id,
             "reason": reason,
+        }),
+        Step::Redriven {
+            webhook_id,
+            endpoint_id,
+        } => json!({
+            "type": "retried",
+            "webhook_id": webhook_id,
+            "endpoint_id": endpoint_id,
         }),
         Step::CallbackReceived { body } => {
             json!({"type": "callback_received", "body": raw_json(body)})
