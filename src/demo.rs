@@ -178,10 +178,6 @@ async fn call(
     Ok(value)
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("?")
-}
-
 async fn demo() -> Result<(), DemoError> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
@@ -334,33 +330,8 @@ async fn demo() -> Result<(), DemoError> {
     )
     .await?;
     println!("\ntimeline of {channel}:");
-    let first = request["timeline"][0]["at_ms"].as_u64().unwrap_or(0);
-    for entry in request["timeline"].as_array().into_iter().flatten() {
-        let offset = entry["at_ms"]
-            .as_u64()
-            .unwrap_or(first)
-            .saturating_sub(first);
-        let kind = entry["type"].as_str().unwrap_or("?");
-        let detail = match kind {
-            "ai_attempt" => format!(
-                "{} {} {}",
-                text(&entry["provider"]),
-                text(&entry["model"]),
-                text(&entry["status"])
-            ),
-            "webhook_attempt" => format!(
-                "attempt {} → HTTP {} in {} ms",
-                entry["attempt"], entry["http_status"], entry["duration_ms"]
-            ),
-            "websocket_push" => format!(
-                "{} to {} socket(s)",
-                text(&entry["status"]),
-                entry["sockets"]
-            ),
-            "state" => entry["state"].as_str().unwrap_or("?").to_string(),
-            _ => String::new(),
-        };
-        println!("  +{offset:>5} ms  {kind:<18} {detail}");
+    for line in crate::cli::remote::timeline_lines(&request["timeline"]) {
+        println!("  {line}");
     }
     let _ = ws.close(None).await;
     let _ = stop.send(());

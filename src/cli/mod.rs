@@ -1,5 +1,9 @@
-//! The `eddy` command line: `serve`, `demo`. Parses arguments, sets up logging and the
-//! runtime, and hands over to [`crate::server`] or [`crate::demo`].
+//! The `eddy` command line: `serve`, `demo`, and the operator commands (`dlq`,
+//! `requests`) that talk to a running server. Parses arguments, sets up logging and the
+//! runtime, and hands over to [`crate::server`], [`crate::demo`] or [`remote`].
+
+pub mod remote;
+mod table;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,6 +31,20 @@ enum Command {
     Serve(Box<Options>),
     /// Run the whole three-step flow on this machine, offline, and print each step
     Demo,
+    /// Inspect and re-drive the dead-letter queue of a running server
+    Dlq {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: remote::DlqCommand,
+    },
+    /// List requests and show their timelines on a running server
+    Requests {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: remote::RequestsCommand,
+    },
 }
 
 /// Logs go to stderr (stdout carries only the `listening on` line): human-readable by
@@ -46,6 +64,7 @@ pub fn init_tracing(json: bool) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::delivery::install_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +78,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(options) => runtime.block_on(serve(*options)),
         Command::Demo => runtime.block_on(crate::demo::run()),
+        Command::Dlq { remote, command } => runtime.block_on(remote::dlq(remote, command)),
+        Command::Requests { remote, command } => {
+            runtime.block_on(remote::requests(remote, command))
+        }
     }
 }
 
