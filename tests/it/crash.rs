@@ -4,9 +4,7 @@
 //! completed, and every delivery must keep its `webhook-id`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::support::{Api, Callback, KEY, Receiver, WAIT, http_client, seed_request, start};
+use crate::support::{Callback, Eddy, KEY, Receiver, WAIT, http_client, seed_request, start};
 
 /// A graceful restart while a delivery is failing: the new server resumes the same
 /// delivery (same `webhook-id`) and the request completes.
@@ -43,69 +41,6 @@ async fn delivery_resumes_after_graceful_restart() {
     assert_eq!(view["deliveries"][0]["status"], "delivered");
     let callbacks = receiver.wait_for_callbacks(1).await;
     assert_eq!(callbacks[0].status, 200, "{:?}", callbacks[0]);
-}
-
-/// The real `eddy` binary, killed on drop.
-struct Eddy {
-    child: Child,
-    base: String,
-}
-
-impl Eddy {
-    /// Starts `eddy serve` on `data` and waits for its `listening on http://…` line.
-    fn spawn(data: &Path, schedule: &str) -> Eddy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(["--api-key", KEY, "--allow-private-webhooks"])
-            .args(["--webhook-retry-schedule", schedule])
-            .env("RUST_LOG", "eddy=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("eddy starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(WAIT)
-            .expect("eddy prints its address within the wait");
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-        Eddy { child, base }
-    }
-
-    fn api(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            key: KEY.to_string(),
-            http: http_client(),
-        }
-    }
-
-    /// SIGKILL, and reap the process.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL is sent");
-        self.child.wait().expect("eddy is reaped");
-    }
-}
-
-impl Drop for Eddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Accepted means durable: 300 requests accepted 16 at a time while the backend is down,

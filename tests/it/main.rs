@@ -2,8 +2,11 @@
 
 mod console;
 mod crash;
+mod crash_loop;
 mod delivery;
+mod dlq;
 mod flow;
+mod isolation;
 mod socket;
 mod support;
 mod validation;

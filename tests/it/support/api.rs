@@ -61,6 +61,14 @@ impl Api {
         (reply.status, reply.json)
     }
 
+    /// An authorized DELETE.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let reply = self
+            .call(Method::DELETE, path, Some(&self.key), None, &[])
+            .await;
+        (reply.status, reply.json)
+    }
+
     /// An authorized GET.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let reply = self

@@ -5,6 +5,7 @@
 //! server on its own ephemeral port, and the socket client speaks WebSocket to the server.
 
 pub mod api;
+pub mod binary;
 pub mod phoenix;
 pub mod receiver;
 pub mod sign;
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use api::Api;
+pub use binary::Eddy;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
 
@@ -153,7 +155,13 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same store (on a new port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`TestServer::restart`] with the configuration changed by `tweak`.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut eddy::Config)) {
         self.shutdown().await;
+        tweak(&mut self.config);
         // Connections to the old port are useless now.
         self.api.http = http_client();
         self.launch().await;

@@ -337,24 +337,31 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let result = inner
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&sent).expect("json"))
-        .send()
-        .await;
-    let (status, reply) = match result {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap_or_default();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
+    // Like a real backend, keep calling back while eddy cannot be reached (restarting).
+    let deadline = Instant::now() + WAIT;
+    let (status, reply) = loop {
+        let result = inner
+            .http
+            .post(&url)
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&sent).expect("json"))
+            .send()
+            .await;
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap_or_default();
+                break (
+                    status,
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                );
+            }
+            Err(e) if Instant::now() > deadline => {
+                break (0, json!({"transport_error": e.to_string()}));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        Err(e) => (0, json!({"transport_error": e.to_string()})),
     };
     let mut callbacks = inner.callbacks.lock().unwrap();
     callbacks.push(CallbackResult {
