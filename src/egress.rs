@@ -228,6 +228,20 @@ mod tests {
         }
     }
 
+    /// The connect-time resolver refuses a name whose addresses are all private (here
+    /// `localhost`, from /etc/hosts): a URL that passed the registration check and then
+    /// re-resolves to a private address is never connected to.
+    #[tokio::test]
+    async fn resolver_refuses_private_answers() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = match GuardedResolver.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e,
+        };
+        assert!(err.downcast_ref::<Blocked>().is_some(), "{err}");
+    }
+
     /// Literal private hosts and localhost names are refused before any lookup.
     #[test]
     fn literal_urls() {
