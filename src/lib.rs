@@ -21,6 +21,7 @@
 //! - [`signature`]: `mr-signature` and Standard Webhooks signatures.
 //! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record.
 //! - [`http`]: the hyper server, routing, auth, the error envelope, handlers.
+//! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`ws`]: Phoenix Channels v2: frames, tokens, the channel hub, socket tasks.
 //! - [`server`]: wiring of all the above around a bound listener.
 //! - [`cli`]: the `eddy` command line; [`demo`]: `eddy demo`.
@@ -38,6 +39,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod payload;
 pub mod scheduler;
 pub mod secret;

@@ -99,8 +99,7 @@ impl Engine {
                     },
                 )?;
                 if let Some(state) = revived {
-                    self.store
-                        .append_step(record.id, now, &Step::Transition { state })?;
+                    self.note(&record, state, now)?;
                 }
                 self.store.remove_dead_letter(project, id)?;
                 self.scheduler.schedule(record.id, record.due_ms);
@@ -124,13 +123,5 @@ impl Engine {
         }
         self.store.commit().await?;
         Ok(())
-    }
-
-    /// Removes dead letters older than the retention; returns how many.
-    pub fn sweep_dead_letters(&self) -> Result<usize> {
-        let retention = self.config.dlq_retention.as_millis() as u64;
-        Ok(self
-            .store
-            .purge_dead_letters(now_ms().saturating_sub(retention))?)
     }
 }

@@ -8,8 +8,11 @@
 //! crash mid-round repeats at most the effect (a webhook with the same `webhook-id`, a
 //! push), never skips it.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tracing::Instrument;
 
 use super::Engine;
 use crate::clock::now_ms;
@@ -51,9 +54,18 @@ fn lane_of(d: &Delivery) -> String {
 }
 
 impl Engine {
-    /// Runs what is due for request `id` (fired by the timer for `fired_due`); returns when
-    /// it is next due.
+    /// Runs what is due for request `id` (fired by the timer for `fired_due`) inside a
+    /// span carrying its channel id; returns when it is next due.
     pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
+        let channel = match self.store.request(id) {
+            Ok(Some(r)) => payload::channel_str(&r.channel_id),
+            _ => String::new(),
+        };
+        let span = tracing::info_span!("request", channel_id = %channel);
+        self.rounds(id, fired_due).instrument(span).await
+    }
+
+    async fn rounds(&self, id: u64, fired_due: u64) -> Option<u64> {
         for _ in 0..MAX_ROUNDS {
             let record = match self.store.request(id) {
                 Ok(Some(r)) => r,
@@ -168,6 +180,11 @@ impl Engine {
             .await;
         let now = now_ms();
         for r in &reports {
+            self.metrics.ai_attempt(
+                &r.provider,
+                r.error.is_none(),
+                Duration::from_millis(r.duration_ms),
+            );
             let step = Step::AiAttempt {
                 provider: r.provider.clone(),
                 model: r.model.clone(),
@@ -211,8 +228,7 @@ impl Engine {
         })?;
         if let Update::Done(record, visited) = update {
             for state in visited {
-                self.store
-                    .append_step(record.id, now, &Step::Transition { state })?;
+                self.note(&record, state, now)?;
             }
             self.store.commit().await?;
             self.push_latest(&record);
@@ -261,6 +277,18 @@ impl Engine {
             None => Outcome::refused("the endpoint was deleted"),
         };
         drop(permit);
+        let kind = match () {
+            _ if outcome.delivered => "delivered",
+            _ if outcome.timed_out => "timeout",
+            _ if outcome.permanent => "refused",
+            _ => "failed",
+        };
+        self.metrics.webhook_attempt(
+            kind,
+            outcome
+                .sent
+                .then(|| Duration::from_millis(outcome.duration_ms)),
+        );
         if let Some(Some(e)) = &endpoint
             && e.disabled.is_none()
             && !outcome.permanent
@@ -314,7 +342,7 @@ impl Engine {
             self.record_dead_letter(&record, &d.webhook_id, body, reason, now)?;
         }
         if settled.is_some() {
-            self.note_state(&record, now)?;
+            self.note(&record, record.state, now)?;
             self.store.commit().await?;
             if matches!(record.state, State::Failed(_)) {
                 self.push_latest(&record);
@@ -399,7 +427,7 @@ impl Engine {
             .store
             .update(id, now, |r| r.settle(now, timeout).ok_or(()))?;
         if let Update::Done(record, _) = update {
-            self.note_state(&record, now)?;
+            self.note(&record, record.state, now)?;
             self.store.commit().await?;
             if matches!(record.state, State::Failed(_)) {
                 self.push_latest(&record);
@@ -426,9 +454,10 @@ impl Engine {
             Ok(waited)
         })?;
         if let Update::Done(record, after_ms) = update {
+            self.metrics.callback("timeout");
             self.store
                 .append_step(id, now, &Step::CallbackTimeout { after_ms })?;
-            self.note_state(&record, now)?;
+            self.note(&record, record.state, now)?;
             self.store.commit().await?;
             self.push_latest(&record);
         }
@@ -445,7 +474,7 @@ impl Engine {
         let now = now_ms();
         match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
             Ok(Update::Done(record, _)) => {
-                if let Err(e) = self.note_state(&record, now) {
+                if let Err(e) = self.note(&record, record.state, now) {
                     tracing::warn!(error = %e, "timeline write failed");
                 }
             }
@@ -454,15 +483,22 @@ impl Engine {
         }
     }
 
-    /// Puts the record's current state on its timeline.
-    fn note_state(&self, record: &Request, now: u64) -> Result<()> {
-        self.store.append_step(
-            record.id,
-            now,
-            &Step::Transition {
-                state: record.state,
-            },
-        )?;
+    /// Puts a state the record entered on its timeline, and counts finished requests.
+    pub(super) fn note(&self, record: &Request, state: State, now: u64) -> Result<()> {
+        self.store
+            .append_step(record.id, now, &Step::Transition { state })?;
+        let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
+        match state {
+            State::Completed => {
+                self.metrics
+                    .finished(&record.workflow.name, "completed", "", Some(since_accept))
+            }
+            State::Failed(f) => {
+                self.metrics
+                    .finished(&record.workflow.name, "failed", f.as_str(), None)
+            }
+            _ => {}
+        }
         Ok(())
     }
 }

@@ -13,9 +13,11 @@
 mod dlq;
 mod drive;
 mod lanes;
+mod retention;
 
 pub use dlq::Redrive;
 pub use drive::REQUEST_ENDPOINT;
+pub use retention::Swept;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use crate::config::Config;
 use crate::delivery::{Deliverer, Outcome};
 use crate::error::{Error, Result};
 use crate::job::{CallbackData, Event, Request, State, Step, WorkflowSnapshot};
+use crate::metrics::{Gauges, Metrics};
 use crate::payload;
 use crate::scheduler::SchedulerHandle;
 use crate::secret;
@@ -81,6 +84,7 @@ pub struct Engine {
     pub(crate) hub: Arc<Hub>,
     models: Models,
     deliverer: Deliverer,
+    pub(crate) metrics: Arc<Metrics>,
     /// Bounded in-flight webhook attempts per endpoint.
     lanes: lanes::Lanes,
     scheduler: SchedulerHandle,
@@ -122,6 +126,7 @@ impl Engine {
         Engine {
             deliverer: Deliverer::new(config.webhook_timeout, !config.allow_private_webhooks),
             lanes: lanes::Lanes::new(config.endpoint_concurrency),
+            metrics: Arc::new(Metrics::default()),
             store,
             catalog,
             hub,
@@ -140,6 +145,18 @@ impl Engine {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let commit = self.store.commit_stats();
+        self.metrics.render(&Gauges {
+            requests_by_state: self.store.state_counts(),
+            dead_letters: self.store.dlq_len(),
+            open_sockets: self.hub.open_sockets(),
+            commit_batch: &commit.batch,
+            commit_latency: &commit.latency,
+        })
     }
 
     pub fn tokens(&self) -> &TokenKey {
@@ -278,6 +295,7 @@ impl Engine {
             },
         )?;
         self.store.commit().await?;
+        self.metrics.accepted(&record.workflow.name);
         self.scheduler.schedule(id, record.due_ms);
         tracing::debug!(channel_id = %payload::channel_str(&record.channel_id), "accepted");
         Ok(self.ticket(&record))
@@ -366,7 +384,10 @@ impl Engine {
         })?;
         let record = match update {
             Update::Done(record, ()) => record,
-            Update::Refused(e) => return Err(e),
+            Update::Refused(e) => {
+                self.metrics.callback("rejected");
+                return Err(e);
+            }
             Update::Missing => return Err(Error::NotFound("request".into())),
         };
         let step = match input {
@@ -374,14 +395,14 @@ impl Engine {
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
         };
         self.store.append_step(record.id, now, &step)?;
-        self.store.append_step(
-            record.id,
-            now,
-            &Step::Transition {
-                state: record.state,
-            },
-        )?;
+        self.note(&record, record.state, now)?;
         self.store.commit().await?;
+        let outcome = if record.state == State::Callback {
+            "accepted"
+        } else {
+            "error"
+        };
+        self.metrics.callback(outcome);
         if record.state == State::Callback {
             self.finish_callback(record.id).await;
         } else {
@@ -399,8 +420,10 @@ impl Engine {
         let sockets = self
             .hub
             .push(&record.channel_id, &topic, "response", &message);
+        let status = payload::push_status(&message);
+        self.metrics.pushed(status);
         let step = Step::Pushed {
-            status: payload::push_status(&message).to_string(),
+            status: status.to_string(),
             sockets: sockets as u32,
         };
         if let Err(e) = self.store.append_step(record.id, now_ms(), &step) {

@@ -5,14 +5,16 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::error::ApiError;
+use crate::clock::now_ms;
 
 /// Every response body.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -32,24 +34,52 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
     response
 }
 
-/// The whole body, refused with 413 when its declared or actual size passes `limit`
-/// (a declared size is refused before anything is read).
+/// After refusing a body, eddy still reads (and drops) this much of it, for at most
+/// [`DRAIN_TIME`], so that a client still sending gets the 413 instead of a connection
+/// reset; a client sending more than that is cut off.
+const DRAIN_LIMIT: usize = 4 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The whole body, refused with 413 when its declared or actual size passes `limit`. A
+/// declared size over the limit is refused without keeping any of the body.
 pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(&mut body).await;
         return Err(ApiError::payload_too_large(limit));
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(&mut body).await;
+                return Err(ApiError::payload_too_large(limit));
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::invalid(format!("cannot read request body: {e}"))),
     }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops what is left of a refused body, within [`DRAIN_LIMIT`] and [`DRAIN_TIME`].
+async fn drain(body: &mut Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses a JSON body into `T`; errors name the path of the offending field.
@@ -87,4 +117,22 @@ pub fn query(request: &Request<Incoming>) -> Vec<(String, String)> {
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
+}
+
+/// A time as Unix milliseconds or an RFC 3339 string.
+pub fn time_ms(field: &str, value: &Value) -> Result<u64, ApiError> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| ApiError::invalid(format!("{field}: must be Unix milliseconds"))),
+        Value::String(s) => {
+            let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| ApiError::invalid(format!("{field}: not an RFC 3339 time: {e}")))?;
+            Ok((at.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        }
+        _ => Err(ApiError::invalid(format!(
+            "{field}: must be Unix milliseconds or an RFC 3339 time"
+        ))),
+    }
+    .map(|ms| ms.min(now_ms() + 365 * 24 * 3600 * 1000))
 }

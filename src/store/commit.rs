@@ -18,16 +18,28 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::metrics::Histogram;
+
 /// The outcome every waiter of a batch receives. The error is shared by the batch.
 pub type CommitResult = Result<(), Arc<std::io::Error>>;
 
-/// Counters the committer keeps for metrics and benchmarks.
-#[derive(Debug, Default)]
+/// What the committer measures, for metrics and benchmarks.
 pub struct CommitStats {
-    pub batches: AtomicU64,
-    pub waiters: AtomicU64,
-    pub sync_micros: AtomicU64,
+    /// Waiters woken by each batch.
+    pub batch: Histogram,
+    /// Time of each flush + fdatasync.
+    pub latency: Histogram,
     pub failures: AtomicU64,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            batch: Histogram::batch_size(),
+            latency: Histogram::latency(),
+            failures: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A handle to the committer thread; cheap to clone. The thread ends when the last handle
@@ -77,13 +89,8 @@ fn run(
         batch.extend(rx.try_iter());
         let started = Instant::now();
         let result = sync(&db, &file).map_err(Arc::new);
-        stats
-            .sync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .waiters
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.latency.observe_duration(started.elapsed());
+        stats.batch.observe(batch.len() as f64);
         if let Err(e) = &result {
             stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "group commit failed");

@@ -25,16 +25,20 @@
 pub mod catalog;
 mod codec;
 mod commit;
+mod dlq;
+mod log;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sled::Tree;
 
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
+pub use log::{Cursor, LogQuery, state_code, state_code_of};
 
-use crate::job::{DeadLetter, Request, Step};
+use crate::job::{Request, Step};
 
 /// Store failures. Expected outcomes (a refused update, a missing record) are values of
 /// [`Update`] instead.
@@ -90,7 +94,14 @@ struct Inner {
     dlq: Tree,
     catalog: Tree,
     meta: Tree,
+    log: Tree,
+    log_state: Tree,
+    log_workflow: Tree,
     committer: Committer,
+    /// Requests per state code (1–6), kept with every insert, transition and sweep.
+    state_counts: [AtomicI64; 7],
+    /// Entries in the dead-letter queue.
+    dlq_count: AtomicI64,
     /// Serializes writers of one record (by id) so that "insert new due key → CAS →
     /// remove old due key" never interleaves with another writer of the same record.
     stripes: Vec<Mutex<()>>,
@@ -113,42 +124,6 @@ fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
     let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
     let id = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
     Some((due, id))
-}
-
-/// `project ‖ dead_ms BE ‖ seq BE`: one project's dead letters are a contiguous range in
-/// time order.
-fn dlq_key(project: &[u8; 16], dead_ms: u64, seq: u64) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(project);
-    k[16..24].copy_from_slice(&dead_ms.to_be_bytes());
-    k[24..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// The public id of a dead letter: `dlq_` and the hex of `dead_ms ‖ seq`.
-fn dlq_id(key: &[u8]) -> String {
-    let mut id = String::with_capacity(36);
-    id.push_str("dlq_");
-    for b in key.get(16..32).unwrap_or_default() {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
-}
-
-fn parse_dlq_id(id: &str) -> Option<(u64, u64)> {
-    let hex = id.strip_prefix("dlq_")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let dead_ms = u64::from_str_radix(&hex[..16], 16).ok()?;
-    let seq = u64::from_str_radix(&hex[16..], 16).ok()?;
-    Some((dead_ms, seq))
-}
-
-/// The smallest project id greater than `project`, if any.
-fn next_project(project: &[u8; 16]) -> Option<[u8; 16]> {
-    let n = u128::from_be_bytes(*project).checked_add(1)?;
-    Some(n.to_be_bytes())
 }
 
 fn be_u64(v: &[u8]) -> Option<u64> {
@@ -178,14 +153,57 @@ impl Store {
             dlq: db.open_tree("dlq")?,
             catalog: db.open_tree("catalog")?,
             meta: db.open_tree("meta")?,
+            log: db.open_tree("log")?,
+            log_state: db.open_tree("log_state")?,
+            log_workflow: db.open_tree("log_workflow")?,
             committer,
+            state_counts: Default::default(),
+            dlq_count: AtomicI64::new(0),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             db,
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(inner),
+        };
+        for (slot, n) in store.inner.state_counts.iter().zip(store.count_states()?) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        store
+            .inner
+            .dlq_count
+            .store(store.inner.dlq.len() as i64, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn count_state(&self, state: crate::job::State, delta: i64) {
+        self.inner.state_counts[state_code(state) as usize].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Requests per state: `(state name, count)`.
+    pub fn state_counts(&self) -> Vec<(&'static str, i64)> {
+        [
+            "pending",
+            "generated",
+            "delivered",
+            "callback",
+            "completed",
+            "failed",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                *name,
+                self.inner.state_counts[i + 1].load(Ordering::Relaxed),
+            )
         })
+        .collect()
+    }
+
+    /// Entries in the dead-letter queue (all projects).
+    pub fn dlq_len(&self) -> i64 {
+        self.inner.dlq_count.load(Ordering::Relaxed)
     }
 
     /// Resolves once every write made before the call is on disk (flush + fdatasync).
@@ -224,6 +242,8 @@ impl Store {
         self.inner
             .requests
             .insert(request_key(record.id), codec::encode(record)?)?;
+        self.log_insert(record)?;
+        self.count_state(record.state, 1);
         Ok(())
     }
 
@@ -261,6 +281,7 @@ impl Store {
             };
             let mut record: Request = codec::decode(&old)?;
             let old_due = record.due_ms;
+            let old_state = record.state;
             let value = match change(&mut record) {
                 Ok(v) => v,
                 Err(refusal) => return Ok(Update::Refused(refusal)),
@@ -288,6 +309,11 @@ impl Store {
                 && let Some(due) = old_due
             {
                 self.inner.due.remove(due_key(due, id))?;
+            }
+            if record.state != old_state {
+                self.log_move(&record, old_state)?;
+                self.count_state(old_state, -1);
+                self.count_state(record.state, 1);
             }
             return Ok(Update::Done(Box::new(record), value));
         }
@@ -379,110 +405,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a dead-lettered delivery; returns its id. Durable with the next commit.
-    pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
-        let seq = self.next_id()?;
-        let key = dlq_key(&entry.project_id, entry.dead_ms, seq);
-        self.inner.dlq.insert(key, codec::encode(entry)?)?;
-        Ok(dlq_id(&key))
-    }
-
-    /// A project's dead letters, newest first, at most `limit`, older than the entry
-    /// `before` (an id) when given.
-    pub fn dead_letters(
-        &self,
-        project: &[u8; 16],
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, DeadLetter)>> {
-        let start = dlq_key(project, 0, 0);
-        let end = match before.and_then(parse_dlq_id) {
-            Some((dead_ms, seq)) => dlq_key(project, dead_ms, seq),
-            None => dlq_key(project, u64::MAX, u64::MAX),
-        };
-        let mut out = Vec::new();
-        for kv in self.inner.dlq.range(start..end).rev().take(limit) {
-            let (k, v) = kv?;
-            out.push((dlq_id(&k), codec::decode(&v)?));
-        }
-        Ok(out)
-    }
-
-    /// A project's dead letters with `since_ms <= dead_ms < until_ms`, oldest first.
-    pub fn dead_letters_between(
-        &self,
-        project: &[u8; 16],
-        since_ms: u64,
-        until_ms: u64,
-    ) -> Result<Vec<(String, DeadLetter)>> {
-        let mut out = Vec::new();
-        let range = dlq_key(project, since_ms, 0)..dlq_key(project, until_ms, 0);
-        for kv in self.inner.dlq.range(range) {
-            let (k, v) = kv?;
-            out.push((dlq_id(&k), codec::decode(&v)?));
-        }
-        Ok(out)
-    }
-
-    /// One dead letter of `project` by id.
-    pub fn dead_letter(&self, project: &[u8; 16], id: &str) -> Result<Option<DeadLetter>> {
-        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
-            return Ok(None);
-        };
-        match self.inner.dlq.get(dlq_key(project, dead_ms, seq))? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Removes one dead letter of `project`; true if it existed.
-    pub fn remove_dead_letter(&self, project: &[u8; 16], id: &str) -> Result<bool> {
-        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
-            return Ok(false);
-        };
-        Ok(self
-            .inner
-            .dlq
-            .remove(dlq_key(project, dead_ms, seq))?
-            .is_some())
-    }
-
-    /// Removes every dead letter (of every project) that died before `cutoff_ms`; returns
-    /// how many. Keys lead with the project, so this walks each project's old range.
-    pub fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
-        let mut removed = 0;
-        let mut project_start = Some([0u8; 16]);
-        while let Some(from) = project_start {
-            let Some(kv) = self.inner.dlq.range(dlq_key(&from, 0, 0)..).next() else {
-                break;
-            };
-            let (k, _) = kv?;
-            let project: [u8; 16] = k[..16].try_into().unwrap_or([0xff; 16]);
-            for kv in self
-                .inner
-                .dlq
-                .range(dlq_key(&project, 0, 0)..dlq_key(&project, cutoff_ms, 0))
-            {
-                let (k, _) = kv?;
-                self.inner.dlq.remove(k)?;
-                removed += 1;
-            }
-            project_start = next_project(&project);
-        }
-        Ok(removed)
-    }
-
-    /// Requests, newest first, at most `limit`, starting below id `before`.
-    pub fn requests_before(&self, before: Option<u64>, limit: usize) -> Result<Vec<Request>> {
-        let end = request_key(before.unwrap_or(u64::MAX));
-        let mut out = Vec::new();
-        for kv in self.inner.requests.range(..end).rev().take(limit) {
-            let (_, v) = kv?;
-            out.push(codec::decode(&v)?);
-        }
-        Ok(out)
-    }
-
     /// A value of the `meta` tree, created with `init` on first use.
     pub fn meta_or_init(&self, name: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
         let fresh = init();
@@ -500,6 +422,7 @@ impl Store {
     /// records scanned. Used on a store whose indexes are missing or suspect.
     pub fn rebuild_indexes(&self) -> Result<usize> {
         self.inner.due.clear()?;
+        self.log_clear()?;
         let mut scanned = 0;
         for kv in self.inner.requests.iter() {
             let (k, v) = kv?;
@@ -515,7 +438,11 @@ impl Store {
                 self.inner.due.insert(due_key(due, id), &[])?;
             }
             self.inner.channels.insert(record.channel_id, &k)?;
+            self.log_insert(&record)?;
             scanned += 1;
+        }
+        for (slot, n) in self.inner.state_counts.iter().zip(self.count_states()?) {
+            slot.store(n, Ordering::Relaxed);
         }
         Ok(scanned)
     }

@@ -1,0 +1,146 @@
+//! The dead-letter queue's storage: one project's entries are one range of the `dlq` tree
+//! in time order, and an entry's public id is its key.
+
+use std::sync::atomic::Ordering;
+
+use super::{Result, Store, codec};
+use crate::job::DeadLetter;
+
+/// `project ‖ dead_ms BE ‖ seq BE`: one project's dead letters are a contiguous range in
+/// time order.
+fn dlq_key(project: &[u8; 16], dead_ms: u64, seq: u64) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(project);
+    k[16..24].copy_from_slice(&dead_ms.to_be_bytes());
+    k[24..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The public id of a dead letter: `dlq_` and the hex of `dead_ms ‖ seq`.
+fn dlq_id(key: &[u8]) -> String {
+    let mut id = String::with_capacity(36);
+    id.push_str("dlq_");
+    for b in key.get(16..32).unwrap_or_default() {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+fn parse_dlq_id(id: &str) -> Option<(u64, u64)> {
+    let hex = id.strip_prefix("dlq_")?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let dead_ms = u64::from_str_radix(&hex[..16], 16).ok()?;
+    let seq = u64::from_str_radix(&hex[16..], 16).ok()?;
+    Some((dead_ms, seq))
+}
+
+/// The smallest project id greater than `project`, if any.
+fn next_project(project: &[u8; 16]) -> Option<[u8; 16]> {
+    let n = u128::from_be_bytes(*project).checked_add(1)?;
+    Some(n.to_be_bytes())
+}
+
+impl Store {
+    /// Records a dead-lettered delivery; returns its id. Durable with the next commit.
+    pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
+        let seq = self.next_id()?;
+        let key = dlq_key(&entry.project_id, entry.dead_ms, seq);
+        if self.inner.dlq.insert(key, codec::encode(entry)?)?.is_none() {
+            self.inner.dlq_count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(dlq_id(&key))
+    }
+
+    /// A project's dead letters, newest first, at most `limit`, older than the entry
+    /// `before` (an id) when given.
+    pub fn dead_letters(
+        &self,
+        project: &[u8; 16],
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadLetter)>> {
+        let start = dlq_key(project, 0, 0);
+        let end = match before.and_then(parse_dlq_id) {
+            Some((dead_ms, seq)) => dlq_key(project, dead_ms, seq),
+            None => dlq_key(project, u64::MAX, u64::MAX),
+        };
+        let mut out = Vec::new();
+        for kv in self.inner.dlq.range(start..end).rev().take(limit) {
+            let (k, v) = kv?;
+            out.push((dlq_id(&k), codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// A project's dead letters with `since_ms <= dead_ms < until_ms`, oldest first.
+    pub fn dead_letters_between(
+        &self,
+        project: &[u8; 16],
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<(String, DeadLetter)>> {
+        let mut out = Vec::new();
+        let range = dlq_key(project, since_ms, 0)..dlq_key(project, until_ms, 0);
+        for kv in self.inner.dlq.range(range) {
+            let (k, v) = kv?;
+            out.push((dlq_id(&k), codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// One dead letter of `project` by id.
+    pub fn dead_letter(&self, project: &[u8; 16], id: &str) -> Result<Option<DeadLetter>> {
+        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
+            return Ok(None);
+        };
+        match self.inner.dlq.get(dlq_key(project, dead_ms, seq))? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes one dead letter of `project`; true if it existed.
+    pub fn remove_dead_letter(&self, project: &[u8; 16], id: &str) -> Result<bool> {
+        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
+            return Ok(false);
+        };
+        let removed = self
+            .inner
+            .dlq
+            .remove(dlq_key(project, dead_ms, seq))?
+            .is_some();
+        if removed {
+            self.inner.dlq_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(removed)
+    }
+
+    /// Removes every dead letter (of every project) that died before `cutoff_ms`; returns
+    /// how many. Keys lead with the project, so this walks each project's old range.
+    pub fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
+        let mut removed = 0;
+        let mut project_start = Some([0u8; 16]);
+        while let Some(from) = project_start {
+            let Some(kv) = self.inner.dlq.range(dlq_key(&from, 0, 0)..).next() else {
+                break;
+            };
+            let (k, _) = kv?;
+            let project: [u8; 16] = k[..16].try_into().unwrap_or([0xff; 16]);
+            for kv in self
+                .inner
+                .dlq
+                .range(dlq_key(&project, 0, 0)..dlq_key(&project, cutoff_ms, 0))
+            {
+                let (k, _) = kv?;
+                if self.inner.dlq.remove(k)?.is_some() {
+                    self.inner.dlq_count.fetch_sub(1, Ordering::Relaxed);
+                    removed += 1;
+                }
+            }
+            project_start = next_project(&project);
+        }
+        Ok(removed)
+    }
+}
