@@ -37,6 +37,8 @@ pub struct Config {
     pub secret_rotation_grace: Duration,
     /// How long dead letters are kept.
     pub dlq_retention: Duration,
+    /// How long completed and failed requests (and their timelines) are kept.
+    pub request_retention: Duration,
     /// From a webhook's 2xx to the backend's callback.
     pub callback_timeout: Duration,
     pub allow_private_webhooks: bool,
@@ -76,6 +78,7 @@ impl Default for Config {
             endpoint_disable_after: Duration::from_secs(5 * 24 * 3600),
             secret_rotation_grace: Duration::from_secs(24 * 3600),
             dlq_retention: Duration::from_secs(30 * 24 * 3600),
+            request_retention: Duration::from_secs(30 * 24 * 3600),
             callback_timeout: Duration::from_secs(300),
             allow_private_webhooks: false,
             admin_token: None,
@@ -129,6 +132,9 @@ pub struct Options {
     /// How long dead letters are kept [default: 30d]
     #[arg(long, env = "EDDY_DLQ_RETENTION")]
     pub dlq_retention: Option<String>,
+    /// How long completed and failed requests are kept [default: 30d]
+    #[arg(long, env = "EDDY_REQUEST_RETENTION")]
+    pub request_retention: Option<String>,
     /// Time from a webhook's 2xx to the backend's callback [default: 5m]
     #[arg(long, env = "EDDY_CALLBACK_TIMEOUT")]
     pub callback_timeout: Option<String>,
@@ -260,6 +266,9 @@ impl Options {
         }
         if let Some(t) = self.dlq_retention.or(file.dlq_retention) {
             config.dlq_retention = parse_duration("dlq_retention", &t)?;
+        }
+        if let Some(t) = self.request_retention.or(file.request_retention) {
+            config.request_retention = parse_duration("request_retention", &t)?;
         }
         if let Some(t) = self.callback_timeout.or(file.callback_timeout) {
             config.callback_timeout = parse_duration("callback_timeout", &t)?;

@@ -150,19 +150,24 @@ impl Server {
     }
 }
 
-/// Purges dead letters past their retention, at start and then every tenth of the
-/// retention (at most hourly, at least every second).
+/// Deletes terminal requests and dead letters past their retention, at start and then
+/// every tenth of the shorter retention (at most hourly, at least every second).
 async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
-    let every = (engine.config().dlq_retention / 10)
+    let config = engine.config();
+    let every = (config.dlq_retention.min(config.request_retention) / 10)
         .clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => match engine.sweep_dead_letters() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "dead letters past retention purged"),
-                Err(e) => tracing::warn!(error = %e, "dead-letter sweep failed"),
+            _ = tick.tick() => match engine.sweep_expired() {
+                Ok(swept) if swept == Default::default() => {}
+                Ok(swept) => tracing::info!(
+                    requests = swept.requests,
+                    dead_letters = swept.dead_letters,
+                    "swept past retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             },
         }
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::json::{Response, json_response, parse, query, read_body};
+use super::json::{Response, json_response, parse, query, read_body, time_ms};
 use super::runtime::{blocked, check_url, parse_channel};
 use super::{App, dlq, views};
 use crate::catalog::{Endpoint, Project, StructuredOutput, Workflow};
@@ -19,6 +19,7 @@ use crate::egress;
 use crate::error::Error;
 use crate::payload::project_str;
 use crate::secret;
+use crate::store::{Cursor, LogQuery, state_code_of};
 
 pub async fn route(
     app: &App,
@@ -508,40 +509,57 @@ fn list_requests(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let limit = limit_param(request)?;
-    let status = get("status");
-    let workflow = get("workflow");
-    let mut before = match get("before") {
-        Some(channel) => Some(
-            app.engine
-                .request_of(&project.id, &parse_channel(channel)?)
-                .map_err(|_| ApiError::invalid("before: not a request of this project"))?
-                .id,
-        ),
+    let state = match get("status") {
+        Some(s) => Some(state_code_of(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "status: '{s}' is not one of pending, generated, delivered, callback, completed, failed"
+            ))
+        })?),
         None => None,
     };
-    let mut data = Vec::new();
-    // Scans newest first in pages until `limit` matches are found.
-    'scan: loop {
-        let page = app
-            .engine
-            .store()
-            .requests_before(before, 500)
-            .map_err(Error::from)?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        for r in &page {
-            if r.project_id != project.id
-                || status.is_some_and(|s| r.state.as_str() != s)
-                || workflow.is_some_and(|w| r.workflow.name != w)
-            {
-                continue;
-            }
-            data.push(views::request_summary(r));
-            if data.len() >= limit {
-                break 'scan;
-            }
+    let time = |name: &str| {
+        get(name)
+            .map(|v| {
+                let v = v
+                    .parse::<u64>()
+                    .map_or_else(|_| Value::String(v.to_string()), Value::from);
+                time_ms(name, &v)
+            })
+            .transpose()
+    };
+    let before = match get("before") {
+        None => None,
+        Some(text) => {
+            let not_found =
+                || ApiError::invalid("before: not a cursor or a request of this project");
+            Some(match Cursor::decode(text) {
+                Some(cursor) => cursor,
+                None => {
+                    let channel = parse_channel(text).map_err(|_| not_found())?;
+                    let record = app
+                        .engine
+                        .request_of(&project.id, &channel)
+                        .map_err(|_| not_found())?;
+                    Cursor::of(&record)
+                }
+            })
         }
-    }
-    Ok(ok(json!({ "data": data })))
+    };
+    let log_query = LogQuery {
+        state,
+        workflow: get("workflow"),
+        since_ms: time("since")?.unwrap_or(0),
+        until_ms: time("until")?,
+        before,
+        limit: limit_param(request)?,
+    };
+    let (page, next) = app
+        .engine
+        .store()
+        .list_requests(&project.id, &log_query)
+        .map_err(Error::from)?;
+    let data: Vec<Value> = page.iter().map(views::request_summary).collect();
+    Ok(ok(
+        json!({ "data": data, "next_before": next.map(|c| c.encode()) }),
+    ))
 }

@@ -8,10 +8,9 @@ use serde_json::{Value, json};
 
 use super::console::limit_param;
 use super::error::ApiError;
-use super::json::{Response, json_response, parse, query, read_body};
+use super::json::{Response, json_response, parse, query, read_body, time_ms};
 use super::{App, views};
 use crate::catalog::Project;
-use crate::clock::now_ms;
 use crate::error::Error;
 use crate::job::DeadLetter;
 
@@ -126,22 +125,4 @@ struct RangeBody {
     webhook_id: Option<String>,
     #[serde(default)]
     endpoint_id: Option<String>,
-}
-
-/// A time as Unix milliseconds or an RFC 3339 string.
-fn time_ms(field: &str, value: &Value) -> Result<u64, ApiError> {
-    match value {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| ApiError::invalid(format!("{field}: must be Unix milliseconds"))),
-        Value::String(s) => {
-            let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| ApiError::invalid(format!("{field}: not an RFC 3339 time: {e}")))?;
-            Ok((at.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
-        }
-        _ => Err(ApiError::invalid(format!(
-            "{field}: must be Unix milliseconds or an RFC 3339 time"
-        ))),
-    }
-    .map(|ms| ms.min(now_ms() + 365 * 24 * 3600 * 1000))
 }

@@ -132,14 +132,46 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response {
     let method = request.method().clone();
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(health(&app)),
+        (&Method::GET, ["metrics"]) => Ok(metrics(&app)),
+        (&Method::GET, [""] | ["index.html"]) => Ok(console_page()),
         (&Method::GET, ["socket", "websocket"]) => upgrade::upgrade(&app, request),
         (_, ["v1", rest @ ..]) => runtime::route(&app, request, rest).await,
         (_, ["console", rest @ ..]) => console::route(&app, request, rest).await,
         (_, ["admin", rest @ ..]) => admin::route(&app, request, rest).await,
-        (_, ["healthz"] | ["socket", "websocket"]) => Err(ApiError::method_not_allowed()),
+        (_, ["healthz"] | ["metrics"] | ["socket", "websocket"]) => {
+            Err(ApiError::method_not_allowed())
+        }
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The operator console: one self-contained page compiled into the binary.
+const CONSOLE_PAGE: &str = include_str!("console.html");
+
+fn console_page() -> Response {
+    let mut response = hyper::Response::new(json::full(CONSOLE_PAGE));
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+fn metrics(app: &App) -> Response {
+    let mut response = hyper::Response::new(json::full(app.engine.render_metrics()));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 fn health(app: &App) -> Response {
