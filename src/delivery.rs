@@ -45,6 +45,8 @@ pub struct Outcome {
     pub timed_out: bool,
     /// Retrying cannot help (the SSRF guard refused the address, the endpoint is gone).
     pub permanent: bool,
+    /// A request went out (false when the attempt was refused before sending).
+    pub sent: bool,
 }
 
 impl Outcome {
@@ -67,6 +69,7 @@ impl Outcome {
             retry_after: None,
             timed_out: false,
             permanent: false,
+            sent: false,
         }
     }
 
@@ -165,6 +168,7 @@ impl Deliverer {
             .headers(Deliverer::headers(attempt))
             .body(attempt.body.to_string())
             .timeout(self.timeout);
+        outcome.sent = true;
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status();

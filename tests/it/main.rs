@@ -7,6 +7,7 @@ mod delivery;
 mod dlq;
 mod flow;
 mod isolation;
+mod observe;
 mod socket;
 mod support;
 mod validation;

@@ -9,6 +9,7 @@ pub mod binary;
 pub mod phoenix;
 pub mod receiver;
 pub mod sign;
+pub mod tools;
 
 use std::time::{Duration, Instant};
 
