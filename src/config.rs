@@ -47,6 +47,15 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Largest accepted request body.
     pub body_limit: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Requests per second per project on `/v1` routes (a token bucket holding one
+    /// second's worth); `None` for no limit.
+    pub rate_limit: Option<u32>,
+    /// Open HTTP connections; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Open WebSocket connections; more upgrades are answered 503.
+    pub max_sockets: usize,
     /// Lifetime of a WebSocket token.
     pub ws_token_ttl: Duration,
     /// How long an `Idempotency-Key` returns its first response.
@@ -84,6 +93,10 @@ impl Default for Config {
             admin_token: None,
             header_read_timeout: Duration::from_secs(10),
             body_limit: 1 << 20,
+            body_read_timeout: Duration::from_secs(30),
+            rate_limit: None,
+            max_connections: 10_000,
+            max_sockets: 50_000,
             ws_token_ttl: Duration::from_secs(300),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             cache_bytes: 64 << 20,
@@ -148,6 +161,15 @@ pub struct Options {
     /// Time a client may take to send request headers [default: 10s]
     #[arg(long, env = "EDDY_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// Requests per second per project on /v1 routes [default: no limit]
+    #[arg(long, env = "EDDY_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Open HTTP connections before new ones are refused [default: 10000]
+    #[arg(long, env = "EDDY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open WebSocket connections before new upgrades are refused [default: 50000]
+    #[arg(long, env = "EDDY_MAX_SOCKETS")]
+    pub max_sockets: Option<usize>,
     /// sled page cache in MiB [default: 64]
     #[arg(long, env = "EDDY_CACHE_MB")]
     pub cache_mb: Option<u64>,
@@ -282,6 +304,21 @@ impl Options {
         }
         if let Some(t) = self.header_read_timeout.or(file.header_read_timeout) {
             config.header_read_timeout = parse_duration("header_read_timeout", &t)?;
+        }
+        if let Some(rate) = self.rate_limit.or(file.rate_limit) {
+            if rate == 0 {
+                return Err(invalid(
+                    "rate_limit",
+                    "must be at least 1 (omit it for no limit)",
+                ));
+            }
+            config.rate_limit = Some(rate);
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            config.max_connections = n.max(1);
+        }
+        if let Some(n) = self.max_sockets.or(file.max_sockets) {
+            config.max_sockets = n;
         }
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             config.cache_bytes = mb.max(1) << 20;

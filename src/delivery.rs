@@ -192,8 +192,15 @@ impl Deliverer {
                         }
                     }
                 }
+                let cut = excerpt.len() > EXCERPT_LIMIT;
                 excerpt.truncate(EXCERPT_LIMIT);
                 outcome.response_excerpt = String::from_utf8_lossy(&excerpt).into_owned();
+                if cut {
+                    // The rest is never read: a huge or endless answer costs at most this.
+                    outcome
+                        .response_excerpt
+                        .push_str(&format!(" … [response cut at {EXCERPT_LIMIT} bytes]"));
+                }
                 if !outcome.delivered && outcome.error.is_none() {
                     outcome.error = Some(format!("HTTP {}", status.as_u16()));
                 }

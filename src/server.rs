@@ -129,7 +129,15 @@ impl Server {
             stop.child_token(),
         );
         let sweeper = tokio::spawn(sweep(engine.clone(), stop.child_token()));
-        let app = Arc::new(App { engine, sockets });
+        let rate_limit = self
+            .config
+            .rate_limit
+            .map(crate::http::limits::RateLimiter::new);
+        let app = Arc::new(App {
+            engine,
+            sockets,
+            rate_limit,
+        });
         tracing::info!(%addr, "serving");
         http::serve(
             listener,

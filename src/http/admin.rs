@@ -57,7 +57,7 @@ pub async fn route(
             Ok(json_response(StatusCode::OK, &json!({ "data": data })))
         }
         (Method::POST, ["projects"]) => {
-            let bytes = read_body(request, app.engine.config().body_limit).await?;
+            let bytes = read_body(request, app.engine.config()).await?;
             let body: ProjectBody = parse(&bytes)?;
             let name = body.name.trim();
             if name.is_empty() || name.len() > 128 {

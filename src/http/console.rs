@@ -242,7 +242,7 @@ async fn put_workflow(
     path_name: Option<String>,
 ) -> Result<Response, ApiError> {
     let replace = path_name.is_some();
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: WorkflowBody = parse(&bytes)?;
     let name = match (&path_name, body.name) {
         (Some(path), Some(given)) if *path != given => {
@@ -358,7 +358,7 @@ async fn create_output(
     project: &Project,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: OutputBody = parse(&bytes)?;
     check_name("name", &body.name)?;
     if !body.schema.is_object() {
@@ -402,7 +402,7 @@ async fn create_endpoint(
     project: &Project,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: EndpointBody = parse(&bytes)?;
     let guarded = !app.engine.config().allow_private_webhooks;
     let url = check_url("url", &body.url, guarded)?;
@@ -463,6 +463,9 @@ struct KeyBody {
     name: Option<String>,
     #[serde(default)]
     expires_in_days: Option<u32>,
+    /// An exact expiry (RFC 3339 or Unix ms), instead of `expires_in_days`.
+    #[serde(default)]
+    expires_at: Option<Value>,
 }
 
 async fn create_key(
@@ -470,11 +473,12 @@ async fn create_key(
     project: &Project,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: KeyBody = if bytes.is_empty() {
         KeyBody {
             name: None,
             expires_in_days: None,
+            expires_at: None,
         }
     } else {
         parse(&bytes)?
@@ -483,9 +487,22 @@ async fn create_key(
         return Err(ApiError::invalid("expires_in_days: must be from 1 to 3650"));
     }
     let now = now_ms();
-    let expires = body
-        .expires_in_days
-        .map(|d| now + u64::from(d) * 24 * 3600 * 1000);
+    let expires = match (body.expires_in_days, &body.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "expires_at: give either expires_in_days or expires_at, not both",
+            ));
+        }
+        (Some(days), None) => Some(now + u64::from(days) * 24 * 3600 * 1000),
+        (None, Some(at)) => {
+            let at = time_ms("expires_at", at)?;
+            if at <= now {
+                return Err(ApiError::invalid("expires_at: must be in the future"));
+            }
+            Some(at)
+        }
+        (None, None) => None,
+    };
     let (record, key) = app
         .engine
         .catalog()

@@ -39,7 +39,7 @@ pub async fn route(
             Ok(ok(json!({ "data": data, "next_before": next })))
         }
         (Method::POST, ["retry"]) => {
-            let bytes = read_body(request, engine.config().body_limit).await?;
+            let bytes = read_body(request, engine.config()).await?;
             let body: RangeBody = if bytes.iter().all(u8::is_ascii_whitespace) {
                 RangeBody::default()
             } else {

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::clock::now_ms;
+use crate::config::Config;
 
 /// Every response body.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -40,9 +41,28 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
 const DRAIN_LIMIT: usize = 4 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The whole body, refused with 413 when its declared or actual size passes `limit`. A
-/// declared size over the limit is refused without keeping any of the body.
-pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// The whole body, refused with 413 when its declared or actual size passes the body
+/// limit (a declared size over it is refused without keeping any of the body), and with
+/// 408 when it takes longer than the body read timeout to arrive (a trickling client
+/// cannot hold a connection).
+pub async fn read_body(request: Request<Incoming>, config: &Config) -> Result<Bytes, ApiError> {
+    let timeout = config.body_read_timeout;
+    tokio::time::timeout(timeout, read_limited(request, config.body_limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}s",
+                    timeout.as_secs()
+                ),
+            ))
+        })
+}
+
+async fn read_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

@@ -12,6 +12,7 @@ pub mod console;
 pub mod dlq;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod runtime;
 pub mod upgrade;
 pub mod views;
@@ -40,6 +41,8 @@ use json::{Response, json_response};
 pub struct App {
     pub engine: Arc<Engine>,
     pub sockets: Arc<SocketContext>,
+    /// Per-project rate limit on `/v1` routes, when configured.
+    pub rate_limit: Option<limits::RateLimiter>,
 }
 
 impl App {
@@ -86,6 +89,9 @@ pub async fn serve(
         .max_concurrent_streams(256)
         .max_header_list_size(64 << 10);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        app.engine.config().max_connections,
+    ));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -101,6 +107,18 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(&limits::too_many_connections()),
+                )
+                .await;
+            });
+            continue;
+        };
         let app = app.clone();
         let service = service_fn(move |request| {
             let app = app.clone();
@@ -110,6 +128,7 @@ pub async fn serve(
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(permit);
         });
     }
     drop(listener);

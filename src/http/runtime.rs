@@ -169,7 +169,7 @@ async fn accept(app: &App, request: Request<Incoming>) -> Result<Response, ApiEr
                 })
         })
         .transpose()?;
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let guarded = !app.engine.config().allow_private_webhooks;
     let input = validate_async(parse(&bytes)?, guarded)?;
     let ticket = app
@@ -200,7 +200,7 @@ async fn callback(
 ) -> Result<Response, ApiError> {
     let project = app.authenticate(&request)?;
     let channel_id = parse_channel(channel)?;
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: CallbackBody = parse(&bytes)?;
     let input = match (body.error, body.data) {
         (Some(error), _) => CallbackInput::Error {
@@ -240,7 +240,7 @@ struct ReconnectBody {
 
 async fn reconnect(app: &App, request: Request<Incoming>) -> Result<Response, ApiError> {
     let project = app.authenticate(&request)?;
-    let bytes = read_body(request, app.engine.config().body_limit).await?;
+    let bytes = read_body(request, app.engine.config()).await?;
     let body: ReconnectBody = parse(&bytes)?;
     let channel = parse_channel(&body.channel_id)?;
     let ticket = app.engine.reconnect(&project.id, &channel)?;

@@ -60,6 +60,16 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         .verify(&token, now_ms() / 1000)
         .map_err(|e| ApiError::forbidden(e.to_string()))?;
 
+    if app.sockets.hub.open_sockets() >= app.engine.config().max_sockets {
+        let mut refused = ApiError::new(
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "unavailable",
+            "too many open sockets; retry shortly",
+        );
+        refused.retry_after = Some(1);
+        return Err(refused);
+    }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ctx = app.sockets.clone();
     tokio::spawn(async move {
