@@ -11,6 +11,7 @@
 //! unrecorded result, no push for an unrecorded callback.
 
 mod drive;
+mod model;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,6 +243,7 @@ impl Engine {
             deliveries: Vec::new(),
             callback: None,
             callback_deadline_ms: None,
+            ai_attempts: Vec::new(),
         };
         match idempotency_key {
             Some(key) => {

@@ -5,12 +5,14 @@
 //! - [`json`]: body limits, JSON parsing with field-naming errors, responses.
 //! - [`error`]: the error envelope and the mapping from [`crate::Error`].
 //! - [`runtime`]: `/v1` routes. [`console`]: `/console` routes. [`views`]: JSON views.
+//! - [`providers`]: the `/console/providers` routes.
 //! - [`upgrade`]: the WebSocket upgrade at `/socket/websocket`.
 
 pub mod admin;
 pub mod console;
 pub mod error;
 pub mod json;
+pub mod providers;
 pub mod runtime;
 pub mod upgrade;
 pub mod views;
