@@ -4,6 +4,8 @@ mod console;
 mod crash;
 mod delivery;
 mod flow;
+mod providers;
 mod socket;
 mod support;
+mod sync;
 mod validation;

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod phoenix;
+pub mod provider;
 pub mod receiver;
 pub mod sign;
 
