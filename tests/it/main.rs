@@ -4,6 +4,7 @@ mod console;
 mod crash;
 mod delivery;
 mod flow;
+mod openai_client;
 mod providers;
 mod socket;
 mod support;
