@@ -445,3 +445,74 @@ async fn structured_outputs_are_validated_on_creation() {
         .await;
     assert_eq!(status, 201);
 }
+
+/// A provider that cannot stream (here test mode) still answers a streamed request in
+/// OpenAI's chunk format: the whole answer in one piece once known, then `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_without_a_streaming_provider_sends_the_answer_whole() {
+    let server = start(|_| {}).await;
+    server
+        .create_workflow(json!({"name": "t", "provider": "testing", "model": "m"}))
+        .await;
+    let response = server
+        .http
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "t", "stream": true,
+                      "messages": [{"role": "user", "content": "echo this back"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "role, answer, finish, done: {text}");
+    let answer: Value = serde_json::from_str(&events[1]["data: ".len()..]).unwrap();
+    assert_eq!(answer["choices"][0]["delta"]["content"], "echo this back");
+    let finish: Value = serde_json::from_str(&events[2]["data: ".len()..]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert!(finish.get("usage").is_none(), "no usage chunk unless asked");
+    assert_eq!(events[3], "data: [DONE]");
+}
+
+/// A provider that fails after part of a streamed answer reached the client is not retried
+/// nor failed over (the client cannot take back what it has): the stream ends with an
+/// OpenAI-style `error` event and `[DONE]`, and the request is logged as `ai_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_midway_ends_with_an_error_event() {
+    let server = provider_server().await;
+    let flaky = FakeProvider::start(Wire::OpenAi).await;
+    flaky.answer(Answer::BreakAfter("half an".into()));
+    let backup = FakeProvider::start(Wire::OpenAi).await;
+    register(&server, "flaky", &flaky, json!({})).await;
+    register(&server, "backup", &backup, json!({})).await;
+    server
+        .create_workflow(json!({"name": "f", "provider": "flaky", "model": "m",
+                                "fallbacks": [{"provider": "backup", "model": "m"}]}))
+        .await;
+    let response = server
+        .http
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "f", "stream": true,
+                      "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(text.contains("\"content\":\"half \""), "{text}");
+    let error: Value = serde_json::from_str(&events[events.len() - 2]["data: ".len()..]).unwrap();
+    assert_eq!(error["error"]["code"], "ai_failed", "{text}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("mid-stream") && message.contains("the fake broke"),
+        "{message}"
+    );
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    assert_eq!(flaky.seen().len(), 1, "not retried");
+    assert!(backup.seen().is_empty(), "not failed over");
+    let (_, log) = server.get("/console/requests?status=failed").await;
+    assert_eq!(log["data"][0]["failure"], "ai_failed", "{log}");
+}

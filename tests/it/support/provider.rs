@@ -47,6 +47,8 @@ pub enum Answer {
     Status(u16),
     /// No answer for a minute.
     Hang,
+    /// A stream (OpenAI) that sends this text, then an `error` event instead of finishing.
+    BreakAfter(String),
 }
 
 /// One request a fake received.
@@ -212,15 +214,18 @@ async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::
             status,
             &json!({"type": "error", "error": {"type": "api_error", "message": format!("fake failure {status}")}}),
         ),
-        (Wire::OpenAi, Answer::Json(value)) => openai(&body, model, value.to_string()),
-        (Wire::OpenAi, Answer::Text(text)) => openai(&body, model, text),
+        (Wire::OpenAi, Answer::Json(value)) => openai(&body, model, value.to_string(), false),
+        (Wire::OpenAi, Answer::Text(text)) => openai(&body, model, text, false),
+        (Wire::OpenAi, Answer::BreakAfter(text)) => openai(&body, model, text, true),
         (Wire::Anthropic, answer) => {
             let content = match answer {
                 Answer::Json(input) => json!([{
                     "type": "tool_use", "id": "toolu_fake",
                     "name": body["tools"][0]["name"], "input": input,
                 }]),
-                Answer::Text(text) => json!([{"type": "text", "text": text}]),
+                Answer::Text(text) | Answer::BreakAfter(text) => {
+                    json!([{"type": "text", "text": text}])
+                }
                 _ => unreachable!("handled above"),
             };
             json_body(
@@ -235,8 +240,9 @@ async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::
     }
 }
 
-/// An OpenAI answer with `content`: whole, or as chunks 20 ms apart when asked to stream.
-fn openai(request: &Value, model: Value, content: String) -> hyper::Response<Body> {
+/// An OpenAI answer with `content`: whole, or as chunks 20 ms apart when asked to stream
+/// (ending in an `error` event instead of the finish when `breaks`).
+fn openai(request: &Value, model: Value, content: String, breaks: bool) -> hyper::Response<Body> {
     let usage = json!({
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": COMPLETION_TOKENS,
@@ -264,8 +270,14 @@ fn openai(request: &Value, model: Value, content: String) -> hyper::Response<Bod
     for piece in content.split_inclusive(' ') {
         events.push(chunk(json!({"content": piece}), Value::Null));
     }
-    events.push(chunk(json!({}), json!("stop")));
-    if request["stream_options"]["include_usage"] == true {
+    if breaks {
+        events.push(
+            json!({"error": {"message": "the fake broke mid-stream", "type": "server_error"}}),
+        );
+    } else {
+        events.push(chunk(json!({}), json!("stop")));
+    }
+    if !breaks && request["stream_options"]["include_usage"] == true {
         events.push(
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                            "created": 1, "model": model, "choices": [], "usage": usage}),
