@@ -59,6 +59,7 @@ fn record(id: u64) -> Request {
         }],
         callback: None,
         callback_deadline_ms: None,
+        ai_attempts: Vec::new(),
     }
 }
 

@@ -17,6 +17,10 @@ use crate::secret;
 use crate::store::catalog::Kind;
 use crate::store::{Store, StoreError};
 
+/// Provider credentials live in their own file: see there.
+mod providers;
+pub use providers::{ProviderCredential, ProviderKind, mask as mask_key};
+
 /// The project created on first start and bound to `--api-key`.
 pub const DEFAULT_PROJECT: &str = "default";
 
@@ -132,6 +136,7 @@ struct Cache {
     workflows: ByProject<Workflow>,
     outputs: ByProject<StructuredOutput>,
     endpoints: ByProject<Endpoint>,
+    providers: ByProject<ProviderCredential>,
 }
 
 /// The in-memory, write-through catalog.
@@ -171,6 +176,10 @@ impl Catalog {
         for e in store.catalog_load::<Endpoint>(Kind::Endpoint)? {
             let project = cache.endpoints.entry(e.project).or_default();
             project.insert(e.id.clone(), Arc::new(e));
+        }
+        for c in store.catalog_load::<ProviderCredential>(Kind::Provider)? {
+            let project = cache.providers.entry(c.project).or_default();
+            project.insert(c.name.clone(), Arc::new(c));
         }
         Ok(Catalog {
             store,

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use crate::secret::KEY_PREFIX;
 
-/// The validated configuration of one server.
-#[derive(Debug, Clone)]
+/// The validated configuration of one server. Its `Debug` form hides the secrets.
+#[derive(Clone)]
 pub struct Config {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
@@ -68,6 +68,32 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// JSON logs instead of human-readable ones.
     pub log_json: bool,
+    /// Per model attempt, unless a provider's credentials set their own.
+    pub provider_timeout: Duration,
+    /// Further attempts on the same provider after a 429, 5xx, timeout or invalid answer,
+    /// before the workflow's fallbacks.
+    pub provider_retries: u32,
+    /// Wait before the first retry of a provider; doubled for each next one.
+    pub provider_backoff: Duration,
+    /// Permit provider `base_url`s on loopback and private ranges (local vLLM, Ollama).
+    pub allow_private_providers: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<hidden>");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("public_url", &self.public_url)
+            .field("api_key", &hidden(&self.api_key))
+            .field("admin_token", &hidden(&self.admin_token))
+            .field("retry_schedule", &self.retry_schedule)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("callback_timeout", &self.callback_timeout)
+            .field("allow_private_webhooks", &self.allow_private_webhooks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -103,6 +129,10 @@ impl Default for Config {
             max_inflight: 4096,
             ws_idle_timeout: Duration::from_secs(60),
             log_json: false,
+            provider_timeout: Duration::from_secs(60),
+            provider_retries: 2,
+            provider_backoff: Duration::from_millis(500),
+            allow_private_providers: false,
         }
     }
 }
@@ -176,6 +206,19 @@ pub struct Options {
     /// Log format: text or json [default: text]
     #[arg(long, env = "EDDY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Timeout of one model attempt [default: 60s]
+    #[arg(long, env = "EDDY_PROVIDER_TIMEOUT")]
+    pub provider_timeout: Option<String>,
+    /// Retries of a provider before its fallbacks [default: 2]
+    #[arg(long, env = "EDDY_PROVIDER_RETRIES")]
+    pub provider_retries: Option<u32>,
+    /// Wait before the first retry of a provider, doubled per retry [default: 500ms]
+    #[arg(long, env = "EDDY_PROVIDER_BACKOFF")]
+    pub provider_backoff: Option<String>,
+    /// Permit provider base URLs on loopback and private ranges (local vLLM, Ollama)
+    #[arg(long, env = "EDDY_ALLOW_PRIVATE_PROVIDERS")]
+    #[serde(default)]
+    pub allow_private_providers: bool,
     /// A TOML file with any of these options
     #[arg(long, env = "EDDY_CONFIG")]
     #[serde(skip)]
@@ -323,6 +366,20 @@ impl Options {
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             config.cache_bytes = mb.max(1) << 20;
         }
+        if let Some(t) = self.provider_timeout.or(file.provider_timeout) {
+            config.provider_timeout = parse_duration("provider_timeout", &t)?;
+        }
+        if let Some(n) = self.provider_retries.or(file.provider_retries) {
+            if n > 10 {
+                return Err(invalid("provider_retries", "must be at most 10"));
+            }
+            config.provider_retries = n;
+        }
+        if let Some(t) = self.provider_backoff.or(file.provider_backoff) {
+            config.provider_backoff = parse_duration("provider_backoff", &t)?;
+        }
+        config.allow_private_providers =
+            self.allow_private_providers || file.allow_private_providers;
         match self.log_format.or(file.log_format).as_deref() {
             None | Some("text") => {}
             Some("json") => config.log_json = true,

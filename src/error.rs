@@ -14,6 +14,9 @@ pub enum Error {
     NotFound(String),
     #[error("workflow '{0}' not found")]
     WorkflowNotFound(String),
+    /// A sync call (`/v1/ai`, `/v1/chat/completions`) on an event-driven workflow.
+    #[error("{0}")]
+    ModelNotSupported(String),
     /// A callback for a request that already ended (or was already called back).
     #[error("{0}")]
     AlreadyCompleted(String),

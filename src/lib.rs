@@ -10,13 +10,15 @@
 //! - [`config`]: flags, env and TOML merged and validated into one `Config`.
 //! - [`job`]: the request record, its states and events, the pure transition rules.
 //! - [`store`]: sled trees, key encoding, record codec, CAS updates, group commit.
-//! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints (in memory,
-//!   written through to the store).
+//! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider
+//!   credentials (in memory, written through to the store).
 //! - [`scheduler`]: the timer wheel over the persistent due index.
 //! - [`engine`]: the flow's business rules: accept, drive (model, webhooks, timeouts),
-//!   callbacks.
-//! - [`ai`]: the provider trait and the `testing` provider.
-//! - [`delivery`]: sending one webhook attempt and classifying it (the only reqwest user).
+//!   callbacks, sync requests.
+//! - [`ai`]: the provider trait, the OpenAI-compatible and Anthropic adapters, test mode,
+//!   retries and failover, structured-output checks.
+//! - [`delivery`]: sending one webhook attempt and classifying it (with the `ai` adapters,
+//!   the only reqwest users).
 //! - [`egress`]: the SSRF guard: which addresses webhooks may go to.
 //! - [`signature`]: `mr-signature` and Standard Webhooks signatures.
 //! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record.

@@ -41,6 +41,67 @@ pub struct Meta<'a> {
     pub workflow_name: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
+    /// Every model attempt, retries and fallbacks included.
+    pub attempts: Vec<AttemptMeta<'a>>,
+}
+
+/// Token counts in OpenAI's shape.
+#[derive(Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// One entry of `meta.attempts`.
+#[derive(Serialize)]
+pub struct AttemptMeta<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    /// `success` or `error`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    pub duration_ms: u64,
+    pub usage: Usage,
+}
+
+/// `meta.attempts` of `record`.
+pub fn attempt_metas(record: &Request) -> Vec<AttemptMeta<'_>> {
+    record
+        .ai_attempts
+        .iter()
+        .map(|a| AttemptMeta {
+            provider: &a.provider,
+            model: &a.model,
+            status: if a.error.is_some() {
+                "error"
+            } else {
+                "success"
+            },
+            http_status: a.http_status,
+            reason: a.error.as_deref(),
+            duration_ms: a.duration_ms,
+            usage: Usage::new(a.prompt_tokens, a.completion_tokens),
+        })
+        .collect()
+}
+
+/// `meta.attempts` of `record` as a JSON value.
+pub fn attempts(record: &Request) -> serde_json::Value {
+    serde_json::to_value(attempt_metas(record)).expect("attempts serialize")
 }
 
 fn meta(record: &Request) -> Meta<'_> {
@@ -55,6 +116,7 @@ fn meta(record: &Request) -> Meta<'_> {
         workflow_name: &record.workflow.name,
         provider,
         model,
+        attempts: attempt_metas(record),
     }
 }
 

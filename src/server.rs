@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ai::Models;
+use crate::ai::{Models, Policy};
 use crate::catalog::{Catalog, DEFAULT_PROJECT};
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -57,12 +57,18 @@ impl Server {
             .try_into()
             .map_err(|_| StoreError::Io(std::io::Error::other("corrupt ws_token_key")))?;
         store.commit().await?;
+        let models = Models::new(Policy {
+            timeout: config.provider_timeout,
+            retries: config.provider_retries,
+            backoff: config.provider_backoff,
+            guarded: !config.allow_private_providers,
+        });
         Ok(Server {
             config: Arc::new(config),
             store,
             catalog,
             tokens: TokenKey::new(secret),
-            models: Models::default(),
+            models,
             new_key,
         })
     }

@@ -1,19 +1,32 @@
-//! Models behind workflows: the [`Provider`] trait every adapter implements, and the
-//! [`Models`] registry that picks one for a request and reports each attempt.
+//! Models behind workflows: the [`Provider`] trait every adapter implements, the adapters
+//! ([`openai`] for OpenAI and every compatible server, [`anthropic`] for the Messages API,
+//! [`testing`] for test mode), and [`Models`], which runs a workflow's model with retries,
+//! backoff and fallbacks and reports every attempt.
 //!
-//! Test mode (provider `testing`, `mode: "testing"` or `test_mode: true` on the request)
-//! never calls a model: see [`testing`]. It is the offline default. Knows nothing about
-//! webhooks, sockets or the store.
+//! Every adapter maps its provider's messages, usage and errors to one shape
+//! ([`AiOutput`], [`AiError`]), so the failover loop and the rest of eddy never see a wire
+//! format. Structured output is checked in one place ([`schema`]) whatever the provider.
+//! Credentials come in per call from the caller (they are per project); nothing here knows
+//! about webhooks, sockets or the store. Keys are put in request headers and nowhere else:
+//! not in errors, not in logs.
 
+pub mod anthropic;
+mod call;
+pub mod openai;
+mod run;
+pub mod schema;
 pub mod testing;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::job::WorkflowSnapshot;
+use tokio::sync::mpsc;
+
+use crate::catalog::ProviderKind;
+
+pub use run::{Credentials, Models, Policy};
 
 /// A future returned by a provider.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -26,17 +39,25 @@ pub struct AiRequest<'a> {
     pub messages: &'a serde_json::Value,
     pub system_prompt: Option<&'a str>,
     /// JSON Schema of the structured output, if any.
-    pub schema: Option<&'a str>,
+    pub schema: Option<&'a serde_json::Value>,
     /// Sample data of the structured output, if any (test mode returns it).
     pub sample_data: Option<&'a str>,
     pub response_delay: Duration,
+    /// How long the provider may take to answer (to send the next chunk, when streaming).
+    pub timeout: Duration,
 }
 
 /// A provider's answer, in one shape for every provider.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AiOutput {
-    /// The result object (`ai_response.data`).
+    /// The result object (`ai_response.data`): the parsed answer for a structured output,
+    /// else `{"content": <the answer's text>}`.
     pub data: serde_json::Value,
+    /// The assistant message's text, as the model wrote it (JSON text for a structured
+    /// output); what OpenAI-compatible clients get as `message.content`.
+    pub content: String,
+    /// The provider's own response body, when there is one (`POST /v1/ai` raw format).
+    pub raw: Option<serde_json::Value>,
     /// Provider and model as reported in `meta`.
     pub provider: String,
     pub model: String,
@@ -49,118 +70,137 @@ pub struct AiOutput {
 #[error("{message}")]
 pub struct AiError {
     pub message: String,
-    /// Worth trying again (429, 5xx, timeouts).
+    /// Worth trying again (429, 5xx, timeouts, connection failures, invalid answers).
     pub retryable: bool,
+    /// The provider's HTTP status, when it answered with an error.
+    pub status: Option<u16>,
+    /// The provider's `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Tokens the failed attempt used (an answer that did not match its schema).
+    pub usage: (u64, u64),
+}
+
+impl AiError {
+    /// An error that trying again cannot fix.
+    pub fn fatal(message: impl Into<String>) -> AiError {
+        AiError {
+            message: message.into(),
+            retryable: false,
+            status: None,
+            retry_after: None,
+            usage: (0, 0),
+        }
+    }
+
+    /// An error that may go away: a timeout, a dropped connection, a bad answer.
+    pub fn transient(message: impl Into<String>) -> AiError {
+        AiError {
+            retryable: true,
+            ..AiError::fatal(message)
+        }
+    }
 }
 
 /// One model API.
 pub trait Provider: Send + Sync {
+    /// Asks for one whole answer.
     fn generate<'a>(
         &'a self,
         request: &'a AiRequest<'a>,
     ) -> BoxFuture<'a, Result<AiOutput, AiError>>;
+
+    /// Asks for an answer and sends its text to `deltas` as it arrives. Providers that
+    /// cannot stream answer whole, and the caller sends the text in one piece.
+    fn stream<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+        deltas: &'a Deltas,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        let _ = deltas;
+        self.generate(request)
+    }
 }
 
-/// One attempt as the timeline records it.
+/// Where a streamed answer's text goes, piece by piece. Remembers whether anything was sent:
+/// once a client has part of an answer, eddy cannot retry or fail over behind its back.
+pub struct Deltas {
+    tx: mpsc::Sender<String>,
+    started: AtomicBool,
+}
+
+impl Deltas {
+    pub fn new(tx: mpsc::Sender<String>) -> Deltas {
+        Deltas {
+            tx,
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends a piece of text; a client that went away is not an error (the answer is still
+    /// recorded).
+    pub async fn send(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        self.started.store(true, Ordering::Release);
+        let _ = self.tx.send(text.to_string()).await;
+    }
+
+    /// Whether any text was sent.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// One attempt as the timeline and `meta.attempts` record it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptReport {
     pub provider: String,
     pub model: String,
+    /// Why it failed; `None` for the attempt that succeeded.
     pub error: Option<String>,
+    /// The provider's HTTP status when it answered with an error.
+    pub http_status: Option<u16>,
+    pub started_ms: u64,
     pub duration_ms: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
 
-/// The providers a server can call, by name.
-#[derive(Clone)]
-pub struct Models {
-    testing: Arc<testing::Testing>,
-    providers: HashMap<String, Arc<dyn Provider>>,
+/// A provider name eddy knows without a `base_url`: its wire format and API root.
+pub fn preset(name: &str) -> Option<(ProviderKind, &'static str)> {
+    Some(match name {
+        "openai" => (ProviderKind::OpenAi, "https://api.openai.com/v1"),
+        "anthropic" => (ProviderKind::Anthropic, "https://api.anthropic.com/v1"),
+        "mistral" => (ProviderKind::OpenAi, "https://api.mistral.ai/v1"),
+        "groq" => (ProviderKind::OpenAi, "https://api.groq.com/openai/v1"),
+        "together" => (ProviderKind::OpenAi, "https://api.together.xyz/v1"),
+        _ => return None,
+    })
 }
 
-impl Default for Models {
-    fn default() -> Self {
-        Models {
-            testing: Arc::new(testing::Testing),
-            providers: HashMap::new(),
-        }
-    }
+/// The text of the last `user` message: a string content, or the text parts of an array.
+pub fn last_user_message(messages: &serde_json::Value) -> String {
+    let Some(list) = messages.as_array() else {
+        return String::new();
+    };
+    list.iter()
+        .rev()
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
+        .map(|m| text_of(m.get("content")))
+        .unwrap_or_default()
 }
 
-impl Models {
-    /// Adds (or replaces) a provider under `name`.
-    pub fn with_provider(mut self, name: &str, provider: Arc<dyn Provider>) -> Self {
-        self.providers.insert(name.to_string(), provider);
-        self
-    }
-
-    /// Runs the workflow's model on `messages`: the result or the last error, with a report
-    /// of every attempt made.
-    pub async fn run(
-        &self,
-        workflow: &WorkflowSnapshot,
-        messages: &serde_json::Value,
-        test_mode: bool,
-    ) -> (Result<AiOutput, AiError>, Vec<AttemptReport>) {
-        let testing = test_mode || workflow.testing || workflow.provider == testing::NAME;
-        let provider: Option<&dyn Provider> = if testing {
-            Some(self.testing.as_ref())
-        } else {
-            self.providers.get(&workflow.provider).map(|p| p.as_ref())
-        };
-        let (label, model) = if testing {
-            (testing::PROVIDER_LABEL, testing::MODEL_LABEL)
-        } else {
-            (workflow.provider.as_str(), workflow.model.as_str())
-        };
-        let Some(provider) = provider else {
-            let error = AiError {
-                message: format!(
-                    "provider '{}' is not configured: add its credentials or run the workflow in test mode",
-                    workflow.provider
-                ),
-                retryable: false,
-            };
-            let report = AttemptReport {
-                provider: label.to_string(),
-                model: model.to_string(),
-                error: Some(error.message.clone()),
-                duration_ms: 0,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-            };
-            return (Err(error), vec![report]);
-        };
-        let request = AiRequest {
-            model: &workflow.model,
-            messages,
-            system_prompt: workflow.system_prompt.as_deref(),
-            schema: workflow.schema.as_deref(),
-            sample_data: workflow.sample_data.as_deref(),
-            response_delay: Duration::from_millis(workflow.response_delay_ms),
-        };
-        let started = Instant::now();
-        let result = provider.generate(&request).await;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let report = match &result {
-            Ok(out) => AttemptReport {
-                provider: out.provider.clone(),
-                model: out.model.clone(),
-                error: None,
-                duration_ms,
-                prompt_tokens: out.prompt_tokens,
-                completion_tokens: out.completion_tokens,
-            },
-            Err(e) => AttemptReport {
-                provider: label.to_string(),
-                model: model.to_string(),
-                error: Some(e.message.clone()),
-                duration_ms,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-            },
-        };
-        (result, vec![report])
+/// A message content as plain text: a string, or the `text` parts of an array joined by
+/// newlines.
+pub fn text_of(content: Option<&serde_json::Value>) -> String {
+    match content {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }

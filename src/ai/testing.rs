@@ -2,7 +2,7 @@
 //! structured output's `sample_data`, or `{"content": <the last user message>}` when there
 //! is none, reported as provider `Testing`, model `test-mode`, zero tokens.
 
-use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider};
+use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider, last_user_message};
 
 /// The provider name that selects test mode.
 pub const NAME: &str = "testing";
@@ -22,47 +22,32 @@ impl Provider for Testing {
             if !request.response_delay.is_zero() {
                 tokio::time::sleep(request.response_delay).await;
             }
-            let data = match request.sample_data.map(serde_json::from_str) {
-                Some(Ok(sample)) => sample,
-                Some(Err(e)) => {
-                    return Err(AiError {
-                        message: format!("sample_data is not valid JSON: {e}"),
-                        retryable: false,
-                    });
+            let (data, content) = match request.sample_data.map(serde_json::from_str) {
+                Some(Ok(sample)) => {
+                    let sample: serde_json::Value = sample;
+                    let text = sample.to_string();
+                    (sample, text)
                 }
-                None => serde_json::json!({ "content": last_user_message(request.messages) }),
+                Some(Err(e)) => {
+                    return Err(AiError::fatal(format!(
+                        "sample_data is not valid JSON: {e}"
+                    )));
+                }
+                None => {
+                    let echo = last_user_message(request.messages);
+                    (serde_json::json!({ "content": echo }), echo)
+                }
             };
             Ok(AiOutput {
                 data,
+                content,
+                raw: None,
                 provider: PROVIDER_LABEL.to_string(),
                 model: MODEL_LABEL.to_string(),
                 prompt_tokens: 0,
                 completion_tokens: 0,
             })
         })
-    }
-}
-
-/// The text of the last `user` message: a string content, or the text parts of an array.
-fn last_user_message(messages: &serde_json::Value) -> String {
-    let Some(list) = messages.as_array() else {
-        return String::new();
-    };
-    let Some(msg) = list
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
-    else {
-        return String::new();
-    };
-    match msg.get("content") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
     }
 }
 
@@ -79,6 +64,7 @@ mod tests {
             schema: None,
             sample_data: sample,
             response_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
         }
     }
 
@@ -92,6 +78,7 @@ mod tests {
         ]);
         let out = Testing.generate(&request(&messages, None)).await.unwrap();
         assert_eq!(out.data, serde_json::json!({"content": "second"}));
+        assert_eq!(out.content, "second");
         assert_eq!(
             (out.provider.as_str(), out.model.as_str()),
             ("Testing", "test-mode")
@@ -101,5 +88,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.data, serde_json::json!({"title": "T"}));
+        assert_eq!(out.content, r#"{"title":"T"}"#);
     }
 }

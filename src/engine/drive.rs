@@ -14,13 +14,13 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use super::Engine;
+use super::{Engine, model};
 use crate::clock::now_ms;
 use crate::delivery::{Attempt, Outcome};
 use crate::error::Result;
 use crate::job::{
-    AiResult, AttemptEffect, AttemptLog, AttemptResult, DeadLetter, Delivery, DeliveryOutcome,
-    Event, Request, State, Step,
+    AttemptEffect, AttemptLog, AttemptResult, DeadLetter, Delivery, DeliveryOutcome, Event,
+    Request, State, Step,
 };
 use crate::payload;
 use crate::secret;
@@ -175,43 +175,25 @@ impl Engine {
         let messages: serde_json::Value =
             serde_json::from_str(&record.messages).unwrap_or_default();
         let (result, reports) = self
-            .models
-            .run(&record.workflow, &messages, record.test_mode)
+            .call_models(
+                &record.project_id,
+                &record.workflow,
+                &messages,
+                record.test_mode,
+                None,
+            )
             .await;
         let now = now_ms();
-        for r in &reports {
-            self.metrics.ai_attempt(
-                &r.provider,
-                r.error.is_none(),
-                Duration::from_millis(r.duration_ms),
-            );
-            let step = Step::AiAttempt {
-                provider: r.provider.clone(),
-                model: r.model.clone(),
-                error: r.error.clone(),
-                duration_ms: r.duration_ms,
-                prompt_tokens: r.prompt_tokens,
-                completion_tokens: r.completion_tokens,
-            };
-            self.store.append_step(record.id, now, &step)?;
-        }
+        self.note_attempts(record.id, &reports)?;
+        let attempts = model::attempt_logs(&reports);
         let targets = self.targets(&record, now);
         let timeout = self.callback_timeout_ms(&record);
         let update = self.store.update(record.id, now, |r| {
+            r.ai_attempts = attempts.clone();
             match &result {
-                Ok(out) => r.record_ai_success(
-                    AiResult {
-                        data: out.data.to_string(),
-                        provider: out.provider.clone(),
-                        model: out.model.clone(),
-                        prompt_tokens: out.prompt_tokens,
-                        completion_tokens: out.completion_tokens,
-                        duration_ms: reports.iter().map(|r| r.duration_ms).sum(),
-                        generated_ms: now,
-                    },
-                    targets.clone(),
-                    now,
-                )?,
+                Ok(out) => {
+                    r.record_ai_success(model::ai_result(out, &reports, now), targets.clone(), now)?
+                }
                 // Event-driven workflows have nothing for a backend to call back about.
                 Err(e) => {
                     let deliveries = if r.awaits_callback() {

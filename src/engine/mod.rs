@@ -6,6 +6,8 @@
 //! - [`Engine::callback`]: record the backend's callback durably, then push and complete.
 //! - [`drive`](Engine::drive) (in `drive.rs`): what the scheduler runs when a request is
 //!   due: the model, webhook attempts and retries, callback timeouts, final pushes.
+//! - [`Engine::run_sync`] (in `sync.rs`): a synchronous request, answered inline and
+//!   recorded in its final state.
 //!
 //! Every change goes through `Store::update` → commit → effect: no webhook leaves for an
 //! unrecorded result, no push for an unrecorded callback.
@@ -13,11 +15,14 @@
 mod dlq;
 mod drive;
 mod lanes;
+mod model;
 mod retention;
+mod sync;
 
 pub use dlq::Redrive;
 pub use drive::REQUEST_ENDPOINT;
 pub use retention::Swept;
+pub use sync::{SyncAnswer, SyncInput};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +108,30 @@ fn lookup<'a>(root: &'a serde_json::Value, path: &str) -> Option<&'a serde_json:
         serde_json::Value::Array(list) => part.parse::<usize>().ok().and_then(|i| list.get(i)),
         _ => None,
     })
+}
+
+/// `customer_data`: the request's `metadata` plus the workflow's `cache_fields`, keyed by
+/// path.
+fn customer_data(
+    workflow: &Workflow,
+    name: &str,
+    messages: &serde_json::Value,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut customer_data = metadata.clone();
+    if !workflow.cache_fields.is_empty() {
+        let body = serde_json::json!({
+            "workflow": name,
+            "messages": messages,
+            "metadata": metadata,
+        });
+        for path in &workflow.cache_fields {
+            if let Some(value) = lookup(&body, path) {
+                customer_data.insert(path.clone(), value.clone());
+            }
+        }
+    }
+    customer_data
 }
 
 impl Engine {
@@ -232,19 +261,8 @@ impl Engine {
             )));
         }
 
-        let mut customer_data = input.metadata.clone();
-        if !workflow.cache_fields.is_empty() {
-            let body = serde_json::json!({
-                "workflow": input.workflow,
-                "messages": input.messages,
-                "metadata": input.metadata,
-            });
-            for path in &workflow.cache_fields {
-                if let Some(value) = lookup(&body, path) {
-                    customer_data.insert(path.clone(), value.clone());
-                }
-            }
-        }
+        let customer_data =
+            customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
 
         let now = now_ms();
         let id = self.store.next_id()?;
@@ -267,6 +285,7 @@ impl Engine {
             deliveries: Vec::new(),
             callback: None,
             callback_deadline_ms: None,
+            ai_attempts: Vec::new(),
         };
         match idempotency_key {
             Some(key) => {

@@ -160,6 +160,10 @@ pub async fn route(
             Ok(ok(views::endpoint(&enabled, false)))
         }
 
+        (_, ["providers", tail @ ..]) => {
+            super::providers::route(app, &project, request, tail).await
+        }
+
         _ => Err(ApiError::not_found(format!(
             "no route for {method} /console/{}",
             rest.join("/")
@@ -369,6 +373,8 @@ async fn create_output(
     {
         return Err(ApiError::invalid("sample_data: must be a JSON object"));
     }
+    crate::ai::schema::check_output(&body.schema, body.sample_data.as_ref())
+        .map_err(ApiError::invalid)?;
     let output = StructuredOutput {
         id: secret::new_id("schema"),
         project: project.id,

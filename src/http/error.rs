@@ -114,6 +114,12 @@ impl From<Error> for ApiError {
                 "workflow_not_found",
                 message,
             ),
+            Error::ModelNotSupported(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model_not_supported",
+                message,
+            ),
             Error::AlreadyCompleted(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict_error",

@@ -5,6 +5,8 @@
 //! - [`json`]: body limits, JSON parsing with field-naming errors, responses.
 //! - [`error`]: the error envelope and the mapping from [`crate::Error`].
 //! - [`runtime`]: `/v1` routes. [`console`]: `/console` routes. [`views`]: JSON views.
+//! - [`providers`]: the `/console/providers` routes; [`sync`]: `/v1/ai` and
+//!   `/v1/chat/completions`.
 //! - [`upgrade`]: the WebSocket upgrade at `/socket/websocket`.
 
 pub mod admin;
@@ -13,7 +15,9 @@ pub mod dlq;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod providers;
 pub mod runtime;
+pub mod sync;
 pub mod upgrade;
 pub mod views;
 

@@ -1,5 +1,5 @@
 //! `/v1` routes: `POST /v1/ai/async`, `POST /v1/callback/{channel_id}`,
-//! `POST /v1/ai/reconnect`.
+//! `POST /v1/ai/reconnect`; the sync routes are in [`super::sync`].
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -17,17 +17,29 @@ pub async fn route(
     request: Request<Incoming>,
     rest: &[&str],
 ) -> Result<Response, ApiError> {
+    if let Some(limiter) = &app.rate_limit {
+        limiter.take(&app.authenticate(&request)?.id)?;
+    }
     let method = request.method().clone();
     match (&method, rest) {
         (&Method::POST, ["ai", "async"]) => accept(app, request).await,
+        (&Method::POST, ["ai"]) => super::sync::ai(app, request).await,
+        (&Method::POST, ["chat", "completions"]) => {
+            super::sync::chat_completions(app, request).await
+        }
         (&Method::POST, ["ai", "reconnect"]) => reconnect(app, request).await,
         (&Method::POST, ["callback", channel]) => {
             let channel = channel.to_string();
             callback(app, request, &channel).await
         }
-        (_, ["ai", "async"] | ["ai", "reconnect"] | ["callback", _]) => {
-            Err(ApiError::method_not_allowed())
-        }
+        (
+            _,
+            ["ai", "async"]
+            | ["ai", "reconnect"]
+            | ["callback", _]
+            | ["ai"]
+            | ["chat", "completions"],
+        ) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found(format!(
             "no route for {method} /v1/{}",
             rest.join("/")
@@ -88,12 +100,27 @@ fn validate_async(body: AsyncBody, guarded: bool) -> Result<AcceptInput, ApiErro
     if body.workflow.trim().is_empty() {
         return Err(ApiError::invalid("workflow: must not be empty"));
     }
-    if body.messages.is_empty() {
+    check_messages(&body.messages)?;
+    if let Some(url) = &body.webhook_url {
+        check_url("webhook_url", url, guarded)?;
+    }
+    Ok(AcceptInput {
+        workflow: body.workflow,
+        messages: Value::Array(body.messages.into_iter().map(Value::Object).collect()),
+        metadata: body.metadata.unwrap_or_default(),
+        webhook_url: body.webhook_url,
+        test_mode: body.test_mode.unwrap_or(false),
+    })
+}
+
+/// A non-empty list of `{role, content}` messages with known roles; errors name the field.
+pub fn check_messages(messages: &[Map<String, Value>]) -> Result<(), ApiError> {
+    if messages.is_empty() {
         return Err(ApiError::invalid(
             "messages: at least one message is required",
         ));
     }
-    for (i, m) in body.messages.iter().enumerate() {
+    for (i, m) in messages.iter().enumerate() {
         match m.get("role") {
             Some(Value::String(r)) if ROLES.contains(&r.as_str()) => {}
             Some(Value::String(r)) => {
@@ -128,16 +155,7 @@ fn validate_async(body: AsyncBody, guarded: bool) -> Result<AcceptInput, ApiErro
             }
         }
     }
-    if let Some(url) = &body.webhook_url {
-        check_url("webhook_url", url, guarded)?;
-    }
-    Ok(AcceptInput {
-        workflow: body.workflow,
-        messages: Value::Array(body.messages.into_iter().map(Value::Object).collect()),
-        metadata: body.metadata.unwrap_or_default(),
-        webhook_url: body.webhook_url,
-        test_mode: body.test_mode.unwrap_or(false),
-    })
+    Ok(())
 }
 
 fn ticket_json(ticket: &Ticket) -> Value {

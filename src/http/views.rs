@@ -88,6 +88,7 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
             provider,
             model,
             error,
+            http_status,
             duration_ms,
             prompt_tokens,
             completion_tokens,
@@ -97,6 +98,7 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
             "model": model,
             "status": if error.is_some() { "error" } else { "success" },
             "error": error,
+            "http_status": http_status,
             "duration_ms": duration_ms,
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -200,6 +202,7 @@ pub fn request(r: &Request, timeline: &[(u64, Step)]) -> Value {
             },
             "generated_at": at(ai.generated_ms),
         })),
+        "ai_attempts": crate::payload::attempts(r),
         "callback": r.callback.as_ref().map(|c| json!({
             "data": raw_json(&c.data),
             "task_id": c.task_id,

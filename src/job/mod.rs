@@ -15,8 +15,8 @@ mod record;
 mod rules;
 
 pub use record::{
-    AiResult, AttemptLog, CallbackData, DeadLetter, Delivery, DeliveryOutcome, Request, Step,
-    WorkflowSnapshot,
+    AiAttemptLog, AiResult, AttemptLog, CallbackData, DeadLetter, Delivery, DeliveryOutcome,
+    Request, Step, WorkflowSnapshot,
 };
 pub use rules::{AttemptEffect, AttemptResult, StaleAttempt};
 

@@ -45,6 +45,8 @@ pub struct Request {
     pub callback: Option<CallbackData>,
     /// When an awaited callback times out.
     pub callback_deadline_ms: Option<u64>,
+    /// Every model attempt (retries and fallbacks included), for `meta.attempts`.
+    pub ai_attempts: Vec<AiAttemptLog>,
 }
 
 /// What a request needs of its workflow, frozen at accept time.
@@ -81,6 +83,21 @@ pub struct AiResult {
     /// When the result was recorded; the webhook payload's `timestamp`, so every retry
     /// carries the same body.
     pub generated_ms: u64,
+}
+
+/// One model attempt, as `meta.attempts` shows it.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct AiAttemptLog {
+    pub provider: String,
+    pub model: String,
+    /// Why it failed; `None` for the attempt that succeeded.
+    pub error: Option<String>,
+    /// The provider's HTTP status when it answered with an error.
+    pub http_status: Option<u16>,
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// The webhook of one request to one endpoint, across all its attempts.
@@ -130,6 +147,8 @@ pub enum Step {
         provider: String,
         model: String,
         error: Option<String>,
+        /// The provider's HTTP status when it answered with an error.
+        http_status: Option<u16>,
         duration_ms: u64,
         prompt_tokens: u64,
         completion_tokens: u64,

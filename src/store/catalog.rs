@@ -1,5 +1,5 @@
 //! Persistence of the per-project resources (projects, API keys, workflows, structured
-//! outputs, webhook endpoints) in the `catalog` tree.
+//! outputs, webhook endpoints, provider credentials) in the `catalog` tree.
 //!
 //! Key: `kind byte ‖ project UUID (16) ‖ name bytes`, so one kind of one project is a
 //! contiguous range. API keys use the SHA-256 of the key as their name. The in-memory view
@@ -18,6 +18,7 @@ pub enum Kind {
     Workflow = b'w',
     StructuredOutput = b'o',
     Endpoint = b'e',
+    Provider = b'v',
 }
 
 fn key(kind: Kind, project: &[u8; 16], name: &[u8]) -> Vec<u8> {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod binary;
 pub mod phoenix;
+pub mod provider;
 pub mod receiver;
 pub mod sign;
 pub mod tools;

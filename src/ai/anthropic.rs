@@ -1,0 +1,234 @@
+//! Anthropic's Messages API at `{base_url}/messages`, with `x-api-key` and
+//! `anthropic-version` headers.
+//!
+//! Mapping from the OpenAI-style messages eddy receives: `system` and `developer` messages
+//! and the workflow's `system_prompt` become the top-level `system` field; `tool` messages
+//! are sent as `user` text; text parts stay text parts and `image_url` parts become image
+//! blocks. `max_tokens`, which the API requires, is [`MAX_TOKENS`]. A structured output's
+//! schema becomes the input schema of a single tool the model is made to call, and the
+//! tool call's `input` is the answer. Usage is `input_tokens` / `output_tokens`.
+
+use serde_json::{Value, json};
+
+use super::call;
+use super::schema::parse_answer;
+use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider, text_of};
+
+/// The `anthropic-version` header eddy speaks.
+pub const VERSION: &str = "2023-06-01";
+/// `max_tokens` of every request (workflows have no setting for it).
+pub const MAX_TOKENS: u64 = 4096;
+/// The tool that carries a structured output.
+pub const TOOL: &str = "structured_output";
+
+/// Anthropic with one key.
+pub struct Anthropic {
+    pub http: reqwest::Client,
+    /// Name reported in `meta.provider` (the credential's name).
+    pub label: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// The SSRF guard is on.
+    pub guarded: bool,
+}
+
+/// An OpenAI-style content (a string or parts) as Anthropic content.
+fn content(value: Option<&Value>) -> Value {
+    let Some(Value::Array(parts)) = value else {
+        return Value::String(text_of(value));
+    };
+    let blocks: Vec<Value> = parts
+        .iter()
+        .filter_map(|part| match part.get("type").and_then(Value::as_str) {
+            Some("text") => Some(json!({"type": "text", "text": part.get("text")?})),
+            Some("image_url") => {
+                let url = part.pointer("/image_url/url").and_then(Value::as_str)?;
+                let source = match url
+                    .strip_prefix("data:")
+                    .and_then(|rest| rest.split_once(";base64,"))
+                {
+                    Some((media_type, data)) => {
+                        json!({"type": "base64", "media_type": media_type, "data": data})
+                    }
+                    None => json!({"type": "url", "url": url}),
+                };
+                Some(json!({"type": "image", "source": source}))
+            }
+            _ => None,
+        })
+        .collect();
+    Value::Array(blocks)
+}
+
+/// The request body for `request`.
+pub fn body(request: &AiRequest<'_>) -> Value {
+    let mut system: Vec<String> = request
+        .system_prompt
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    let mut messages = Vec::new();
+    for m in request.messages.as_array().into_iter().flatten() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        match role {
+            "system" | "developer" => system.push(text_of(m.get("content"))),
+            "assistant" => {
+                let text = content(m.get("content"));
+                if text != json!("") && text != json!([]) {
+                    messages.push(json!({"role": "assistant", "content": text}));
+                }
+            }
+            _ => messages.push(json!({"role": "user", "content": content(m.get("content"))})),
+        }
+    }
+    let mut body = json!({
+        "model": request.model,
+        "max_tokens": MAX_TOKENS,
+        "messages": messages,
+    });
+    let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
+    if !system.is_empty() {
+        body["system"] = Value::String(system.join("\n\n"));
+    }
+    if let Some(schema) = request.schema {
+        body["tools"] = json!([{
+            "name": TOOL,
+            "description": "Give the answer as this JSON object.",
+            "input_schema": schema,
+        }]);
+        body["tool_choice"] = json!({"type": "tool", "name": TOOL});
+    }
+    body
+}
+
+impl Anthropic {
+    fn url(&self) -> String {
+        format!("{}/messages", self.base_url.trim_end_matches('/'))
+    }
+
+    fn output(&self, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
+        let usage = answer.get("usage");
+        let count = |field: &str| {
+            usage
+                .and_then(|u| u.get(field))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let (prompt_tokens, completion_tokens) = (count("input_tokens"), count("output_tokens"));
+        let blocks = answer
+            .get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let text: String = blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect();
+        let tool_input = blocks
+            .iter()
+            .find(|b| {
+                b.get("type").and_then(Value::as_str) == Some("tool_use")
+                    && b.get("name").and_then(Value::as_str) == Some(TOOL)
+            })
+            .and_then(|b| b.get("input"))
+            .cloned();
+        let fail = |message: String| {
+            let mut e = AiError::transient(message);
+            e.usage = (prompt_tokens, completion_tokens);
+            e
+        };
+        let (data, content) = match (request.schema, tool_input) {
+            (Some(_), Some(input)) => {
+                let text = input.to_string();
+                (input, text)
+            }
+            // A model that answered in text instead of calling the tool may still have
+            // written the JSON.
+            (Some(_), None) => (parse_answer(&text).map_err(fail)?, text),
+            (None, _) if blocks.is_empty() => {
+                return Err(fail("the response has no content".to_string()));
+            }
+            (None, _) => (json!({ "content": text }), text),
+        };
+        Ok(AiOutput {
+            data,
+            content,
+            provider: self.label.clone(),
+            model: request.model.to_string(),
+            prompt_tokens,
+            completion_tokens,
+            raw: Some(answer),
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn generate<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        Box::pin(async move {
+            call::check_target(&self.url(), self.guarded)?;
+            let mut post = self
+                .http
+                .post(self.url())
+                .header("anthropic-version", VERSION)
+                .json(&body(request));
+            if let Some(key) = &self.api_key {
+                post = post.header("x-api-key", key);
+            }
+            let answer = call::send_json(post, request.timeout).await?;
+            self.output(request, answer)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// System messages and the prompt become the top-level `system`; the schema becomes a
+    /// forced tool; parts and images are mapped; `max_tokens` is always set.
+    #[test]
+    fn request_body() {
+        let messages = json!([
+            {"role": "system", "content": "in French"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+            ]},
+            {"role": "assistant", "content": "une image"},
+            {"role": "user", "content": "merci"}
+        ]);
+        let schema = json!({"type": "object"});
+        let request = AiRequest {
+            model: "claude-sonnet-4-5",
+            messages: &messages,
+            system_prompt: Some("be brief"),
+            schema: Some(&schema),
+            sample_data: None,
+            response_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        let b = body(&request);
+        assert_eq!(b["system"], "be brief\n\nin French");
+        assert_eq!(b["max_tokens"], MAX_TOKENS);
+        assert_eq!(b["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            b["messages"][0]["content"][0],
+            json!({"type": "text", "text": "what is this?"})
+        );
+        assert_eq!(
+            b["messages"][0]["content"][1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "AAAA"})
+        );
+        assert_eq!(
+            b["messages"][1],
+            json!({"role": "assistant", "content": "une image"})
+        );
+        assert_eq!(b["tools"][0]["input_schema"], schema);
+        assert_eq!(b["tool_choice"], json!({"type": "tool", "name": TOOL}));
+    }
+}

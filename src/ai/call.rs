@@ -1,0 +1,192 @@
+//! What the HTTP adapters share: sending one request within the attempt's timeout, reading
+//! a bounded body, turning transport failures and error statuses into [`AiError`]s, and
+//! splitting a server-sent event stream into its `data` payloads.
+
+use std::time::Duration;
+
+use reqwest::header::RETRY_AFTER;
+use serde_json::Value;
+
+use super::AiError;
+use crate::egress;
+
+/// The largest provider response eddy reads.
+const BODY_LIMIT: usize = 8 << 20;
+/// How much of a provider's error message goes into an attempt's reason.
+const REASON_LIMIT: usize = 300;
+
+/// Refuses, when `guarded`, a URL whose literal host is not public (names are checked by
+/// the client's resolver at connect time).
+pub fn check_target(url: &str, guarded: bool) -> Result<(), AiError> {
+    if !guarded {
+        return Ok(());
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| AiError::fatal(format!("invalid provider URL {url:?}: {e}")))?;
+    egress::check_literal(&parsed).map_err(|b| AiError::fatal(b.to_string()))
+}
+
+/// Sends `request` and reads its JSON answer; an error status becomes an [`AiError`].
+pub async fn send_json(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Value, AiError> {
+    let mut response = request
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| transport(&e, timeout))?;
+    let status = response.status().as_u16();
+    let retry_after = retry_after(&response);
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e, timeout))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > BODY_LIMIT {
+            return Err(AiError::fatal(format!(
+                "the provider's response is larger than {BODY_LIMIT} bytes"
+            )));
+        }
+    }
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, &body, retry_after));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| AiError::transient(format!("the provider's response is not JSON: {e}")))
+}
+
+/// An error status as an attempt's failure: 408, 409, 429 and 5xx are worth retrying.
+pub fn status_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> AiError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let said = parsed
+        .as_ref()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("message"))
+                .or_else(|| v.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let said: String = said.chars().take(REASON_LIMIT).collect();
+    let message = if said.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {said}")
+    };
+    AiError {
+        message,
+        retryable: matches!(status, 408 | 409 | 429) || status >= 500,
+        status: Some(status),
+        retry_after,
+        usage: (0, 0),
+    }
+}
+
+/// A transport failure as an attempt's failure. Only the SSRF guard's refusal is final.
+pub fn transport(e: &reqwest::Error, timeout: Duration) -> AiError {
+    let mut sources = std::iter::successors(std::error::Error::source(e), |s| s.source());
+    if let Some(blocked) = sources.find_map(|s| s.downcast_ref::<egress::Blocked>()) {
+        return AiError::fatal(blocked.to_string());
+    }
+    if e.is_timeout() {
+        return AiError::transient(format!("timed out after {}", show(timeout)));
+    }
+    let mut deepest = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        deepest = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() {
+        AiError::transient(format!("connection failed: {deepest}"))
+    } else {
+        AiError::transient(format!("request failed: {deepest}"))
+    }
+}
+
+/// `1.5s`, `30s`, `250ms`.
+pub fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// The response's `Retry-After`, as delay-seconds or an HTTP date.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Splits a `text/event-stream` body, fed in arbitrary pieces, into the `data` of each
+/// complete event (several `data:` lines of one event are joined with newlines).
+#[derive(Default)]
+pub struct EventStream {
+    pending: Vec<u8>,
+}
+
+impl EventStream {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending
+            .extend(bytes.iter().copied().filter(|b| *b != b'\r'));
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events split across reads, CRLF line ends, comments and multi-line data all come out
+    /// as one payload per event.
+    #[test]
+    fn event_stream_reassembles_events() {
+        let mut events = EventStream::default();
+        assert!(events.push(b": keep-alive\n\ndata: {\"a\"").is_empty());
+        assert_eq!(
+            events.push(b":1}\r\n\r\ndata: x\ndata: y\n\nda"),
+            ["{\"a\":1}", "x\ny"]
+        );
+        assert_eq!(events.push(b"ta: [DONE]\n\n"), ["[DONE]"]);
+    }
+
+    /// Rate limits and server errors are retryable, client errors are not; the provider's
+    /// own message is kept.
+    #[test]
+    fn statuses_classify() {
+        let e = status_error(429, br#"{"error":{"message":"slow down"}}"#, None);
+        assert!(e.retryable);
+        assert_eq!(e.message, "HTTP 429: slow down");
+        assert!(status_error(503, b"", None).retryable);
+        let e = status_error(
+            400,
+            br#"{"type":"error","error":{"type":"x","message":"bad"}}"#,
+            None,
+        );
+        assert!(!e.retryable);
+        assert_eq!(e.message, "HTTP 400: bad");
+    }
+}

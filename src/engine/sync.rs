@@ -1,0 +1,132 @@
+//! Synchronous requests (`POST /v1/ai`, `POST /v1/chat/completions`): the model runs while
+//! the client waits, and the answer goes back in the HTTP response, not to webhooks or
+//! sockets. Only workflows without an `event_name` can be called this way: an event-driven
+//! workflow needs a backend to call back, which a sync client cannot be.
+//!
+//! A sync request is recorded like an async one (so it shows in the request log with its
+//! timeline), but only once it is answered and directly in its final state: `completed`, or
+//! `failed(ai_failed)`, with no deliveries. Recording it `pending` first would let a restart
+//! find it and run it again in the background for a client that is long gone. The price: a
+//! crash during the model call leaves no trace, and the client sees its connection fail.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::model::{ai_result, attempt_logs};
+use super::{Engine, customer_data};
+use crate::ai::{AiError, AiOutput, Deltas};
+use crate::catalog::{Project, Workflow};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::job::{Request, State, Step};
+
+/// A validated sync request.
+#[derive(Debug, Clone)]
+pub struct SyncInput {
+    pub workflow: String,
+    /// A non-empty array of `{role, content}` objects.
+    pub messages: Value,
+    pub metadata: Map<String, Value>,
+    pub test_mode: bool,
+    /// The channel id the request is recorded under, chosen by the caller so it can name it
+    /// before the answer is known (a streamed response's headers).
+    pub channel_id: [u8; 16],
+}
+
+/// A sync request's outcome: the stored record and the model's result.
+#[derive(Debug)]
+pub struct SyncAnswer {
+    pub record: Request,
+    pub result: std::result::Result<AiOutput, AiError>,
+}
+
+impl Engine {
+    /// The workflow a sync call runs: not found, or `model_not_supported` when it is
+    /// event-driven.
+    pub fn sync_workflow(&self, project: &[u8; 16], name: &str) -> Result<Arc<Workflow>> {
+        let workflow = self
+            .catalog
+            .workflow(project, name)
+            .ok_or_else(|| Error::WorkflowNotFound(name.to_string()))?;
+        if let Some(event) = &workflow.event_name {
+            return Err(Error::ModelNotSupported(format!(
+                "workflow '{name}' is event-driven (event_name '{event}'): call it with \
+                 POST /v1/ai/async"
+            )));
+        }
+        Ok(workflow)
+    }
+
+    /// Runs a sync request and records it; with `deltas`, streams the answer's text there.
+    pub async fn run_sync(
+        &self,
+        project: &Project,
+        input: SyncInput,
+        deltas: Option<&Deltas>,
+    ) -> Result<SyncAnswer> {
+        let workflow = self.sync_workflow(&project.id, &input.workflow)?;
+        let customer_data =
+            customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
+        let snapshot = self.snapshot(&workflow);
+        let received = now_ms();
+        let (result, reports) = self
+            .call_models(
+                &project.id,
+                &snapshot,
+                &input.messages,
+                input.test_mode,
+                deltas,
+            )
+            .await;
+        let now = now_ms();
+        let mut record = Request {
+            id: self.store.next_id()?,
+            channel_id: input.channel_id,
+            project_id: project.id,
+            workflow: snapshot,
+            messages: input.messages.to_string(),
+            customer_data: Value::Object(customer_data).to_string(),
+            webhook_url: None,
+            test_mode: input.test_mode,
+            state: State::Pending,
+            created_ms: received,
+            updated_ms: now,
+            due_ms: None,
+            ai: None,
+            error_message: None,
+            failed_ms: None,
+            deliveries: Vec::new(),
+            callback: None,
+            callback_deadline_ms: None,
+            ai_attempts: attempt_logs(&reports),
+        };
+        let moved = match &result {
+            Ok(out) => record
+                .record_ai_success(ai_result(out, &reports, now), Vec::new(), now)
+                .map(|()| {
+                    let mut visited = vec![record.state];
+                    visited.extend(record.settle(now, 0));
+                    visited
+                }),
+            Err(e) => record
+                .record_ai_failure(e.message.clone(), Vec::new(), now)
+                .map(|()| vec![record.state]),
+        };
+        let visited = moved.map_err(|e| Error::Conflict(e.to_string()))?;
+        self.store.insert_request(&mut record)?;
+        self.store.append_step(
+            record.id,
+            received,
+            &Step::Received {
+                workflow: record.workflow.name.clone(),
+            },
+        )?;
+        self.note_attempts(record.id, &reports)?;
+        for state in visited {
+            self.store
+                .append_step(record.id, now, &Step::Transition { state })?;
+        }
+        Ok(SyncAnswer { record, result })
+    }
+}

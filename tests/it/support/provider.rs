@@ -1,0 +1,299 @@
+//! Fake model providers: real hyper servers on `127.0.0.1` that speak OpenAI's chat
+//! completions (whole and streamed as server-sent events) or Anthropic's Messages API,
+//! record every request (path, headers, JSON body), and answer as scripted: a text, a JSON
+//! answer (OpenAI content, or an Anthropic tool call), an error status in the wire's own
+//! error envelope, or a hang.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderMap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::WAIT;
+
+/// `prompt_tokens` / `input_tokens` of every answer.
+pub const PROMPT_TOKENS: u64 = 11;
+/// `completion_tokens` / `output_tokens` of every answer.
+pub const COMPLETION_TOKENS: u64 = 7;
+
+/// Which API a fake speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+/// How a fake answers one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A text answer; streamed word by word when the request asks for a stream.
+    Text(String),
+    /// A JSON answer: OpenAI message content holding its text, or an Anthropic call of the
+    /// tool the request offered.
+    Json(Value),
+    /// An error status with the wire's error envelope.
+    Status(u16),
+    /// No answer for a minute.
+    Hang,
+    /// A stream (OpenAI) that sends this text, then an `error` event instead of finishing.
+    BreakAfter(String),
+}
+
+/// One request a fake received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Seen {
+    /// A header as text; panics if it is missing.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name} is missing"))
+            .to_str()
+            .expect("header is text")
+    }
+}
+
+struct Inner {
+    wire: Wire,
+    /// Answers for the next requests, in order, before `fallback`.
+    script: Mutex<VecDeque<Answer>>,
+    fallback: Mutex<Answer>,
+    seen: Mutex<Vec<Seen>>,
+    seen_count: watch::Sender<usize>,
+}
+
+/// A fake provider; its API root is [`FakeProvider::base_url`].
+pub struct FakeProvider {
+    inner: Arc<Inner>,
+    /// `http://127.0.0.1:PORT/v1`.
+    pub base_url: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeProvider {
+    /// A fake answering `Text("Hello from the fake")` until told otherwise.
+    pub async fn start(wire: Wire) -> FakeProvider {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        let addr = listener.local_addr().expect("fake address");
+        let inner = Arc::new(Inner {
+            wire,
+            script: Mutex::new(VecDeque::new()),
+            fallback: Mutex::new(Answer::Text("Hello from the fake".into())),
+            seen: Mutex::new(Vec::new()),
+            seen_count: watch::channel(0).0,
+        });
+        let task = tokio::spawn(accept_loop(listener, inner.clone()));
+        FakeProvider {
+            inner,
+            base_url: format!("http://{addr}/v1"),
+            task,
+        }
+    }
+
+    /// The answer once the script is used up.
+    pub fn answer(&self, answer: Answer) {
+        *self.inner.fallback.lock().unwrap() = answer;
+    }
+
+    /// Answers for the next requests, in order.
+    pub fn script(&self, answers: &[Answer]) {
+        self.inner
+            .script
+            .lock()
+            .unwrap()
+            .extend(answers.iter().cloned());
+    }
+
+    /// Every request so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        let mut count = self.inner.seen_count.subscribe();
+        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
+        let all = self.seen();
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "fake provider got {} requests, expected {n}",
+            all.len()
+        );
+        all
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(handle(inner, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(status: u16, content_type: &str, body: Body) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+    response
+        .headers_mut()
+        .insert("content-type", content_type.parse().expect("content type"));
+    response
+}
+
+fn json_body(status: u16, value: &Value) -> hyper::Response<Body> {
+    let bytes = Bytes::from(serde_json::to_vec(value).expect("json"));
+    respond(status, "application/json", Full::new(bytes).boxed())
+}
+
+async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    let path = request.uri().path().to_string();
+    let headers = request.headers().clone();
+    let bytes = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    {
+        let mut seen = inner.seen.lock().unwrap();
+        seen.push(Seen {
+            path,
+            headers,
+            body: body.clone(),
+        });
+        inner.seen_count.send_replace(seen.len());
+    }
+    let scripted = inner.script.lock().unwrap().pop_front();
+    let answer = scripted.unwrap_or_else(|| inner.fallback.lock().unwrap().clone());
+    let model = body["model"].clone();
+    match (inner.wire, answer) {
+        (_, Answer::Hang) => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            json_body(504, &json!({"error": {"message": "hung"}}))
+        }
+        (Wire::OpenAi, Answer::Status(status)) => json_body(
+            status,
+            &json!({"error": {"message": format!("fake failure {status}"), "type": "server_error", "code": null}}),
+        ),
+        (Wire::Anthropic, Answer::Status(status)) => json_body(
+            status,
+            &json!({"type": "error", "error": {"type": "api_error", "message": format!("fake failure {status}")}}),
+        ),
+        (Wire::OpenAi, Answer::Json(value)) => openai(&body, model, value.to_string(), false),
+        (Wire::OpenAi, Answer::Text(text)) => openai(&body, model, text, false),
+        (Wire::OpenAi, Answer::BreakAfter(text)) => openai(&body, model, text, true),
+        (Wire::Anthropic, answer) => {
+            let content = match answer {
+                Answer::Json(input) => json!([{
+                    "type": "tool_use", "id": "toolu_fake",
+                    "name": body["tools"][0]["name"], "input": input,
+                }]),
+                Answer::Text(text) | Answer::BreakAfter(text) => {
+                    json!([{"type": "text", "text": text}])
+                }
+                _ => unreachable!("handled above"),
+            };
+            json_body(
+                200,
+                &json!({
+                    "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                    "content": content, "stop_reason": "end_turn",
+                    "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS},
+                }),
+            )
+        }
+    }
+}
+
+/// An OpenAI answer with `content`: whole, or as chunks 20 ms apart when asked to stream
+/// (ending in an `error` event instead of the finish when `breaks`).
+fn openai(request: &Value, model: Value, content: String, breaks: bool) -> hyper::Response<Body> {
+    let usage = json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    });
+    if request["stream"] != true {
+        return json_body(
+            200,
+            &json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            }),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+               "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for piece in content.split_inclusive(' ') {
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    if breaks {
+        events.push(
+            json!({"error": {"message": "the fake broke mid-stream", "type": "server_error"}}),
+        );
+    } else {
+        events.push(chunk(json!({}), json!("stop")));
+    }
+    if !breaks && request["stream_options"]["include_usage"] == true {
+        events.push(
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                           "created": 1, "model": model, "choices": [], "usage": usage}),
+        );
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        for event in events {
+            let _ = tx.send(Bytes::from(format!("data: {event}\n\n"))).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    respond(200, "text/event-stream", StreamBody::new(stream).boxed())
+}
