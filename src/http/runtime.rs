@@ -96,6 +96,12 @@ pub fn blocked(field: &str, why: &egress::Blocked) -> ApiError {
     ))
 }
 
+/// Parses and validates a `POST /v1/ai/async` body (`guarded`: apply the SSRF guard to
+/// `webhook_url`). Public for the fuzz target; it never panics on any input.
+pub fn parse_async(bytes: &[u8], guarded: bool) -> Result<AcceptInput, ApiError> {
+    validate_async(parse(bytes)?, guarded)
+}
+
 fn validate_async(body: AsyncBody, guarded: bool) -> Result<AcceptInput, ApiError> {
     if body.workflow.trim().is_empty() {
         return Err(ApiError::invalid("workflow: must not be empty"));
@@ -188,8 +194,7 @@ async fn accept(app: &App, request: Request<Incoming>) -> Result<Response, ApiEr
         })
         .transpose()?;
     let bytes = read_body(request, app.engine.config()).await?;
-    let guarded = !app.engine.config().allow_private_webhooks;
-    let input = validate_async(parse(&bytes)?, guarded)?;
+    let input = parse_async(&bytes, !app.engine.config().allow_private_webhooks)?;
     let ticket = app
         .engine
         .accept(&project, input, idempotency_key.as_deref())

@@ -109,6 +109,17 @@ struct Inner {
     claim_stripes: Vec<Mutex<()>>,
 }
 
+/// Decodes a stored request record (`[version][bincode]`). Public for the fuzz target;
+/// corrupt bytes are an error, never a panic or a huge allocation.
+pub fn decode_request(bytes: &[u8]) -> std::result::Result<Request, CodecError> {
+    codec::decode(bytes)
+}
+
+/// Encodes a request record as stored.
+pub fn encode_request(record: &Request) -> std::result::Result<Vec<u8>, CodecError> {
+    codec::encode(record)
+}
+
 pub fn request_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
