@@ -65,7 +65,7 @@ fn record(id: u64) -> Request {
 
 fn codec(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 8 << 20).unwrap();
+    let store = Store::open(dir.path(), 8 << 20, 0).unwrap();
     let mut r = record(store.next_id().unwrap());
     store.insert_request(&mut r).unwrap();
     let mut group = c.benchmark_group("record");
@@ -95,7 +95,7 @@ fn durable_transition(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 8 << 20).unwrap();
+    let store = Store::open(dir.path(), 8 << 20, 0).unwrap();
     let mut r = record(store.next_id().unwrap());
     store.insert_request(&mut r).unwrap();
     let mut group = c.benchmark_group("group commit");

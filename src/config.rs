@@ -62,6 +62,9 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// sled page cache.
     pub cache_bytes: u64,
+    /// Free space kept in reserve on the store's filesystem: below it new requests are
+    /// refused with 503 while accepted work goes on.
+    pub min_free_bytes: u64,
     /// Requests worked on at once (AI calls and delivery rounds).
     pub max_inflight: usize,
     /// Phoenix heartbeat interval after which a silent socket is closed (two are missed).
@@ -126,6 +129,7 @@ impl Default for Config {
             ws_token_ttl: Duration::from_secs(300),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             cache_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
             max_inflight: 4096,
             ws_idle_timeout: Duration::from_secs(60),
             log_json: false,
@@ -200,6 +204,9 @@ pub struct Options {
     /// Open WebSocket connections before new upgrades are refused [default: 50000]
     #[arg(long, env = "EDDY_MAX_SOCKETS")]
     pub max_sockets: Option<usize>,
+    /// Free disk space (MiB) kept in reserve; below it new requests get 503 [default: 64]
+    #[arg(long, env = "EDDY_MIN_FREE_MB")]
+    pub min_free_mb: Option<u64>,
     /// sled page cache in MiB [default: 64]
     #[arg(long, env = "EDDY_CACHE_MB")]
     pub cache_mb: Option<u64>,
@@ -362,6 +369,9 @@ impl Options {
         }
         if let Some(n) = self.max_sockets.or(file.max_sockets) {
             config.max_sockets = n;
+        }
+        if let Some(mb) = self.min_free_mb.or(file.min_free_mb) {
+            config.min_free_bytes = mb << 20;
         }
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             config.cache_bytes = mb.max(1) << 20;

@@ -41,7 +41,7 @@ impl Server {
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
         crate::delivery::install_crypto();
-        let store = Store::open(&config.data, config.cache_bytes)?;
+        let store = Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?;
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let now = now_ms();
         let project = catalog.ensure_project(DEFAULT_PROJECT, now)?;

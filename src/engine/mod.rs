@@ -246,6 +246,7 @@ impl Engine {
             .catalog
             .workflow(&project.id, &input.workflow)
             .ok_or_else(|| Error::WorkflowNotFound(input.workflow.clone()))?;
+        self.store.ensure_space()?;
         if input.webhook_url.is_none()
             && workflow.event_name.is_some()
             && self

@@ -55,6 +55,7 @@ impl Engine {
                  POST /v1/ai/async"
             )));
         }
+        self.store.ensure_space()?;
         Ok(workflow)
     }
 

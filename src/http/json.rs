@@ -111,6 +111,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ApiError::invalid(format!("request body is not valid UTF-8: {e}")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::invalid("request body: must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

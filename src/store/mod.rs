@@ -27,6 +27,7 @@ mod codec;
 mod commit;
 mod dlq;
 mod log;
+mod space;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -52,6 +53,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("durable commit failed: {0}")]
     Commit(Arc<std::io::Error>),
+    #[error("the disk is almost full: {free_mib} MiB free, {reserve_mib} MiB kept in reserve")]
+    LowSpace { free_mib: u64, reserve_mib: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -78,6 +81,9 @@ pub enum Claim {
 
 const LOCK_STRIPES: usize = 256;
 
+/// Longest wait for a group commit before the caller gives up (and answers 503).
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -102,6 +108,7 @@ struct Inner {
     state_counts: [AtomicI64; 7],
     /// Entries in the dead-letter queue.
     dlq_count: AtomicI64,
+    space: Arc<space::Space>,
     /// Serializes writers of one record (by id) so that "insert new due key → CAS →
     /// remove old due key" never interleaves with another writer of the same record.
     stripes: Vec<Mutex<()>>,
@@ -142,8 +149,9 @@ fn be_u64(v: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`; new
+    /// work is refused while the filesystem has less than `reserve` bytes free.
+    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
@@ -170,6 +178,7 @@ impl Store {
             committer,
             state_counts: Default::default(),
             dlq_count: AtomicI64::new(0),
+            space: space::Space::watch(dir.to_path_buf(), reserve),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             db,
@@ -218,12 +227,27 @@ impl Store {
     }
 
     /// Resolves once every write made before the call is on disk (flush + fdatasync).
+    /// A commit that takes longer than [`COMMIT_TIMEOUT`] is an error (the write may still
+    /// land; the caller must not acknowledge it).
     pub async fn commit(&self) -> Result<()> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.inner.committer.wait()).await {
+            Ok(done) => done.map_err(StoreError::Commit),
+            Err(_) => Err(StoreError::Commit(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the disk did not confirm the write in time",
+            )))),
+        }
+    }
+
+    /// Refuses new work while the disk is almost full (see `space`).
+    pub fn ensure_space(&self) -> Result<()> {
         self.inner
-            .committer
-            .wait()
-            .await
-            .map_err(StoreError::Commit)
+            .space
+            .check()
+            .map_err(|(free, reserve)| StoreError::LowSpace {
+                free_mib: free >> 20,
+                reserve_mib: reserve >> 20,
+            })
     }
 
     pub fn commit_stats(&self) -> &CommitStats {

@@ -79,6 +79,8 @@ struct Inner {
     delays: Mutex<VecDeque<Duration>>,
     /// Added to every response.
     response_headers: Mutex<Vec<(String, String)>>,
+    /// The response body, when not the default `{"ok":true}`.
+    response_body: Mutex<Option<Bytes>>,
     received: Mutex<Vec<Received>>,
     received_count: watch::Sender<usize>,
     callback: Mutex<(Callback, Option<String>)>,
@@ -120,6 +122,7 @@ impl Receiver {
             script: Mutex::new(VecDeque::new()),
             delays: Mutex::new(VecDeque::new()),
             response_headers: Mutex::new(Vec::new()),
+            response_body: Mutex::new(None),
             received: Mutex::new(Vec::new()),
             received_count: watch::channel(0).0,
             callback: Mutex::new((Callback::None, None)),
@@ -157,6 +160,11 @@ impl Receiver {
             .lock()
             .unwrap()
             .extend(delays.iter().copied());
+    }
+
+    /// Answers every request with this body from now on.
+    pub fn set_body(&self, body: Vec<u8>) {
+        *self.inner.response_body.lock().unwrap() = Some(Bytes::from(body));
     }
 
     /// A header put on every response from now on.
@@ -285,7 +293,13 @@ async fn handle(
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+    let body = inner
+        .response_body
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| Bytes::from_static(b"{\"ok\":true}"));
+    let mut response = hyper::Response::new(Full::new(body));
     *response.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
     for (name, value) in inner.response_headers.lock().unwrap().iter() {
         response.headers_mut().insert(

@@ -1,0 +1,364 @@
+//! Hostile input and other tenants: malformed, deep, non-UTF-8 and oversized input;
+//! projects that cannot see each other; keys that expire or are revoked at once; rate
+//! limits, connection and socket caps, slow clients; huge upstream answers; a full disk.
+//! Every refusal is the JSON envelope with the right status, and the server stays up.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Api, KEY, Receiver, WAIT, http_client, seed_request, start};
+
+fn addr(api: &Api) -> String {
+    api.base.trim_start_matches("http://").to_string()
+}
+
+async fn healthy(api: &Api) {
+    let (status, body) = api.get("/healthz").await;
+    assert_eq!(status, 200, "server is up: {body}");
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it (or 5 s).
+async fn raw(api: &Api, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr(api)).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Deeply nested JSON, bytes that are not UTF-8, JSON with trailing data and huge headers
+/// are refused with 4xx (the envelope where eddy answers) and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_refused() {
+    let server = start(|_| {}).await;
+    server
+        .create_workflow(json!({"name": "w", "provider": "testing", "model": "m"}))
+        .await;
+    let deep = format!(
+        r#"{{"workflow":"w","messages":[{{"role":"user","content":"x"}}],"metadata":{{"a":{}1{}}}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (deep.into_bytes(), "not valid JSON"),
+        (b"{\"workflow\":\"w\xff\xfe\"}".to_vec(), "UTF-8"),
+        (
+            br#"{"workflow":"w","messages":[{"role":"user","content":"x"}]} {}"#.to_vec(),
+            "trailing",
+        ),
+        (br#"[1,2,3]"#.to_vec(), "must be a JSON object"),
+        (b"".to_vec(), "empty"),
+    ];
+    for (body, needle) in cases {
+        let reply = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/ai/async",
+                Some(KEY),
+                Some(body),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.json);
+        assert_eq!(reply.json["error"]["code"], "invalid_request");
+        let message = reply.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    let answer = raw(&server, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.100}");
+    let (_, list) = server.get("/console/requests").await;
+    assert_eq!(list["data"], json!([]), "nothing stored");
+    healthy(&server).await;
+}
+
+/// Projects made with the admin token see only their own resources: another project's
+/// workflow, request, webhook and dead letter are 404, and its key cannot call back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_never_see_each_other() {
+    let server = start(|c| c.admin_token = Some("admin-token-0123456789".into())).await;
+    let admin = |path: &str, body: Option<Value>| {
+        let http = http_client();
+        let url = format!("{}{path}", server.base);
+        async move {
+            let request = match body {
+                Some(b) => http.post(url).json(&b),
+                None => http.get(url),
+            };
+            let response = request
+                .bearer_auth("admin-token-0123456789")
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, a) = admin("/admin/projects", Some(json!({"name": "alpha"}))).await;
+    assert_eq!(status, 201, "{a}");
+    let (_, b) = admin("/admin/projects", Some(json!({"name": "beta"}))).await;
+    let (status, dup) = admin("/admin/projects", Some(json!({"name": "beta"}))).await;
+    assert_eq!(status, 409, "{dup}");
+    let (_, listed) = admin("/admin/projects", None).await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        3,
+        "default, alpha, beta"
+    );
+    let wrong = http_client()
+        .get(format!("{}/admin/projects", server.base))
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let as_project = |key: &Value| Api {
+        base: server.base.clone(),
+        key: key.as_str().unwrap().to_string(),
+        http: http_client(),
+    };
+    let (alpha, beta) = (as_project(&a["api_key"]), as_project(&b["api_key"]));
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    alpha.event_workflow("content_generator", json!({})).await;
+    let (endpoint, _) = alpha.register_webhook(&receiver.url).await;
+    let ticket = alpha.send_async(seed_request("content_generator")).await;
+    let channel = ticket["channel_id"].as_str().unwrap().to_string();
+    alpha.wait_for_status(&channel, "failed").await;
+    let (_, dlq) = alpha.get("/console/dlq").await;
+    let dead = dlq["data"][0]["id"].as_str().unwrap().to_string();
+
+    for path in [
+        "/console/workflow/content_generator".to_string(),
+        format!("/console/requests/{channel}"),
+        format!("/console/webhooks/{endpoint}"),
+        format!("/console/dlq/{dead}"),
+    ] {
+        let (status, body) = beta.get(&path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, _) = beta
+        .post(&format!("/v1/callback/{channel}"), json!({"data": {}}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = beta
+        .post("/v1/ai/reconnect", json!({"channel_id": channel}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = beta
+        .post(&format!("/console/dlq/{dead}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let (_, mine) = beta.get("/console/requests").await;
+    assert_eq!(mine["data"], json!([]));
+    let (status, _) = beta.send_raw_async("content_generator").await;
+    assert_eq!(status, 404, "beta has no such workflow");
+}
+
+impl Api {
+    async fn send_raw_async(&self, workflow: &str) -> (u16, Value) {
+        self.post("/v1/ai/async", seed_request(workflow)).await
+    }
+}
+
+/// A revoked key is refused at once, and a key stops working at its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_expired_keys_stop_at_once() {
+    let server = start(|_| {}).await;
+    let (_, revocable) = server.post("/console/keys", json!({"name": "ci"})).await;
+    let (_, expiring) = server
+        .post(
+            "/console/keys",
+            json!({"expires_at": eddy::clock::now_ms() + 700}),
+        )
+        .await;
+    let with = |key: &Value| Api {
+        base: server.base.clone(),
+        key: key["key"].as_str().unwrap().to_string(),
+        http: http_client(),
+    };
+    let (a, b) = (with(&revocable), with(&expiring));
+    assert_eq!(a.get("/console/workflow").await.0, 200);
+    assert_eq!(b.get("/console/workflow").await.0, 200);
+
+    let id = revocable["id"].as_str().unwrap();
+    assert_eq!(server.delete(&format!("/console/keys/{id}")).await.0, 200);
+    let (status, body) = a.get("/console/workflow").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("invalid_api_key"))
+    );
+
+    let deadline = Instant::now() + WAIT;
+    while b.get("/console/workflow").await.0 == 200 {
+        assert!(Instant::now() < deadline, "the key never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.get("/console/workflow").await.0, 401);
+    let (status, _) = server
+        .post(
+            "/console/keys",
+            json!({"expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// The per-project rate limit answers 429 `rate_limited` with `Retry-After` once the
+/// bucket is empty, for that project only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429() {
+    let server = start(|c| c.rate_limit = Some(5)).await;
+    server
+        .create_workflow(json!({"name": "w", "provider": "testing", "model": "m"}))
+        .await;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..8 {
+        let reply = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/ai/async",
+                Some(KEY),
+                Some(serde_json::to_vec(&seed_request("w")).unwrap()),
+                &[],
+            )
+            .await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            limited = Some(reply);
+        }
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 5,
+        "{statuses:?}"
+    );
+    let limited = limited.unwrap_or_else(|| panic!("never limited: {statuses:?}"));
+    assert_eq!(limited.json["error"]["code"], "rate_limited");
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(
+        server.get("/console/workflow").await.0,
+        200,
+        "console is not limited"
+    );
+}
+
+/// Past the connection cap a new connection gets a 503 envelope and is closed; past the
+/// socket cap an upgrade is 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_socket_caps() {
+    let server = start(|c| {
+        c.max_connections = 3;
+        c.max_sockets = 1;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(addr(&server)).await.unwrap());
+    }
+    let answer = raw(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    drop(held);
+    // The held connections' permits return once the server sees them closed.
+    let deadline = Instant::now() + WAIT;
+    while !raw(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .starts_with("HTTP/1.1 200")
+    {
+        assert!(Instant::now() < deadline, "connections were never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server
+        .create_workflow(json!({"name": "w", "provider": "testing", "model": "m"}))
+        .await;
+    let ticket = server.send_async(seed_request("w")).await;
+    let _first = server.join(&ticket).await;
+    let url = format!(
+        "{}/websocket?token={}&vsn=2.0.0",
+        ticket["websocket_url"].as_str().unwrap(),
+        ticket["ws_token"].as_str().unwrap()
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("a second socket was not refused: {:?}", other.map(|_| ())),
+    }
+}
+
+/// A client that sends headers too slowly is cut off by the header-read timeout, and one
+/// that trickles its body gets 408; neither holds the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let server = start(|c| {
+        c.header_read_timeout = Duration::from_millis(500);
+        c.body_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(addr(&server)).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, slow.read_to_end(&mut buf)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "not cut off");
+
+    let mut trickle = TcpStream::connect(addr(&server)).await.unwrap();
+    let head = format!(
+        "POST /v1/ai/async HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"work"
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, trickle.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    healthy(&server).await;
+}
+
+/// A receiver answering with a 10 MB body is read only up to the 20 kB excerpt, and the
+/// timeline says the answer was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_receiver_answers_are_cut() {
+    let server = start(|_| {}).await;
+    let receiver = crate::support::Receiver::start().await;
+    receiver.set_status(500);
+    receiver.set_body(vec![b'z'; 10 << 20]);
+    server.event_workflow("content_generator", json!({})).await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("content_generator")).await;
+    let view = server
+        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "failed")
+        .await;
+    let attempt = view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "webhook_attempt")
+        .unwrap();
+    let excerpt = attempt["response_excerpt"].as_str().unwrap();
+    assert!(excerpt.len() < 21 * 1024, "{}", excerpt.len());
+    assert!(
+        excerpt.ends_with("[response cut at 20480 bytes]"),
+        "{:.60}",
+        &excerpt[excerpt.len() - 60..]
+    );
+}
