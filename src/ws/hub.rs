@@ -2,9 +2,9 @@
 //!
 //! A push encodes one frame and hands a cheap clone of it to every subscriber's bounded
 //! outbox. A subscriber whose outbox is full is a slow reader: it is removed and its socket
-//! told to close, so one stuck browser can neither block a push nor grow memory. The hub
-//! keeps no history: the latest message of a channel is derived from the stored record
-//! (see `Replay`), so it survives restarts.
+//! told (through its `lagged` token) to error its channels and close, so one stuck browser
+//! can neither block a push nor grow memory. The hub keeps no history: the latest message
+//! of a channel is derived from the stored record (see `Replay`), so it survives restarts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ struct Subscriber {
     socket: u64,
     outbox: mpsc::Sender<Utf8Bytes>,
     /// Cancelled to make the socket close itself (slow reader).
-    kill: CancellationToken,
+    lagged: CancellationToken,
 }
 
 #[derive(Default)]
@@ -30,7 +30,7 @@ pub struct Hub {
     next_socket: AtomicU64,
     open_sockets: AtomicUsize,
     pushes: AtomicU64,
-    dropped_slow: AtomicU64,
+    slow_readers: AtomicU64,
 }
 
 impl Hub {
@@ -52,8 +52,13 @@ impl Hub {
         self.open_sockets.load(Ordering::Relaxed)
     }
 
-    pub fn dropped_slow(&self) -> u64 {
-        self.dropped_slow.load(Ordering::Relaxed)
+    /// Sockets closed so far for not keeping up with their frames.
+    pub fn slow_readers(&self) -> u64 {
+        self.slow_readers.load(Ordering::Relaxed)
+    }
+
+    pub fn note_slow_reader(&self) {
+        self.slow_readers.fetch_add(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Vec<Subscriber>>> {
@@ -65,7 +70,7 @@ impl Hub {
         channel: [u8; 16],
         socket: u64,
         outbox: mpsc::Sender<Utf8Bytes>,
-        kill: CancellationToken,
+        lagged: CancellationToken,
     ) {
         let mut channels = self.lock();
         let subs = channels.entry(channel).or_default();
@@ -73,7 +78,7 @@ impl Hub {
         subs.push(Subscriber {
             socket,
             outbox,
-            kill,
+            lagged,
         });
     }
 
@@ -102,8 +107,7 @@ impl Hub {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                s.kill.cancel();
+                s.lagged.cancel();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
