@@ -368,3 +368,25 @@ async fn rejoin_replaces_the_join_and_stale_leave_is_ignored() {
         .collect();
     assert_eq!(closes, [json!("j2")], "one phx_close, for the current join");
 }
+
+/// The upgrade refuses a serializer version eddy does not speak (403, as Phoenix does)
+/// and takes a missing `vsn` as 2.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializer_version_is_checked_on_upgrade() {
+    let (_server, _receiver, ticket) = with_ticket(|_| {}).await;
+    let base = format!(
+        "{}/websocket?token={}",
+        ticket["websocket_url"].as_str().unwrap(),
+        ticket["ws_token"].as_str().unwrap()
+    );
+    match tokio_tungstenite::connect_async(format!("{base}&vsn=1.0.0")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("vsn 1.0.0 was not refused: {other:?}"),
+    }
+    for url in [base.clone(), format!("{base}&vsn=2.1.0")] {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("2.x or no vsn connects");
+        drop(ws);
+    }
+}
