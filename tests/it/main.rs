@@ -1,5 +1,6 @@
 //! eddy's integration tests: one binary, real servers, real sockets.
 
+mod browser;
 mod console;
 mod crash;
 mod delivery;

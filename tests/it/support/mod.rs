@@ -5,6 +5,7 @@
 //! server on its own ephemeral port, and the socket client speaks WebSocket to the server.
 
 pub mod api;
+pub mod browser;
 pub mod phoenix;
 pub mod receiver;
 pub mod sign;
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use api::Api;
+pub use browser::Browser;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
 
@@ -115,6 +117,10 @@ pub async fn start(tweak: impl FnOnce(&mut eddy::Config)) -> TestServer {
 impl TestServer {
     async fn launch(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.launch_on(listener).await;
+    }
+
+    async fn launch_on(&mut self, listener: TcpListener) {
         let addr = listener.local_addr().expect("local addr");
         // sled releases its lock on drop; a store just closed may hold it for a moment.
         let deadline = Instant::now() + WAIT;
@@ -157,6 +163,31 @@ impl TestServer {
         // Connections to the old port are useless now.
         self.api.http = http_client();
         self.launch().await;
+    }
+
+    /// Stops the server and starts a new one on the same store and port, as a restart
+    /// looks to a browser that reconnects to the same URL.
+    pub async fn restart_in_place(&mut self) {
+        let addr: std::net::SocketAddr = self
+            .api
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("base is http://IP:PORT");
+        self.shutdown().await;
+        self.api.http = http_client();
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("port {addr} not free yet ({e}), retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {addr} again: {e}"),
+            }
+        };
+        self.launch_on(listener).await;
     }
 }
 
