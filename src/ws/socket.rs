@@ -42,7 +42,7 @@ const OUTBOX: usize = 16;
 /// Largest frame or message a client may send (the phoenix client's are ~100 bytes).
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 /// Initial read buffer; it grows only for a larger frame.
-const READ_BUFFER: usize = 4 << 10;
+const READ_BUFFER: usize = 1 << 10;
 /// How long the goodbye (`phx_error`s, close frame) may take to write.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
