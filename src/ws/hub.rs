@@ -119,3 +119,47 @@ impl Hub {
         delivered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(capacity: usize) -> (mpsc::Sender<Utf8Bytes>, mpsc::Receiver<Utf8Bytes>) {
+        mpsc::channel(capacity)
+    }
+
+    /// A push reaches every socket on the channel as one shared frame; a channel nobody
+    /// joined is not an error; a socket whose outbox is full is dropped and told so
+    /// (`lagged`), while a closed one is just forgotten.
+    #[test]
+    fn fan_out_and_slow_readers() {
+        let hub = Hub::new();
+        let channel = [1; 16];
+        assert_eq!(hub.push(&channel, "t", "response", "{}"), 0);
+
+        let (fast_tx, mut fast_rx) = subscriber(4);
+        let (slow_tx, _slow_rx) = subscriber(1);
+        let (gone_tx, gone_rx) = subscriber(4);
+        let (fast_lag, slow_lag) = (CancellationToken::new(), CancellationToken::new());
+        hub.subscribe(channel, 1, fast_tx, fast_lag.clone());
+        hub.subscribe(channel, 2, slow_tx, slow_lag.clone());
+        hub.subscribe(channel, 3, gone_tx, CancellationToken::new());
+        drop(gone_rx);
+
+        assert_eq!(hub.push(&channel, "t", "response", r#"{"n":1}"#), 2);
+        assert_eq!(hub.push(&channel, "t", "response", r#"{"n":2}"#), 1);
+        assert!(slow_lag.is_cancelled() && !fast_lag.is_cancelled());
+        assert_eq!(
+            fast_rx.try_recv().unwrap().as_str(),
+            r#"[null,null,"t","response",{"n":1}]"#
+        );
+        assert_eq!(
+            fast_rx.try_recv().unwrap().as_str(),
+            r#"[null,null,"t","response",{"n":2}]"#
+        );
+
+        hub.unsubscribe(&channel, 1);
+        assert_eq!(hub.push(&channel, "t", "response", "{}"), 0);
+        assert!(hub.lock().is_empty(), "an empty channel is removed");
+    }
+}
