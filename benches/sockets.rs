@@ -245,6 +245,8 @@ async fn join(addr: SocketAddr, source: Ipv4Addr, ticket: &Value) -> WebSocketSt
         ticket["ws_token"].as_str().expect("ws_token")
     );
     let socket = TcpSocket::new_v4().expect("socket");
+    // Ports of an earlier run may still be in TIME_WAIT on this source address.
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket.bind(SocketAddr::from((source, 0))).expect("bind");
     let stream = socket.connect(addr).await.expect("connect");
     let config = WebSocketConfig::default()
