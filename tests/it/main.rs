@@ -1,4 +1,5 @@
-//! eddy's integration tests: one binary, real servers, real sockets.
+//! eddy's integration tests: one binary, real servers, real sockets, and the official
+//! `phoenix` JS client under Node for the browser side (`browser`).
 
 mod browser;
 mod console;

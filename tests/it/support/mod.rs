@@ -1,5 +1,6 @@
 //! Test support: an in-process eddy on a temporary store, a real webhook receiver, a
-//! Phoenix v2 client, and an independent implementation of the webhook signatures.
+//! Phoenix v2 client, the official `phoenix` JS client under Node ([`Browser`]), and an
+//! independent implementation of the webhook signatures.
 //!
 //! Everything runs on real sockets: the server binds `127.0.0.1:0`, the receiver is a hyper
 //! server on its own ephemeral port, and the socket client speaks WebSocket to the server.
