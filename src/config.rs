@@ -67,7 +67,9 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Requests worked on at once (AI calls and delivery rounds).
     pub max_inflight: usize,
-    /// Phoenix heartbeat interval after which a silent socket is closed (two are missed).
+    /// A WebSocket that sends nothing for this long is closed (the phoenix client sends a
+    /// heartbeat every 30 s, so the default of 60 s is two missed heartbeats). It also
+    /// bounds how long one write to a socket may take before it counts as a slow reader.
     pub ws_idle_timeout: Duration,
     /// JSON logs instead of human-readable ones.
     pub log_json: bool,
@@ -207,6 +209,9 @@ pub struct Options {
     /// Free disk space (MiB) kept in reserve; below it new requests get 503 [default: 64]
     #[arg(long, env = "EDDY_MIN_FREE_MB")]
     pub min_free_mb: Option<u64>,
+    /// Close a WebSocket that sends nothing (not even a heartbeat) for this long [default: 60s]
+    #[arg(long, env = "EDDY_WS_IDLE_TIMEOUT")]
+    pub ws_idle_timeout: Option<String>,
     /// sled page cache in MiB [default: 64]
     #[arg(long, env = "EDDY_CACHE_MB")]
     pub cache_mb: Option<u64>,
@@ -373,6 +378,13 @@ impl Options {
         if let Some(mb) = self.min_free_mb.or(file.min_free_mb) {
             config.min_free_bytes = mb << 20;
         }
+        if let Some(t) = self.ws_idle_timeout.or(file.ws_idle_timeout) {
+            let timeout = parse_duration("ws_idle_timeout", &t)?;
+            if timeout < Duration::from_millis(100) {
+                return Err(invalid("ws_idle_timeout", "must be at least 100ms"));
+            }
+            config.ws_idle_timeout = timeout;
+        }
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             config.cache_bytes = mb.max(1) << 20;
         }
@@ -415,7 +427,8 @@ mod tests {
         let path = dir.path().join("eddy.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:4000\"\nwebhook_timeout = \"7s\"\ncallback_timeout = \"1m\"\n",
+            "listen = \"0.0.0.0:4000\"\nwebhook_timeout = \"7s\"\ncallback_timeout = \"1m\"\n\
+             ws_idle_timeout = \"90s\"\n",
         )
         .unwrap();
         let opts = Options {
@@ -428,6 +441,7 @@ mod tests {
         assert_eq!(config.webhook_timeout, Duration::from_secs(7));
         assert_eq!(config.callback_timeout, Duration::from_secs(60));
         assert_eq!(config.retry_schedule.len(), 8);
+        assert_eq!(config.ws_idle_timeout, Duration::from_secs(90));
 
         let bad = Options {
             webhook_retry_schedule: Some("1s,soon".into()),
@@ -441,5 +455,12 @@ mod tests {
             ..Options::default()
         };
         assert!(short_key.into_config().is_err());
+
+        let instant_idle = Options {
+            ws_idle_timeout: Some("0s".into()),
+            ..Options::default()
+        };
+        let err = instant_idle.into_config().unwrap_err().to_string();
+        assert!(err.contains("ws_idle_timeout"), "{err}");
     }
 }

@@ -498,9 +498,9 @@ pub fn jittered(delay: Duration) -> Duration {
 }
 
 impl Replay for Engine {
-    fn latest(&self, channel: &[u8; 16]) -> Option<String> {
-        let record = self.store.request_by_channel(channel).ok()??;
-        payload::latest_push(&record)
+    fn latest(&self, channel: &[u8; 16]) -> Result<Option<String>> {
+        let record = self.store.request_by_channel(channel)?;
+        Ok(record.as_ref().and_then(payload::latest_push))
     }
 }
 

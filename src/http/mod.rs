@@ -204,6 +204,7 @@ fn health(app: &App) -> Response {
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "open_sockets": app.sockets.hub.open_sockets(),
+            "slow_readers": app.sockets.hub.slow_readers(),
         }),
     )
 }

@@ -1,12 +1,19 @@
 //! The WebSocket upgrade at `/socket/websocket?token=…&vsn=2.0.0`: checks the token (403
-//! if bad or expired), answers 101, and hands the upgraded connection to a socket task.
-//! Upgraded sockets leave hyper's graceful shutdown, so they watch the server's own
-//! shutdown token (close code 1001).
+//! if bad or expired) and the serializer version, answers 101, and hands the upgraded
+//! connection to a socket task. Upgraded sockets leave hyper's graceful shutdown, so they
+//! watch the server's own shutdown token (close code 1001).
+//!
+//! The token comes from the `token` query parameter (what ModelRiver's SDK sends) or, as
+//! the phoenix client sends it with its `authToken` option, from the subprotocols
+//! `phoenix, base64url.bearer.phx.<base64 of the token>`; the 101 then selects `phoenix`,
+//! without which a browser fails the handshake.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -30,6 +37,36 @@ fn header_has(request: &Request<Incoming>, name: hyper::header::HeaderName, toke
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
+/// The subprotocol prefix of a phoenix `authToken`.
+const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+
+/// The subprotocols the client offers, in order.
+fn subprotocols(request: &Request<Incoming>) -> Vec<String> {
+    request
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The token of a `base64url.bearer.phx.` subprotocol (the phoenix client encodes it with
+/// `btoa`, so standard base64 without padding; URL-safe is accepted too).
+fn subprotocol_token(protocols: &[String]) -> Option<String> {
+    let encoded = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(AUTH_TOKEN_PREFIX))?;
+    let encoded = encoded.trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(encoded)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(encoded))
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, ApiError> {
     if !header_has(&request, UPGRADE, "websocket") || !header_has(&request, CONNECTION, "upgrade") {
         return Err(ApiError::invalid(
@@ -49,10 +86,26 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         .get(SEC_WEBSOCKET_KEY)
         .ok_or_else(|| ApiError::invalid("Sec-WebSocket-Key: is required"))?;
     let accept = derive_accept_key(key.as_bytes());
-    let token = query(&request)
-        .into_iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v)
+    let params = query(&request);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // Phoenix answers 403 to a serializer version it does not speak; eddy speaks 2.x only
+    // and takes a missing vsn as 2.0.0 (Phoenix would pick 1.0.0, which eddy lacks).
+    if let Some(vsn) = param("vsn")
+        && !vsn.starts_with("2.")
+    {
+        return Err(ApiError::forbidden(format!(
+            "vsn: {vsn} is not supported, eddy speaks the Phoenix serializer 2.0.0"
+        )));
+    }
+    let protocols = subprotocols(&request);
+    let token = param("token")
+        .map(str::to_string)
+        .or_else(|| subprotocol_token(&protocols))
         .ok_or_else(|| ApiError::forbidden("token: is required"))?;
     let claims = app
         .engine
@@ -92,5 +145,8 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("accept keys are base64"),
     );
+    if protocols.iter().any(|p| p == "phoenix") {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
+    }
     Ok(response)
 }

@@ -71,16 +71,21 @@ pub fn reply(frame: &Frame, status: &str, response: &Value) -> String {
     .expect("frames serialize")
 }
 
-/// `phx_close` for a topic the client left (ref = its join_ref, as Phoenix sends it).
+/// `phx_close` for a topic the client left or joined again (ref = the join's join_ref,
+/// as Phoenix sends it).
 pub fn close(join_ref: &Value, topic: &str) -> String {
-    serde_json::to_string(&(
-        join_ref,
-        join_ref,
-        topic,
-        "phx_close",
-        serde_json::json!({}),
-    ))
-    .expect("frames serialize")
+    channel_event(join_ref, topic, "phx_close")
+}
+
+/// `phx_error` for a joined topic whose server side failed; the phoenix client marks the
+/// channel errored and rejoins it.
+pub fn error(join_ref: &Value, topic: &str) -> String {
+    channel_event(join_ref, topic, "phx_error")
+}
+
+fn channel_event(join_ref: &Value, topic: &str, event: &str) -> String {
+    serde_json::to_string(&(join_ref, join_ref, topic, event, serde_json::json!({})))
+        .expect("frames serialize")
 }
 
 /// A server push `[null, null, topic, event, payload]`; `payload` is JSON text.
@@ -130,6 +135,20 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `phx_close` and `phx_error` carry the join's ref in both ref fields, so the phoenix
+    /// client applies them to that join only.
+    #[test]
+    fn close_and_error_frames() {
+        assert_eq!(
+            close(&json!("4"), "ai_response:a:b"),
+            r#"["4","4","ai_response:a:b","phx_close",{}]"#
+        );
+        assert_eq!(
+            error(&json!("4"), "ai_response:a:b"),
+            r#"["4","4","ai_response:a:b","phx_error",{}]"#
+        );
     }
 
     /// Pushes embed the payload verbatim with null refs.

@@ -2,9 +2,9 @@
 //!
 //! A push encodes one frame and hands a cheap clone of it to every subscriber's bounded
 //! outbox. A subscriber whose outbox is full is a slow reader: it is removed and its socket
-//! told to close, so one stuck browser can neither block a push nor grow memory. The hub
-//! keeps no history: the latest message of a channel is derived from the stored record
-//! (see `Replay`), so it survives restarts.
+//! told (through its `lagged` token) to error its channels and close, so one stuck browser
+//! can neither block a push nor grow memory. The hub keeps no history: the latest message
+//! of a channel is derived from the stored record (see `Replay`), so it survives restarts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ struct Subscriber {
     socket: u64,
     outbox: mpsc::Sender<Utf8Bytes>,
     /// Cancelled to make the socket close itself (slow reader).
-    kill: CancellationToken,
+    lagged: CancellationToken,
 }
 
 #[derive(Default)]
@@ -30,7 +30,7 @@ pub struct Hub {
     next_socket: AtomicU64,
     open_sockets: AtomicUsize,
     pushes: AtomicU64,
-    dropped_slow: AtomicU64,
+    slow_readers: AtomicU64,
 }
 
 impl Hub {
@@ -52,8 +52,13 @@ impl Hub {
         self.open_sockets.load(Ordering::Relaxed)
     }
 
-    pub fn dropped_slow(&self) -> u64 {
-        self.dropped_slow.load(Ordering::Relaxed)
+    /// Sockets closed so far for not keeping up with their frames.
+    pub fn slow_readers(&self) -> u64 {
+        self.slow_readers.load(Ordering::Relaxed)
+    }
+
+    pub fn note_slow_reader(&self) {
+        self.slow_readers.fetch_add(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Vec<Subscriber>>> {
@@ -65,7 +70,7 @@ impl Hub {
         channel: [u8; 16],
         socket: u64,
         outbox: mpsc::Sender<Utf8Bytes>,
-        kill: CancellationToken,
+        lagged: CancellationToken,
     ) {
         let mut channels = self.lock();
         let subs = channels.entry(channel).or_default();
@@ -73,7 +78,7 @@ impl Hub {
         subs.push(Subscriber {
             socket,
             outbox,
-            kill,
+            lagged,
         });
     }
 
@@ -102,8 +107,7 @@ impl Hub {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                s.kill.cancel();
+                s.lagged.cancel();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -113,5 +117,49 @@ impl Hub {
         }
         self.pushes.fetch_add(1, Ordering::Relaxed);
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(capacity: usize) -> (mpsc::Sender<Utf8Bytes>, mpsc::Receiver<Utf8Bytes>) {
+        mpsc::channel(capacity)
+    }
+
+    /// A push reaches every socket on the channel as one shared frame; a channel nobody
+    /// joined is not an error; a socket whose outbox is full is dropped and told so
+    /// (`lagged`), while a closed one is just forgotten.
+    #[test]
+    fn fan_out_and_slow_readers() {
+        let hub = Hub::new();
+        let channel = [1; 16];
+        assert_eq!(hub.push(&channel, "t", "response", "{}"), 0);
+
+        let (fast_tx, mut fast_rx) = subscriber(4);
+        let (slow_tx, _slow_rx) = subscriber(1);
+        let (gone_tx, gone_rx) = subscriber(4);
+        let (fast_lag, slow_lag) = (CancellationToken::new(), CancellationToken::new());
+        hub.subscribe(channel, 1, fast_tx, fast_lag.clone());
+        hub.subscribe(channel, 2, slow_tx, slow_lag.clone());
+        hub.subscribe(channel, 3, gone_tx, CancellationToken::new());
+        drop(gone_rx);
+
+        assert_eq!(hub.push(&channel, "t", "response", r#"{"n":1}"#), 2);
+        assert_eq!(hub.push(&channel, "t", "response", r#"{"n":2}"#), 1);
+        assert!(slow_lag.is_cancelled() && !fast_lag.is_cancelled());
+        assert_eq!(
+            fast_rx.try_recv().unwrap().as_str(),
+            r#"[null,null,"t","response",{"n":1}]"#
+        );
+        assert_eq!(
+            fast_rx.try_recv().unwrap().as_str(),
+            r#"[null,null,"t","response",{"n":2}]"#
+        );
+
+        hub.unsubscribe(&channel, 1);
+        assert_eq!(hub.push(&channel, "t", "response", "{}"), 0);
+        assert!(hub.lock().is_empty(), "an empty channel is removed");
     }
 }

@@ -18,8 +18,9 @@ pub use token::{Claims, TokenError, TokenKey};
 
 /// The latest `response` payload of a channel, for a socket that joins late or rejoins.
 pub trait Replay: Send + Sync {
-    /// `(project, payload)` for the request on `channel`, if any and if it has a message.
-    fn latest(&self, channel: &[u8; 16]) -> Option<String>;
+    /// The payload the request on `channel` would push now; `None` when there is no such
+    /// request or it has nothing to say yet; an error when the store cannot be read.
+    fn latest(&self, channel: &[u8; 16]) -> crate::Result<Option<String>>;
 }
 
 /// `ai_response:<project_id>:<channel_id>`.

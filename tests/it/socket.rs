@@ -204,3 +204,189 @@ async fn shutdown_closes_sockets_with_1001() {
         }
     }
 }
+
+/// Waits for the server to end `socket`; returns its close frame, if it sent one.
+async fn closed_by_server(socket: &mut Phoenix) -> Option<tungstenite::protocol::CloseFrame> {
+    loop {
+        match socket.next_frame(WAIT).await {
+            Ok(_) => continue,
+            Err(Closed::Closed(frame)) => return frame,
+            Err(Closed::Timeout) => panic!("the server did not close the socket"),
+        }
+    }
+}
+
+/// An oversized text frame (1009) or a binary frame (1003) closes that socket only;
+/// another socket on the same channel keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_binary_frame_closes_only_that_socket() {
+    let (server, _receiver, ticket) = with_ticket(|_| {}).await;
+    let mut good = server.join(&ticket).await;
+    let mut big = server.join(&ticket).await;
+    let topic = ticket["websocket_channel"].as_str().unwrap();
+    let padding = "x".repeat(eddy::ws::socket::MAX_CLIENT_MESSAGE);
+    big.send(json!("1"), topic, "heartbeat", json!({ "pad": padding }))
+        .await;
+    let frame = closed_by_server(&mut big).await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Size);
+
+    let mut binary = server.join(&ticket).await;
+    binary.send_binary(vec![0, 1, 2]).await;
+    let frame = closed_by_server(&mut binary).await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Unsupported);
+
+    assert_eq!(
+        good.heartbeat().await,
+        json!({"status": "ok", "response": {}})
+    );
+}
+
+/// Regression: tungstenite refuses a frame larger than its write-buffer cap (it was 256
+/// KiB), which killed the socket on a large result, and again on every rejoin. A push of
+/// 300 KB now arrives whole, live and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_larger_than_256_kib_arrives() {
+    let server = start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let text = "a".repeat(300_000);
+    let output = server
+        .create_output("big_output", json!({ "text": text }))
+        .await;
+    server
+        .create_workflow(json!({
+            "name": "big", "event_name": "big_ready", "provider": "openai", "model": "gpt-4o",
+            "structured_output_id": output, "mode": "testing", "response_delay_ms": 300,
+        }))
+        .await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("big")).await;
+    let mut live = server.join(&ticket).await;
+    let push = live.push_with_status("ai_generated").await;
+    assert_eq!(
+        push["ai_response"]["data"]["text"].as_str(),
+        Some(text.as_str())
+    );
+    let mut rejoined = server.join(&ticket).await;
+    let replayed = rejoined.next_push(WAIT).await;
+    assert_eq!(replayed, push);
+}
+
+/// A client that stops reading while the server has frames for it is dropped once a
+/// write takes longer than the idle timeout: the server neither waits for it forever nor
+/// buffers for it without bound, and other sockets are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_dropped() {
+    let server = start(|c| c.ws_idle_timeout = Duration::from_secs(2)).await;
+    let receiver = Receiver::start().await;
+    let output = server
+        .create_output("big_output", json!({ "text": "b".repeat(200_000) }))
+        .await;
+    server
+        .create_workflow(json!({
+            "name": "big", "event_name": "big_ready", "provider": "openai", "model": "gpt-4o",
+            "structured_output_id": output, "mode": "testing",
+        }))
+        .await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("big")).await;
+    let mut good = server.join(&ticket).await;
+    good.push_with_status("ai_generated").await;
+    let mut stuck = server.join(&ticket).await;
+    let topic = ticket["websocket_channel"].as_str().unwrap();
+    // Each join is answered with the 200 KB result; 100 of them fill every buffer on the
+    // way while this client reads nothing.
+    for _ in 0..100 {
+        let join_ref = json!(uuid::Uuid::new_v4().to_string());
+        stuck.send(join_ref, topic, "phx_join", json!({})).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert_eq!(
+            good.heartbeat().await,
+            json!({"status": "ok", "response": {}})
+        );
+        let (_, health) = server.get("/healthz").await;
+        if health["slow_readers"] == 1 {
+            assert_eq!(health["open_sockets"], 1, "{health}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow reader was not dropped: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Joining a joined topic again closes the earlier join (`phx_close` with its ref), as
+/// Phoenix does; a leave carrying an earlier join's ref does not end the current join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_replaces_the_join_and_stale_leave_is_ignored() {
+    let (_server, _receiver, ticket) = with_ticket(|_| {}).await;
+    let topic = ticket["websocket_channel"].as_str().unwrap();
+    let mut socket = Phoenix::connect(
+        ticket["websocket_url"].as_str().unwrap(),
+        ticket["ws_token"].as_str().unwrap(),
+    )
+    .await
+    .expect("connects");
+    let ok = json!({"status": "ok", "response": {}});
+    let first = socket.send(json!("j1"), topic, "phx_join", json!({})).await;
+    assert_eq!(socket.reply_to(&first).await, ok);
+    let second = socket.send(json!("j2"), topic, "phx_join", json!({})).await;
+    assert_eq!(socket.reply_to(&second).await, ok);
+    let close = loop {
+        let frame = socket.next_frame(WAIT).await.expect("frames");
+        if frame.event == "phx_close" {
+            break frame;
+        }
+    };
+    assert_eq!((close.join_ref, close.msg_ref), (json!("j1"), json!("j1")));
+
+    let stale = socket
+        .send(json!("j1"), topic, "phx_leave", json!({}))
+        .await;
+    assert_eq!(socket.reply_to(&stale).await, ok);
+    let beat = socket
+        .send(json!("j2"), topic, "heartbeat", json!({}))
+        .await;
+    assert_eq!(socket.reply_to(&beat).await, ok, "still joined");
+    let leave = socket
+        .send(json!("j2"), topic, "phx_leave", json!({}))
+        .await;
+    assert_eq!(socket.reply_to(&leave).await, ok);
+    let beat = socket
+        .send(json!("j2"), topic, "heartbeat", json!({}))
+        .await;
+    assert_eq!(
+        socket.reply_to(&beat).await,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
+    let closes: Vec<Value> = std::iter::from_fn(|| socket.take_buffered())
+        .filter(|f| f.event == "phx_close")
+        .map(|f| f.join_ref)
+        .collect();
+    assert_eq!(closes, [json!("j2")], "one phx_close, for the current join");
+}
+
+/// The upgrade refuses a serializer version eddy does not speak (403, as Phoenix does)
+/// and takes a missing `vsn` as 2.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializer_version_is_checked_on_upgrade() {
+    let (_server, _receiver, ticket) = with_ticket(|_| {}).await;
+    let base = format!(
+        "{}/websocket?token={}",
+        ticket["websocket_url"].as_str().unwrap(),
+        ticket["ws_token"].as_str().unwrap()
+    );
+    match tokio_tungstenite::connect_async(format!("{base}&vsn=1.0.0")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("vsn 1.0.0 was not refused: {other:?}"),
+    }
+    for url in [base.clone(), format!("{base}&vsn=2.1.0")] {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("2.x or no vsn connects");
+        drop(ws);
+    }
+}

@@ -1,11 +1,13 @@
 //! Test support: an in-process eddy on a temporary store, a real webhook receiver, a
-//! Phoenix v2 client, and an independent implementation of the webhook signatures.
+//! Phoenix v2 client, the official `phoenix` JS client under Node ([`Browser`]), and an
+//! independent implementation of the webhook signatures.
 //!
 //! Everything runs on real sockets: the server binds `127.0.0.1:0`, the receiver is a hyper
 //! server on its own ephemeral port, and the socket client speaks WebSocket to the server.
 
 pub mod api;
 pub mod binary;
+pub mod browser;
 pub mod phoenix;
 pub mod provider;
 pub mod receiver;
@@ -23,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub use api::Api;
 pub use binary::Eddy;
+pub use browser::Browser;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
 
@@ -119,6 +122,10 @@ pub async fn start(tweak: impl FnOnce(&mut eddy::Config)) -> TestServer {
 impl TestServer {
     async fn launch(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.launch_on(listener).await;
+    }
+
+    async fn launch_on(&mut self, listener: TcpListener) {
         let addr = listener.local_addr().expect("local addr");
         // sled releases its lock on drop; a store just closed may hold it for a moment.
         let deadline = Instant::now() + WAIT;
@@ -167,6 +174,31 @@ impl TestServer {
         // Connections to the old port are useless now.
         self.api.http = http_client();
         self.launch().await;
+    }
+
+    /// Stops the server and starts a new one on the same store and port, as a restart
+    /// looks to a browser that reconnects to the same URL.
+    pub async fn restart_in_place(&mut self) {
+        let addr: std::net::SocketAddr = self
+            .api
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("base is http://IP:PORT");
+        self.shutdown().await;
+        self.api.http = http_client();
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("port {addr} not free yet ({e}), retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {addr} again: {e}"),
+            }
+        };
+        self.launch_on(listener).await;
     }
 }
 

@@ -71,6 +71,19 @@ impl Phoenix {
             .expect("frame is sent");
     }
 
+    /// Sends a binary frame (Phoenix v2 frames are text).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .expect("frame is sent");
+    }
+
+    /// The oldest frame kept while waiting for a reply, if any.
+    pub fn take_buffered(&mut self) -> Option<Frame> {
+        self.buffered.pop_front()
+    }
+
     /// Sends `[join_ref, ref, topic, event, payload]`; returns the ref.
     pub async fn send(
         &mut self,
