@@ -7,7 +7,8 @@
 //! Credentials are looked up per call through a [`Credentials`] function (they belong to
 //! the request's project); adapters are built per attempt around one shared HTTP client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -58,6 +59,7 @@ impl Default for Policy {
 pub struct Models {
     http: reqwest::Client,
     policy: Policy,
+    schemas: Arc<Schemas>,
 }
 
 impl Default for Models {
@@ -66,8 +68,32 @@ impl Default for Models {
     }
 }
 
-/// A structured output's schema, compiled once per run.
-type Schema = Option<(Value, Checker)>;
+/// A structured output's schema, compiled.
+type Compiled = Arc<(Value, Checker)>;
+
+/// Compiled schemas by their text, so a schema is compiled once, not once per request.
+#[derive(Default)]
+struct Schemas {
+    compiled: Mutex<HashMap<String, Compiled>>,
+}
+
+/// Schemas kept compiled at most; past it the cache starts over.
+const SCHEMAS_KEPT: usize = 1024;
+
+impl Schemas {
+    fn get(&self, text: &str) -> Result<Compiled, String> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = compiled.get(text) {
+            return Ok(found.clone());
+        }
+        let fresh = Arc::new(compile(text)?);
+        if compiled.len() >= SCHEMAS_KEPT {
+            compiled.clear();
+        }
+        compiled.insert(text.to_string(), fresh.clone());
+        Ok(fresh)
+    }
+}
 
 impl Models {
     pub fn new(policy: Policy) -> Models {
@@ -84,7 +110,11 @@ impl Models {
         let http = builder
             .build()
             .expect("reqwest client builds with static settings");
-        Models { http, policy }
+        Models {
+            http,
+            policy,
+            schemas: Arc::default(),
+        }
     }
 
     fn adapter(&self, c: &ProviderCredential) -> Box<dyn Provider> {
@@ -143,7 +173,8 @@ impl Models {
         deltas: Option<&Deltas>,
     ) -> (Result<AiOutput, AiError>, Vec<AttemptReport>) {
         let mut reports = Vec::new();
-        let schema: Schema = match workflow.schema.as_deref().map(compile) {
+        let schema: Option<Compiled> = match workflow.schema.as_deref().map(|t| self.schemas.get(t))
+        {
             None => None,
             Some(Ok(schema)) => Some(schema),
             Some(Err(e)) => return (Err(AiError::fatal(e)), reports),
@@ -198,7 +229,7 @@ impl Models {
                 model,
                 messages,
                 system_prompt: workflow.system_prompt.as_deref(),
-                schema: schema.as_ref().map(|(v, _)| v),
+                schema: schema.as_deref().map(|(v, _)| v),
                 sample_data: workflow.sample_data.as_deref(),
                 response_delay: std::time::Duration::from_millis(workflow.response_delay_ms),
                 timeout,
@@ -211,11 +242,11 @@ impl Models {
             for attempt in 0..tries {
                 let started_ms = now_ms();
                 let started = Instant::now();
-                let result = match (deltas, &schema) {
+                let result = match (deltas, schema.as_deref()) {
                     (Some(d), None) => provider.stream(&request, d).await,
                     _ => provider.generate(&request).await,
                 };
-                let result = match (&schema, result) {
+                let result = match (schema.as_deref(), result) {
                     (Some((_, checker)), Ok(out)) if !is_testing => checked(checker, out),
                     (_, result) => result,
                 };

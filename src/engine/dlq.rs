@@ -90,17 +90,15 @@ impl Engine {
             .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))?;
         match update {
             Update::Done(record, revived) => {
-                self.store.append_step(
-                    record.id,
+                let mut steps = vec![(
                     now,
-                    &Step::Redriven {
+                    Step::Redriven {
                         webhook_id: entry.webhook_id.clone(),
                         endpoint_id: entry.endpoint_id.clone(),
                     },
-                )?;
-                if let Some(state) = revived {
-                    self.note(&record, state, now)?;
-                }
+                )];
+                steps.extend(revived.map(|state| self.transition(&record, state, now)));
+                self.store.append_steps(record.id, &steps)?;
                 self.store.remove_dead_letter(project, id)?;
                 self.scheduler.schedule(record.id, record.due_ms);
                 Ok(())

@@ -29,6 +29,9 @@ use crate::store::Update;
 /// Rounds per `drive` call before handing back to the scheduler (a guard against a
 /// request that keeps being due without progress).
 const MAX_ROUNDS: usize = 16;
+/// How long an attempt waits for a permit of its endpoint's lane before it is deferred.
+const LANE_WAIT: Duration = Duration::from_millis(50);
+
 /// `endpoint_id` of a delivery to the request's own `webhook_url`.
 pub const REQUEST_ENDPOINT: &str = "request";
 
@@ -57,32 +60,47 @@ impl Engine {
     /// Runs what is due for request `id` (fired by the timer for `fired_due`) inside a
     /// span carrying its channel id; returns when it is next due.
     pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
-        let channel = match self.store.request(id) {
-            Ok(Some(r)) => payload::channel_str(&r.channel_id),
-            _ => String::new(),
+        let record = match self.store.request(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
+                return Some(now_ms() + 1000);
+            }
         };
-        let span = tracing::info_span!("request", channel_id = %channel);
-        self.rounds(id, fired_due).instrument(span).await
+        // A timer for a due time the record no longer has: a leftover of a crash between
+        // swapping the record and removing its old due key.
+        if record.due_ms != Some(fired_due)
+            && let Err(e) = self.store.drop_stale_due(fired_due, id)
+        {
+            tracing::warn!(id, error = %e, "cannot drop stale due entry");
+        }
+        let span = tracing::info_span!(
+            "request",
+            channel_id = %payload::channel_str(&record.channel_id)
+        );
+        self.rounds(record).instrument(span).await
     }
 
-    async fn rounds(&self, id: u64, fired_due: u64) -> Option<u64> {
+    async fn rounds(&self, first: Request) -> Option<u64> {
+        let id = first.id;
+        let mut record = Some(first);
         for _ in 0..MAX_ROUNDS {
-            let record = match self.store.request(id) {
-                Ok(Some(r)) => r,
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
-                    return Some(now_ms() + 1000);
-                }
+            let current = match record.take() {
+                Some(r) => r,
+                None => match self.store.request(id) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
+                        return Some(now_ms() + 1000);
+                    }
+                },
             };
-            if record.due_ms != Some(fired_due)
-                && let Err(e) = self.store.drop_stale_due(fired_due, id)
-            {
-                tracing::warn!(id, error = %e, "cannot drop stale due entry");
-            }
-            match self.round(record).await {
+            let due = current.due_ms;
+            match self.round(current).await {
                 Ok(Round::Again) => continue,
-                Ok(Round::Idle) => return self.store.request(id).ok().flatten()?.due_ms,
+                Ok(Round::Idle) => return due,
                 // The record still says "due now"; only the in-memory timer waits.
                 Ok(Round::Deferred(at)) => return Some(at),
                 Err(e) => {
@@ -128,20 +146,30 @@ impl Engine {
             return Ok(Round::Idle);
         }
         let body = payload::webhook_body(&record, &self.public_url);
-        let mut attempts = FuturesUnordered::new();
-        for d in &due {
-            if let Some(permit) = self.lanes.try_enter(&lane_of(d), d.attempts == 0) {
-                attempts.push(self.attempt(&record, d, &body, permit));
-            }
-        }
-        if attempts.is_empty() {
-            use rand::Rng;
-            return Ok(Round::Deferred(now + rand::rng().random_range(200..800)));
-        }
+        let mut attempts: FuturesUnordered<_> = due
+            .iter()
+            .map(|d| async {
+                // A healthy endpoint frees a permit within milliseconds; a lane still full
+                // after LANE_WAIT belongs to a slow endpoint, and the attempt is deferred.
+                match self
+                    .lanes
+                    .enter(&lane_of(d), d.attempts == 0, LANE_WAIT)
+                    .await
+                {
+                    Some(permit) => self.attempt(&record, d, &body, permit).await.map(|()| true),
+                    None => Ok(false),
+                }
+            })
+            .collect();
+        let mut made = false;
         while let Some(result) = attempts.next().await {
-            result?;
+            made |= result?;
         }
-        Ok(Round::Again)
+        if made {
+            return Ok(Round::Again);
+        }
+        use rand::Rng;
+        Ok(Round::Deferred(now + rand::rng().random_range(200..800)))
     }
 
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
@@ -184,7 +212,7 @@ impl Engine {
             )
             .await;
         let now = now_ms();
-        self.note_attempts(record.id, &reports)?;
+        let mut steps = self.attempt_steps(&reports);
         let attempts = model::attempt_logs(&reports);
         let targets = self.targets(&record, now);
         let timeout = self.callback_timeout_ms(&record);
@@ -208,12 +236,13 @@ impl Engine {
             visited.extend(r.settle(now, timeout));
             Ok::<_, crate::job::InvalidTransition>(visited)
         })?;
-        if let Update::Done(record, visited) = update {
-            for state in visited {
-                self.note(&record, state, now)?;
-            }
+        if let Update::Done(record, visited) = &update {
+            steps.extend(visited.iter().map(|s| self.transition(record, *s, now)));
+        }
+        self.store.append_steps(record.id, &steps)?;
+        if let Update::Done(record, _) = update {
             self.store.commit().await?;
-            self.push_latest(&record);
+            self.push_and_note(&record, None)?;
         }
         Ok(())
     }
@@ -291,10 +320,9 @@ impl Engine {
             }
         }
         let now = now_ms();
-        self.store.append_step(
-            record.id,
+        let mut steps = vec![(
             started,
-            &Step::WebhookAttempt {
+            Step::WebhookAttempt {
                 webhook_id: d.webhook_id.clone(),
                 endpoint_id: d.endpoint_id.clone(),
                 attempt: d.attempts + 1,
@@ -303,7 +331,7 @@ impl Engine {
                 duration_ms: outcome.duration_ms,
                 response_excerpt: outcome.response_excerpt.clone(),
             },
-        )?;
+        )];
         let result = AttemptResult {
             delivered: outcome.delivered,
             status: outcome.status,
@@ -317,17 +345,24 @@ impl Engine {
             Ok::<_, crate::job::StaleAttempt>((effect, r.settle(now, timeout)))
         })?;
         let Update::Done(record, (effect, settled)) = update else {
-            return Ok(());
+            return self
+                .store
+                .append_steps(record.id, &steps)
+                .map_err(Into::into);
         };
+        if settled.is_some() {
+            steps.push(self.transition(&record, record.state, now));
+        }
+        // Before the dead letter, which gathers its attempts from the timeline.
+        self.store.append_steps(record.id, &steps)?;
         if effect == AttemptEffect::DeadLettered {
             let reason = result.error.unwrap_or_else(|| "out of attempts".into());
             self.record_dead_letter(&record, &d.webhook_id, body, reason, now)?;
         }
         if settled.is_some() {
-            self.note(&record, record.state, now)?;
             self.store.commit().await?;
             if matches!(record.state, State::Failed(_)) {
-                self.push_latest(&record);
+                self.push_and_note(&record, None)?;
             }
         }
         Ok(())
@@ -409,10 +444,11 @@ impl Engine {
             .store
             .update(id, now, |r| r.settle(now, timeout).ok_or(()))?;
         if let Update::Done(record, _) = update {
-            self.note(&record, record.state, now)?;
+            let step = self.transition(&record, record.state, now);
+            self.store.append_steps(id, &[step])?;
             self.store.commit().await?;
             if matches!(record.state, State::Failed(_)) {
-                self.push_latest(&record);
+                self.push_and_note(&record, None)?;
             }
         }
         Ok(())
@@ -437,11 +473,13 @@ impl Engine {
         })?;
         if let Update::Done(record, after_ms) = update {
             self.metrics.callback("timeout");
-            self.store
-                .append_step(id, now, &Step::CallbackTimeout { after_ms })?;
-            self.note(&record, record.state, now)?;
+            let steps = [
+                (now, Step::CallbackTimeout { after_ms }),
+                self.transition(&record, record.state, now),
+            ];
+            self.store.append_steps(id, &steps)?;
             self.store.commit().await?;
-            self.push_latest(&record);
+            self.push_and_note(&record, None)?;
         }
         Ok(())
     }
@@ -452,23 +490,33 @@ impl Engine {
             Ok(Some(r)) if r.state == State::Callback => r,
             _ => return,
         };
-        self.push_latest(&record);
+        let pushed = self.push_latest(&record);
         let now = now_ms();
+        let mut steps: Vec<(u64, Step)> = pushed.into_iter().collect();
         match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
-            Ok(Update::Done(record, _)) => {
-                if let Err(e) = self.note(&record, record.state, now) {
-                    tracing::warn!(error = %e, "timeline write failed");
-                }
-            }
+            Ok(Update::Done(record, _)) => steps.push(self.transition(&record, record.state, now)),
             Ok(_) => {}
             Err(e) => tracing::error!(id, error = %e, "cannot complete request"),
         }
+        if let Err(e) = self.store.append_steps(id, &steps) {
+            tracing::warn!(error = %e, "timeline write failed");
+        }
     }
 
-    /// Puts a state the record entered on its timeline, and counts finished requests.
-    pub(super) fn note(&self, record: &Request, state: State, now: u64) -> Result<()> {
-        self.store
-            .append_step(record.id, now, &Step::Transition { state })?;
+    /// Pushes the record's latest message and puts the push on the timeline, after
+    /// `before` if given (one write for both).
+    pub(super) fn push_and_note(
+        &self,
+        record: &Request,
+        before: Option<(u64, Step)>,
+    ) -> Result<()> {
+        let steps: Vec<(u64, Step)> = before.into_iter().chain(self.push_latest(record)).collect();
+        self.store.append_steps(record.id, &steps)?;
+        Ok(())
+    }
+
+    /// The timeline step of a state the record entered; finished requests are counted.
+    pub(super) fn transition(&self, record: &Request, state: State, now: u64) -> (u64, Step) {
         let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
         match state {
             State::Completed => {
@@ -481,6 +529,6 @@ impl Engine {
             }
             _ => {}
         }
-        Ok(())
+        (now, Step::Transition { state })
     }
 }

@@ -2,13 +2,15 @@
 //! first attempts and retries in separate lanes.
 //!
 //! A slow or dead endpoint thus holds a bounded number of connections and tasks; an
-//! attempt that finds its lane full is not made (and not counted) but deferred briefly,
-//! which frees its scheduler slot for deliveries to healthy endpoints. Keeping first
+//! attempt that finds its lane full waits briefly for a permit (a healthy endpoint frees
+//! one within milliseconds), and if none comes it is not made (and not counted) but
+//! deferred, which frees its scheduler slot for deliveries to healthy endpoints. Keeping first
 //! attempts apart means a retry storm against an endpoint never queues its fresh
 //! deliveries behind it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -34,8 +36,25 @@ impl Lanes {
         }
     }
 
-    /// A permit to attempt a delivery to `endpoint` now, or `None` if its lane is full.
-    pub fn try_enter(&self, endpoint: &str, first_attempt: bool) -> Option<OwnedSemaphorePermit> {
+    /// A permit to attempt a delivery to `endpoint`, waiting at most `wait` for one;
+    /// `None` if the lane stayed full.
+    pub async fn enter(
+        &self,
+        endpoint: &str,
+        first_attempt: bool,
+        wait: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self.semaphore(endpoint, first_attempt);
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::time::timeout(wait, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    fn semaphore(&self, endpoint: &str, first_attempt: bool) -> Arc<Semaphore> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.len() > TIDY_ABOVE {
             let full = self.per_lane;
@@ -47,12 +66,11 @@ impl Lanes {
             fresh: Arc::new(Semaphore::new(self.per_lane)),
             retry: Arc::new(Semaphore::new(self.per_lane)),
         });
-        let semaphore = if first_attempt {
-            &lane.fresh
+        if first_attempt {
+            lane.fresh.clone()
         } else {
-            &lane.retry
-        };
-        semaphore.clone().try_acquire_owned().ok()
+            lane.retry.clone()
+        }
     }
 }
 
@@ -60,17 +78,23 @@ impl Lanes {
 mod tests {
     use super::*;
 
-    /// A full lane refuses, the other lane of the same endpoint and other endpoints do
-    /// not, and a released permit opens the lane again.
-    #[test]
-    fn lanes_are_bounded_and_separate() {
+    /// A full lane refuses after the wait, the other lane of the same endpoint and other
+    /// endpoints do not, and a permit released while waiting is handed to the waiter.
+    #[tokio::test]
+    async fn lanes_are_bounded_and_separate() {
         let lanes = Lanes::new(2);
-        let a1 = lanes.try_enter("a", false).unwrap();
-        let _a2 = lanes.try_enter("a", false).unwrap();
-        assert!(lanes.try_enter("a", false).is_none());
-        assert!(lanes.try_enter("a", true).is_some());
-        assert!(lanes.try_enter("b", false).is_some());
-        drop(a1);
-        assert!(lanes.try_enter("a", false).is_some());
+        let wait = Duration::from_millis(20);
+        let a1 = lanes.enter("a", false, wait).await.unwrap();
+        let _a2 = lanes.enter("a", false, wait).await.unwrap();
+        assert!(lanes.enter("a", false, wait).await.is_none());
+        assert!(lanes.enter("a", true, wait).await.is_some());
+        assert!(lanes.enter("b", false, wait).await.is_some());
+        let waiter = lanes.enter("a", false, Duration::from_secs(5));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(a1);
+        };
+        let (permit, ()) = tokio::join!(waiter, release);
+        assert!(permit.is_some());
     }
 }

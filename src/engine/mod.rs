@@ -307,13 +307,6 @@ impl Engine {
             }
             None => self.store.insert_request(&mut record)?,
         }
-        self.store.append_step(
-            id,
-            now,
-            &Step::Received {
-                workflow: record.workflow.name.clone(),
-            },
-        )?;
         self.store.commit().await?;
         self.metrics.accepted(&record.workflow.name);
         self.scheduler.schedule(id, record.due_ms);
@@ -414,8 +407,8 @@ impl Engine {
             CallbackInput::Data { body, .. } => Step::CallbackReceived { body },
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
         };
-        self.store.append_step(record.id, now, &step)?;
-        self.note(&record, record.state, now)?;
+        let steps = [(now, step), self.transition(&record, record.state, now)];
+        self.store.append_steps(record.id, &steps)?;
         self.store.commit().await?;
         let outcome = if record.state == State::Callback {
             "accepted"
@@ -426,16 +419,15 @@ impl Engine {
         if record.state == State::Callback {
             self.finish_callback(record.id).await;
         } else {
-            self.push_latest(&record);
+            self.push_and_note(&record, None)?;
         }
         Ok(())
     }
 
-    /// Pushes the record's latest message to its channel and notes it on the timeline.
-    fn push_latest(&self, record: &Request) -> usize {
-        let Some(message) = payload::latest_push(record) else {
-            return 0;
-        };
+    /// Pushes the record's latest message to its channel; the timeline step saying so
+    /// (with how many sockets got it) is for the caller to write.
+    fn push_latest(&self, record: &Request) -> Option<(u64, Step)> {
+        let message = payload::latest_push(record)?;
         let topic = ws::topic(&record.project_id, &record.channel_id);
         let sockets = self
             .hub
@@ -446,10 +438,7 @@ impl Engine {
             status: status.to_string(),
             sockets: sockets as u32,
         };
-        if let Err(e) = self.store.append_step(record.id, now_ms(), &step) {
-            tracing::warn!(error = %e, "timeline write failed");
-        }
-        sockets
+        Some((now_ms(), step))
     }
 
     /// The callback timeout of a request: its workflow's, else the server's.

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::Engine;
 use crate::ai::{AiError, AiOutput, AttemptReport, Deltas};
-use crate::error::Result;
+
 use crate::job::{AiAttemptLog, AiResult, Step, WorkflowSnapshot};
 
 impl Engine {
@@ -36,26 +36,28 @@ impl Engine {
         }
     }
 
-    /// Puts each attempt on request `id`'s timeline, stamped with its start.
-    pub(crate) fn note_attempts(&self, id: u64, reports: &[AttemptReport]) -> Result<()> {
-        for r in reports {
-            self.metrics.ai_attempt(
-                &r.provider,
-                r.error.is_none(),
-                std::time::Duration::from_millis(r.duration_ms),
-            );
-            let step = Step::AiAttempt {
-                provider: r.provider.clone(),
-                model: r.model.clone(),
-                error: r.error.clone(),
-                http_status: r.http_status,
-                duration_ms: r.duration_ms,
-                prompt_tokens: r.prompt_tokens,
-                completion_tokens: r.completion_tokens,
-            };
-            self.store.append_step(id, r.started_ms, &step)?;
-        }
-        Ok(())
+    /// The timeline steps of model attempts, counted in the metrics.
+    pub(crate) fn attempt_steps(&self, reports: &[AttemptReport]) -> Vec<(u64, Step)> {
+        reports
+            .iter()
+            .map(|r| {
+                self.metrics.ai_attempt(
+                    &r.provider,
+                    r.error.is_none(),
+                    std::time::Duration::from_millis(r.duration_ms),
+                );
+                let step = Step::AiAttempt {
+                    provider: r.provider.clone(),
+                    model: r.model.clone(),
+                    error: r.error.clone(),
+                    http_status: r.http_status,
+                    duration_ms: r.duration_ms,
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                };
+                (r.started_ms, step)
+            })
+            .collect()
     }
 }
 

@@ -19,7 +19,7 @@ use crate::ai::{AiError, AiOutput, Deltas};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::{Request, State, Step};
+use crate::job::{Request, State};
 
 /// A validated sync request.
 #[derive(Debug, Clone)]
@@ -116,18 +116,13 @@ impl Engine {
         };
         let visited = moved.map_err(|e| Error::Conflict(e.to_string()))?;
         self.store.insert_request(&mut record)?;
-        self.store.append_step(
-            record.id,
-            received,
-            &Step::Received {
-                workflow: record.workflow.name.clone(),
-            },
-        )?;
-        self.note_attempts(record.id, &reports)?;
-        for state in visited {
-            self.store
-                .append_step(record.id, now, &Step::Transition { state })?;
-        }
+        let mut steps = self.attempt_steps(&reports);
+        steps.extend(
+            visited
+                .into_iter()
+                .map(|state| self.transition(&record, state, now)),
+        );
+        self.store.append_steps(record.id, &steps)?;
         Ok(SyncAnswer { record, result })
     }
 }

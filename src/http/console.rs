@@ -137,12 +137,12 @@ pub async fn route(
         (&Method::GET, ["requests", channel]) => {
             let channel = parse_channel(channel)?;
             let record = app.engine.request_of(&project.id, &channel)?;
-            let timeline = app
+            let stored = app
                 .engine
                 .store()
                 .timeline(record.id)
                 .map_err(Error::from)?;
-            Ok(ok(views::request(&record, &timeline)))
+            Ok(ok(views::request(&record, &record.timeline_with(stored))))
         }
 
         (_, ["dlq", rest @ ..]) => dlq::route(app, &project, request, rest).await,

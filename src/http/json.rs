@@ -114,6 +114,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::invalid("request body: must be a JSON object"));
     }
+    // The plain parser first; only a body that fails is parsed again to name the field.
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -138,6 +138,7 @@ pub struct CallbackData {
 }
 
 /// One entry of a request's timeline. Stored in its own tree, appended, never rewritten.
+/// `Received` is not stored: [`Request::timeline_with`] adds it from `created_ms`.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum Step {
     Received {
@@ -218,6 +219,19 @@ impl Request {
         self.deliveries
             .iter()
             .any(|d| matches!(d.outcome, DeliveryOutcome::Succeeded { .. }))
+    }
+
+    /// The whole timeline: the implied "received" step at `created_ms`, then `stored`.
+    pub fn timeline_with(&self, stored: Vec<(u64, Step)>) -> Vec<(u64, Step)> {
+        let mut all = Vec::with_capacity(stored.len() + 1);
+        all.push((
+            self.created_ms,
+            Step::Received {
+                workflow: self.workflow.name.clone(),
+            },
+        ));
+        all.extend(stored);
+        all
     }
 
     /// True for workflows with an `event_name`: the backend calls back.

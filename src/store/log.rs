@@ -1,16 +1,19 @@
-//! The request log: indexes that list a project's requests newest first, by status, by
-//! workflow and by time, reading only the records they return; and the retention sweep
-//! of terminal requests.
+//! The request log: an index that lists a project's requests newest first, by status, by
+//! workflow and by time, reading only the records it returns; and the retention sweep of
+//! terminal requests.
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `log` | `project ‖ created_ms ‖ id` | empty |
-//! | `log_state` | `project ‖ state code ‖ created_ms ‖ id` | workflow hash (8) |
-//! | `log_workflow` | `project ‖ workflow hash (8) ‖ created_ms ‖ id` | empty |
+//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash (8) |
 //!
-//! All three are derived from the records: `insert_request` adds them, `update` moves the
-//! `log_state` key when the state changes (under the record's stripe lock), and
-//! `rebuild_indexes` recomputes them.
+//! One key per request, in one of three phases: active (pending, generated, delivered,
+//! callback), completed, failed. The key moves only when a request finishes, so the four
+//! transitions in between cost the index nothing. A listing by a final status walks one
+//! phase's range; by an active status, the active range (the requests in flight), keeping
+//! the records in that state; of every status, the three ranges merged (each already newest
+//! first). The workflow filter compares the value. The index is derived from the records:
+//! `insert_request` adds the key, `update` moves it when the phase changes (under the
+//! record's stripe lock), `rebuild_indexes` recomputes it.
 
 use sha2::{Digest, Sha256};
 
@@ -27,6 +30,20 @@ pub fn state_code(state: State) -> u8 {
         State::Completed => 5,
         State::Failed(_) => 6,
     }
+}
+
+/// The phase of a state in `log_state` keys: active (1), completed (5) or failed (6).
+fn phase(state: State) -> u8 {
+    match state {
+        State::Completed => 5,
+        State::Failed(_) => 6,
+        _ => 1,
+    }
+}
+
+/// The phase of a state code.
+fn phase_of_code(code: u8) -> u8 {
+    if code >= 5 { code } else { 1 }
 }
 
 /// The code of a state by its wire name (`pending` … `failed`).
@@ -115,43 +132,34 @@ fn id_of(key: &[u8]) -> Option<u64> {
 impl Store {
     pub(super) fn log_insert(&self, r: &Request) -> Result<()> {
         let t = tail(r.created_ms, r.id);
-        let wf = workflow_hash(&r.workflow.name);
-        let inner = &self.inner;
-        inner.log.insert(key(&[&r.project_id, &t]), &[])?;
-        inner
-            .log_state
-            .insert(key(&[&r.project_id, &[state_code(r.state)], &t]), &wf[..])?;
-        inner
-            .log_workflow
-            .insert(key(&[&r.project_id, &wf, &t]), &[])?;
+        self.inner.log_state.insert(
+            key(&[&r.project_id, &[phase(r.state)], &t]),
+            &workflow_hash(&r.workflow.name)[..],
+        )?;
         Ok(())
     }
 
     pub(super) fn log_move(&self, r: &Request, from: State) -> Result<()> {
-        if state_code(from) == state_code(r.state) {
+        if phase(from) == phase(r.state) {
             return Ok(());
         }
         let t = tail(r.created_ms, r.id);
         let inner = &self.inner;
         inner.log_state.insert(
-            key(&[&r.project_id, &[state_code(r.state)], &t]),
+            key(&[&r.project_id, &[phase(r.state)], &t]),
             &workflow_hash(&r.workflow.name)[..],
         )?;
         inner
             .log_state
-            .remove(key(&[&r.project_id, &[state_code(from)], &t]))?;
+            .remove(key(&[&r.project_id, &[phase(from)], &t]))?;
         Ok(())
     }
 
     fn log_remove(&self, r: &Request) -> Result<()> {
         let t = tail(r.created_ms, r.id);
-        let wf = workflow_hash(&r.workflow.name);
-        let inner = &self.inner;
-        inner.log.remove(key(&[&r.project_id, &t]))?;
-        inner
+        self.inner
             .log_state
-            .remove(key(&[&r.project_id, &[state_code(r.state)], &t]))?;
-        inner.log_workflow.remove(key(&[&r.project_id, &wf, &t]))?;
+            .remove(key(&[&r.project_id, &[phase(r.state)], &t]))?;
         Ok(())
     }
 
@@ -162,38 +170,52 @@ impl Store {
         query: &LogQuery<'_>,
     ) -> Result<(Vec<Request>, Option<Cursor>)> {
         let wf = query.workflow.map(workflow_hash);
-        let (tree, prefix): (&sled::Tree, Vec<u8>) = match (query.state, wf) {
-            (Some(code), _) => (&self.inner.log_state, key(&[project, &[code]])),
-            (None, Some(wf)) => (&self.inner.log_workflow, key(&[project, &wf])),
-            (None, None) => (&self.inner.log, project.to_vec()),
+        let phases: Vec<u8> = match query.state {
+            Some(code) => vec![phase_of_code(code)],
+            None => vec![1, 5, 6],
         };
-        let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
-        let mut upper = key(&[&prefix, &tail(query.until_ms.unwrap_or(u64::MAX), 0)]);
-        if let Some(c) = query.before {
-            upper = upper.min(key(&[&prefix, &tail(c.created_ms, c.id)]));
-        }
-        let mut out = Vec::new();
-        if lower >= upper {
-            return Ok((out, None));
-        }
-        for kv in tree.range(lower..upper).rev() {
-            let (k, v) = kv?;
-            // With both filters the state index is scanned and the workflow checked here.
-            if query.state.is_some() && wf.is_some_and(|wf| v.as_ref() != wf) {
+        // An active state is told apart from the other active states by its record.
+        let exact = query.state.filter(|code| phase_of_code(*code) == 1);
+        let wanted = |r: &Request| exact.is_none_or(|code| state_code(r.state) == code);
+        // The newest `limit` matching requests of each phase, then the newest `limit` of all.
+        let mut found: Vec<(sled::IVec, Request)> = Vec::new();
+        for ph in phases {
+            let prefix = key(&[project, &[ph]]);
+            let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
+            let mut upper = key(&[&prefix, &tail(query.until_ms.unwrap_or(u64::MAX), 0)]);
+            if let Some(c) = query.before {
+                upper = upper.min(key(&[&prefix, &tail(c.created_ms, c.id)]));
+            }
+            if lower >= upper {
                 continue;
             }
-            let Some(record) = id_of(&k).map(|id| self.request(id)).transpose()?.flatten() else {
-                continue;
-            };
-            out.push(record);
-            if out.len() >= query.limit {
-                break;
+            let mut taken = 0;
+            for kv in self.inner.log_state.range(lower..upper).rev() {
+                let (k, v) = kv?;
+                if wf.is_some_and(|wf| v.as_ref() != wf) {
+                    continue;
+                }
+                let Some(record) = id_of(&k).map(|id| self.request(id)).transpose()?.flatten()
+                else {
+                    continue;
+                };
+                if !wanted(&record) {
+                    continue;
+                }
+                found.push((k, record));
+                taken += 1;
+                if taken >= query.limit {
+                    break;
+                }
             }
         }
-        let next = (out.len() >= query.limit)
-            .then(|| out.last().map(Cursor::of))
+        // Sort by `created_ms ‖ id`, the 16 bytes after the project and phase.
+        found.sort_by(|a, b| b.0[17..].cmp(&a.0[17..]));
+        found.truncate(query.limit);
+        let next = (found.len() >= query.limit)
+            .then(|| found.last().map(|(_, r)| Cursor::of(r)))
             .flatten();
-        Ok((out, next))
+        Ok((found.into_iter().map(|(_, r)| r).collect(), next))
     }
 
     /// Deletes terminal requests of `project` (record, channel, timeline, log entries)
@@ -206,7 +228,7 @@ impl Store {
         limit: usize,
     ) -> Result<usize> {
         let mut deleted = 0;
-        for code in [state_code(State::Completed), 6] {
+        for code in [phase(State::Completed), 6] {
             let prefix = key(&[project, &[code]]);
             let range = key(&[&prefix, &tail(0, 0)])..key(&[&prefix, &tail(cutoff_ms, 0)]);
             for kv in self.inner.log_state.range(range) {
@@ -242,21 +264,27 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Counts every request by state from the state index's keys (at open).
+    /// Counts every request by state (at open): finished ones by their index keys, active
+    /// ones (the requests in flight) by reading their records.
     pub(super) fn count_states(&self) -> Result<[i64; 7]> {
         let mut counts = [0i64; 7];
-        for k in self.inner.log_state.iter().keys() {
-            if let Some(&code) = k?.get(16) {
-                counts[(code as usize).min(6)] += 1;
+        for kv in self.inner.log_state.iter() {
+            let (k, _) = kv?;
+            match k.get(16) {
+                Some(&1) => {
+                    if let Some(r) = id_of(&k).map(|id| self.request(id)).transpose()?.flatten() {
+                        counts[state_code(r.state) as usize] += 1;
+                    }
+                }
+                Some(&code) => counts[(code as usize).min(6)] += 1,
+                None => {}
             }
         }
         Ok(counts)
     }
 
     pub(super) fn log_clear(&self) -> Result<()> {
-        self.inner.log.clear()?;
         self.inner.log_state.clear()?;
-        self.inner.log_workflow.clear()?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
 //! | `channels` | channel UUID (16 bytes) | id `u64` BE |
 //! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
-//! | `timeline` | id BE ‖ seq BE | `[v][at_ms, Step]` |
+//! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
 //! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (id `dlq_<hex dead_ms ‖ seq>`) |
 //! | `catalog` | kind byte ‖ … (see [`catalog`]) | `[v][Project/ApiKey/Workflow/…]` |
 //! | `meta` | name | value |
@@ -100,9 +100,7 @@ struct Inner {
     dlq: Tree,
     catalog: Tree,
     meta: Tree,
-    log: Tree,
     log_state: Tree,
-    log_workflow: Tree,
     committer: Committer,
     /// Requests per state code (1–6), kept with every insert, transition and sweep.
     state_counts: [AtomicI64; 7],
@@ -138,6 +136,13 @@ pub fn due_key(due_ms: u64, id: u64) -> [u8; 16] {
     k
 }
 
+/// The timeline's merge operator: appends the new frames to the old value.
+fn append(_key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Option<Vec<u8>> {
+    let mut value = old.map(<[u8]>::to_vec).unwrap_or_default();
+    value.extend_from_slice(new);
+    Some(value)
+}
+
 fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
     let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
     let id = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
@@ -168,13 +173,15 @@ impl Store {
             due: db.open_tree("due")?,
             channels: db.open_tree("channels")?,
             idempotency: db.open_tree("idempotency")?,
-            timeline: db.open_tree("timeline")?,
+            timeline: {
+                let tree = db.open_tree("timeline")?;
+                tree.set_merge_operator(append);
+                tree
+            },
             dlq: db.open_tree("dlq")?,
             catalog: db.open_tree("catalog")?,
             meta: db.open_tree("meta")?,
-            log: db.open_tree("log")?,
             log_state: db.open_tree("log_state")?,
-            log_workflow: db.open_tree("log_workflow")?,
             committer,
             state_counts: Default::default(),
             dlq_count: AtomicI64::new(0),
@@ -418,13 +425,23 @@ impl Store {
 
     /// Appends a step to a request's timeline. Durable with the next commit.
     pub fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
-        let seq = self.next_id()?;
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&id.to_be_bytes());
-        key[8..].copy_from_slice(&seq.to_be_bytes());
-        self.inner
-            .timeline
-            .insert(key, codec::encode(&(at_ms, step))?)?;
+        self.append_steps(id, std::slice::from_ref(&(at_ms, step.clone())))
+    }
+
+    /// Appends steps to a request's timeline in one write (one key per request, grown by
+    /// sled's merge operator, so timelines add no keys to split). Durable with the next
+    /// commit.
+    pub fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut framed = Vec::with_capacity(128 * steps.len());
+        for (at_ms, step) in steps {
+            let entry = codec::encode(&(*at_ms, step))?;
+            framed.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+            framed.extend_from_slice(&entry);
+        }
+        self.inner.timeline.merge(id.to_be_bytes(), framed)?;
         Ok(())
     }
 
@@ -432,9 +449,14 @@ impl Store {
     /// so it sorts before a callback that arrived while it was in flight).
     pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
         let mut out = Vec::new();
-        for kv in self.inner.timeline.scan_prefix(id.to_be_bytes()) {
-            let (_, v) = kv?;
-            out.push(codec::decode::<(u64, Step)>(&v)?);
+        if let Some(value) = self.inner.timeline.get(id.to_be_bytes())? {
+            let mut rest: &[u8] = &value;
+            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                let len = u32::from_le_bytes(*len) as usize;
+                let entry = tail.get(..len).ok_or(CodecError::Empty)?;
+                out.push(codec::decode::<(u64, Step)>(entry)?);
+                rest = &tail[len..];
+            }
         }
         out.sort_by_key(|(at_ms, _)| *at_ms);
         Ok(out)

@@ -1,0 +1,291 @@
+//! The end-to-end load bench: a real server in this process (its own runtime, threads named
+//! `eddy-srv`), real clients on loopback. Each of N producers loops: `POST /v1/ai/async`
+//! (event-driven, test-mode workflow), open a Phoenix socket with the ticket, join, and
+//! wait for `completed`. A webhook receiver verifies `mr-signature` and calls back with
+//! enriched data. Every accept is fsynced (group commit).
+//!
+//! `cargo bench --bench e2e [-- <seconds> <producers>]` prints one line:
+//! `e2e: <flows>/s, accept p50 <ms> p99 <ms>, accept-to-completed p50 <ms> p99 <ms>,
+//! cpu <ms> per 1000 flows, rss <MiB>` — cpu counts the server's threads only (tokio
+//! workers, sled's threads, the committer); rss is the whole process.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "mr_live_e2ebench0123456789abcdefghijklmnopqrstu";
+
+/// The binary's allocator, so the server here allocates as `eddy serve` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// (user, system) CPU seconds used so far by the server's threads.
+fn server_cpu_seconds() -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let (mut user, mut system) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        let server = name.starts_with("eddy-") || name.starts_with("sled") || name == "log flusher";
+        if !server {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime is the 12th, stime the 13th.
+        let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        user += utime / ticks;
+        system += stime / ticks;
+    }
+    (user, system)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// The seed's backend: verify, answer 200, enrich and call back.
+async fn receiver(secret: Arc<Mutex<String>>, http: reqwest::Client) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (secret, http) = (secret.clone(), http.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (secret, http) = (secret.clone(), http.clone());
+                    async move {
+                        let sig = req
+                            .headers()
+                            .get("mr-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let secret = secret.lock().unwrap().clone();
+                        assert!(
+                            eddy::signature::verify_mr(&secret, &body, &sig),
+                            "bad signature"
+                        );
+                        let payload: Value = serde_json::from_slice(&body).unwrap();
+                        tokio::spawn(async move {
+                            let mut data = payload["ai_response"]["data"].clone();
+                            data["slug"] = json!("prosound-x1-wireless-headphones");
+                            let url = payload["callback_url"].as_str().unwrap().to_string();
+                            let _ = http
+                                .post(url)
+                                .bearer_auth(KEY)
+                                .json(&json!({"data": data, "task_id": "product_prod_123"}))
+                                .send()
+                                .await;
+                        });
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"{\"ok\":true}",
+                        ))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// One flow: accept, socket, join, wait for `completed`. Returns (accept, accept-to-completed).
+async fn flow(http: &reqwest::Client, base: &str, body: &str) -> Option<(Duration, Duration)> {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{base}/v1/ai/async"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    let ticket: Value = response.json().await.ok()?;
+    let accepted = started.elapsed();
+    let url = format!(
+        "{}/websocket?token={}&vsn=2.0.0",
+        ticket["websocket_url"].as_str()?,
+        ticket["ws_token"].as_str()?
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+    let topic = ticket["websocket_channel"].as_str()?;
+    ws.send(Message::text(
+        json!(["1", "1", topic, "phx_join", {}]).to_string(),
+    ))
+    .await
+    .ok()?;
+    while let Some(Ok(frame)) = ws.next().await {
+        let Message::Text(text) = frame else { continue };
+        let frame: Value = serde_json::from_str(&text).ok()?;
+        if frame[3] == "response" && frame[4]["status"] == "completed" {
+            let done = started.elapsed();
+            let _ = ws.close(None).await;
+            return Some((accepted, done));
+        }
+    }
+    None
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let seconds = args.first().copied().unwrap_or(10);
+    let producers = args.get(1).copied().unwrap_or(64) as usize;
+    eddy::delivery::install_crypto();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("eddy-srv")
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = server_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let config = eddy::Config {
+            data: dir.path().to_path_buf(),
+            api_key: Some(KEY.into()),
+            allow_private_webhooks: true,
+            ..eddy::Config::default()
+        };
+        let server = eddy::Server::open(config).await.unwrap();
+        tokio::spawn(server.serve(listener, std::future::pending()));
+        base
+    });
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .unwrap();
+    client_rt.block_on(async move {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(producers * 2)
+            .build()
+            .unwrap();
+        let secret = Arc::new(Mutex::new(String::new()));
+        let hook = receiver(secret.clone(), http.clone()).await;
+        let call = |path: &str, body: Value| {
+            let http = http.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let r: Value = http
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                r
+            }
+        };
+        let output = call("/console/structured-outputs", json!({
+            "name": "product", "schema": {"type": "object"},
+            "sample_data": {"title": "ProSound X1 Wireless Headphones",
+                "description": "Experience crystal-clear audio...",
+                "features": ["Active noise cancellation", "40-hour battery"]}
+        }))
+        .await;
+        call("/console/workflow", json!({
+            "name": "content_generator", "event_name": "content_ready", "provider": "openai",
+            "model": "gpt-4o", "structured_output_id": output["id"], "mode": "testing"
+        }))
+        .await;
+        let endpoint = call("/console/webhooks", json!({"url": hook})).await;
+        *secret.lock().unwrap() = endpoint["secret"].as_str().unwrap().to_string();
+
+        let body = json!({
+            "workflow": "content_generator",
+            "messages": [{"role": "user", "content": "Generate a product description for wireless headphones"}],
+            "metadata": {"product_id": "prod_123", "category": "electronics"}
+        })
+        .to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let cpu_before = server_cpu_seconds();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..producers {
+            let (http, base, body, stop, samples) =
+                (http.clone(), base.clone(), body.clone(), stop.clone(), samples.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(s) = flow(&http, &base, &body).await {
+                        samples.lock().unwrap().push(s);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        let cpu_after = server_cpu_seconds();
+        let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+        let cpu = user + system;
+        for t in tasks {
+            let _ = t.await;
+        }
+        let samples = samples.lock().unwrap().clone();
+        let flows = samples.len();
+        let mut accept: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+        let mut done: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+        accept.sort();
+        done.sort();
+        println!(
+            "e2e: {:.0} flows/s, accept p50 {:.2} ms p99 {:.2} ms, accept-to-completed p50 {:.2} ms p99 {:.2} ms, cpu {:.0} ms per 1000 flows, rss {:.0} MiB ({producers} producers, {seconds}s; server cpu {:.0}% user)",
+            flows as f64 / elapsed.as_secs_f64(),
+            percentile(&accept, 0.5),
+            percentile(&accept, 0.99),
+            percentile(&done, 0.5),
+            percentile(&done, 0.99),
+            cpu * 1000.0 / (flows.max(1) as f64 / 1000.0),
+            rss_mib(),
+            100.0 * user / cpu.max(1e-9),
+        );
+    });
+    drop(server_rt);
+}

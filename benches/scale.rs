@@ -1,0 +1,253 @@
+//! Scale benches against the release binary as a child process (so its RSS and its
+//! restart are measured alone):
+//!
+//! - `cargo bench --bench scale -- restart [N]`: accept N requests (default 100,000) whose
+//!   webhooks fail and wait to be retried, `kill -9` the server, start it again on the same
+//!   store, and time how long until it listens and until it accepts a request again.
+//! - `cargo bench --bench scale -- timers [N]`: accept N requests (default 1,000,000)
+//!   whose webhooks were delivered and whose callbacks are awaited for an hour (each holds
+//!   a timer), then report the server's RSS.
+//!
+//! Both need `cargo build --release` first (the bench builds it).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const KEY: &str = "mr_live_scalebench0123456789abcdefghijklmnopqrst";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(data: &Path, extra: &[&str]) -> (Server, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/eddy"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(["--api-key", KEY, "--allow-private-webhooks"])
+        .args(extra)
+        .env("RUST_LOG", "eddy=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("build the release binary first: cargo build --release");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    (Server { child, base }, started.elapsed())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// A receiver that answers every webhook with `status` and never calls back.
+async fn receiver(status: u16) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let mut r =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+async fn setup(http: &reqwest::Client, base: &str, hook: &str) {
+    for (path, body) in [
+        (
+            "/console/workflow",
+            json!({"name": "w", "event_name": "done", "provider": "testing", "model": "m", "mode": "testing"}),
+        ),
+        ("/console/webhooks", json!({"url": hook})),
+    ] {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Accepts `n` requests, 64 at a time; returns how long it took.
+async fn fill(http: &reqwest::Client, base: &str, n: u64) -> Duration {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (http, base, next) = (http.clone(), base.to_string(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = http
+                    .post(format!("{base}/v1/ai/async"))
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/json")
+                    .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}],"metadata":{"n":1}}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn gauge(http: &reqwest::Client, base: &str, state: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = format!("eddy_requests{{state=\"{state}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn restart(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let hook = receiver(503).await;
+    let schedule = ["--webhook-retry-schedule", "0s,10m,1h"];
+    let (mut server, _) = start(dir.path(), &schedule);
+    setup(&http, &server.base, &hook).await;
+    let took = fill(&http, &server.base, n).await;
+    // Let the first attempts run, so the requests are waiting on retries.
+    while gauge(&http, &server.base, "generated").await < n as f64 * 0.99 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let size: u64 = walk(dir.path());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let (server, listening) = start(dir.path(), &schedule);
+    let started = Instant::now() - listening;
+    loop {
+        let r = http
+            .post(format!("{}/v1/ai/async", server.base))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let serving = started.elapsed();
+    let in_flight = gauge(&http, &server.base, "generated").await;
+    println!(
+        "restart: {n} accepted in {:.1}s, store {} MiB, {in_flight} in flight after kill -9; listening after {} ms, first accept after {} ms",
+        took.as_secs_f64(),
+        size >> 20,
+        listening.as_millis(),
+        serving.as_millis()
+    );
+    drop(server);
+}
+
+fn walk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => walk(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn timers(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let hook = receiver(200).await;
+    let (server, _) = start(dir.path(), &["--callback-timeout", "1h"]);
+    setup(&http, &server.base, &hook).await;
+    let base_rss = rss_mib(server.child.id());
+    let took = fill(&http, &server.base, n).await;
+    while gauge(&http, &server.base, "delivered").await < n as f64 * 0.999 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Give the scheduler a refill round to settle what it holds in memory.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let delivered = gauge(&http, &server.base, "delivered").await;
+    println!(
+        "timers: {delivered} requests waiting on callback timers (accepted in {:.0}s), server RSS {:.0} MiB (idle start {:.0} MiB), store {} MiB",
+        took.as_secs_f64(),
+        rss_mib(server.child.id()),
+        base_rss,
+        walk(dir.path()) >> 20
+    );
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mode = args.first().map(String::as_str).unwrap_or("restart");
+    let n = args.get(1).and_then(|v| v.parse().ok());
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    match mode {
+        "restart" => rt.block_on(restart(n.unwrap_or(100_000))),
+        "timers" => rt.block_on(timers(n.unwrap_or(1_000_000))),
+        other => panic!("unknown mode {other}: restart or timers"),
+    }
+    let _: Option<Value> = None;
+}
