@@ -236,14 +236,15 @@ impl Engine {
             visited.extend(r.settle(now, timeout));
             Ok::<_, crate::job::InvalidTransition>(visited)
         })?;
-        if let Update::Done(record, visited) = &update {
-            steps.extend(visited.iter().map(|s| self.transition(record, *s, now)));
-        }
+        let Update::Done(record, visited) = update else {
+            self.store.append_steps(record.id, &steps)?;
+            return Ok(());
+        };
+        steps.extend(visited.iter().map(|s| self.transition(&record, *s, now)));
+        // On the timeline before anyone can see the push.
         self.store.append_steps(record.id, &steps)?;
-        if let Update::Done(record, _) = update {
-            self.store.commit().await?;
-            self.push_and_note(&record, None)?;
-        }
+        self.store.commit().await?;
+        self.push_and_note(&record, None)?;
         Ok(())
     }
 

@@ -266,10 +266,10 @@ impl Engine {
             customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
 
         let now = now_ms();
-        let id = self.store.next_id()?;
+        let (id, channel_id) = self.store.new_request_id()?;
         let mut record = Request {
             id,
-            channel_id: *uuid::Uuid::new_v4().as_bytes(),
+            channel_id,
             project_id: project.id,
             workflow: self.snapshot(&workflow),
             messages: input.messages.to_string(),

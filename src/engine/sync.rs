@@ -29,9 +29,10 @@ pub struct SyncInput {
     pub messages: Value,
     pub metadata: Map<String, Value>,
     pub test_mode: bool,
-    /// The channel id the request is recorded under, chosen by the caller so it can name it
-    /// before the answer is known (a streamed response's headers).
-    pub channel_id: [u8; 16],
+    /// The request id and channel id it is recorded under, taken by the caller
+    /// ([`crate::store::Store::new_request_id`]) so it can name the request before the
+    /// answer is known (a streamed response's headers).
+    pub id: (u64, [u8; 16]),
 }
 
 /// A sync request's outcome: the stored record and the model's result.
@@ -82,8 +83,8 @@ impl Engine {
             .await;
         let now = now_ms();
         let mut record = Request {
-            id: self.store.next_id()?,
-            channel_id: input.channel_id,
+            id: input.id.0,
+            channel_id: input.id.1,
             project_id: project.id,
             workflow: snapshot,
             messages: input.messages.to_string(),

@@ -80,7 +80,7 @@ pub async fn ai(app: &App, request: Request<Incoming>) -> Result<Response, ApiEr
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        channel_id: *uuid::Uuid::new_v4().as_bytes(),
+        id: app.engine.store().new_request_id().map_err(Error::from)?,
     };
     let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;
     let customer_data: Value = serde_json::from_str(&record.customer_data).unwrap_or_default();
@@ -252,7 +252,7 @@ pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<R
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        channel_id: *uuid::Uuid::new_v4().as_bytes(),
+        id: app.engine.store().new_request_id().map_err(Error::from)?,
     };
     if body.stream != Some(true) {
         let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;
@@ -262,11 +262,11 @@ pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<R
     }
 
     let chunks = Chunks {
-        id: completion_id(&input.channel_id),
+        id: completion_id(&input.id.1),
         created: crate::clock::now_ms() / 1000,
         model: body.model,
     };
-    let channel_id = input.channel_id;
+    let channel_id = input.id.1;
     let (tx, mut rx) = mpsc::channel::<String>(64);
     let engine = app.engine.clone();
     let task: JoinHandle<crate::Result<SyncAnswer>> = tokio::spawn(async move {

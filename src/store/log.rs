@@ -247,7 +247,6 @@ impl Store {
                         for entry in self.inner.timeline.scan_prefix(id.to_be_bytes()).keys() {
                             self.inner.timeline.remove(entry?)?;
                         }
-                        self.inner.channels.remove(r.channel_id)?;
                         self.inner.requests.remove(request_key(id))?;
                         self.log_remove(&r)?;
                         self.count_state(r.state, -1);

@@ -4,7 +4,6 @@
 //! |---|---|---|
 //! | `requests` | id `u64` BE | `[v][Request]`: the truth |
 //! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
-//! | `channels` | channel UUID (16 bytes) | id `u64` BE |
 //! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
 //! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
 //! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (id `dlq_<hex dead_ms ‖ seq>`) |
@@ -14,7 +13,7 @@
 //! Invariants:
 //! - Only this module touches sled; every state change of a request goes through
 //!   [`Store::update`].
-//! - `requests` is the truth; `due` and `channels` are derived and [`Store::rebuild_indexes`]
+//! - `requests` is the truth; `due` and the request log are derived and [`Store::rebuild_indexes`]
 //!   recomputes them. The due key of a record is inserted *before* the record is swapped
 //!   in, so a durable record always has its due key; an old key is removed after.
 //! - No multi-tree transaction: each record moves by `compare_and_swap`, and writers of the
@@ -94,7 +93,8 @@ struct Inner {
     db: sled::Db,
     requests: Tree,
     due: Tree,
-    channels: Tree,
+    /// XORed into the request id hidden in each channel id (see [`Store::new_request_id`]).
+    channel_mask: u64,
     idempotency: Tree,
     timeline: Tree,
     dlq: Tree,
@@ -168,10 +168,20 @@ impl Store {
             .write(true)
             .open(dir.join("db"))?;
         let committer = Committer::start(db.clone(), file)?;
+        let meta = db.open_tree("meta")?;
+        let fresh: [u8; 8] = rand::random();
+        let mask =
+            match meta.compare_and_swap("channel_mask", None as Option<&[u8]>, Some(&fresh[..]))? {
+                Ok(()) => fresh.to_vec(),
+                Err(current) => current
+                    .current
+                    .map(|v| v.to_vec())
+                    .unwrap_or(fresh.to_vec()),
+            };
         let inner = Inner {
             requests: db.open_tree("requests")?,
             due: db.open_tree("due")?,
-            channels: db.open_tree("channels")?,
+            channel_mask: be_u64(&mask).unwrap_or(0),
             idempotency: db.open_tree("idempotency")?,
             timeline: {
                 let tree = db.open_tree("timeline")?;
@@ -180,7 +190,7 @@ impl Store {
             },
             dlq: db.open_tree("dlq")?,
             catalog: db.open_tree("catalog")?,
-            meta: db.open_tree("meta")?,
+            meta,
             log_state: db.open_tree("log_state")?,
             committer,
             state_counts: Default::default(),
@@ -279,9 +289,6 @@ impl Store {
             self.inner.due.insert(due_key(due, record.id), &[])?;
         }
         self.inner
-            .channels
-            .insert(record.channel_id, &request_key(record.id))?;
-        self.inner
             .requests
             .insert(request_key(record.id), codec::encode(record)?)?;
         self.log_insert(record)?;
@@ -296,14 +303,27 @@ impl Store {
         }
     }
 
+    /// A new request id and its public channel id: a UUID v4 that carries the id (XORed
+    /// with a per-store mask) in 64 of its bits and 58 random bits in the rest, so a channel
+    /// id leads to its record without an index, and cannot be guessed from another.
+    pub fn new_request_id(&self) -> Result<(u64, [u8; 16])> {
+        let id = self.next_id()?;
+        let mut channel = *uuid::Uuid::new_v4().as_bytes();
+        let hidden = (id ^ self.inner.channel_mask).to_be_bytes();
+        channel[..6].copy_from_slice(&hidden[..6]);
+        channel[7] = hidden[6];
+        channel[9] = hidden[7];
+        Ok((id, channel))
+    }
+
+    /// The request whose channel id is `channel`, if any.
     pub fn request_by_channel(&self, channel: &[u8; 16]) -> Result<Option<Request>> {
-        match self.inner.channels.get(channel)? {
-            Some(id) => match be_u64(&id) {
-                Some(id) => self.request(id),
-                None => Ok(None),
-            },
-            None => Ok(None),
-        }
+        let mut hidden = [0u8; 8];
+        hidden[..6].copy_from_slice(&channel[..6]);
+        hidden[6] = channel[7];
+        hidden[7] = channel[9];
+        let id = u64::from_be_bytes(hidden) ^ self.inner.channel_mask;
+        Ok(self.request(id)?.filter(|r| &r.channel_id == channel))
     }
 
     /// Applies `change` to the record and swaps it in: read → change → CAS → move the due
@@ -475,7 +495,7 @@ impl Store {
         }
     }
 
-    /// Recomputes the `due` and `channels` indexes from the records. Returns the number of
+    /// Recomputes the `due` index and the request log from the records. Returns the number of
     /// records scanned. Used on a store whose indexes are missing or suspect.
     pub fn rebuild_indexes(&self) -> Result<usize> {
         self.inner.due.clear()?;
@@ -494,7 +514,6 @@ impl Store {
             if let Some(due) = due {
                 self.inner.due.insert(due_key(due, id), &[])?;
             }
-            self.inner.channels.insert(record.channel_id, &k)?;
             self.log_insert(&record)?;
             scanned += 1;
         }
