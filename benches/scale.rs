@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 const KEY: &str = "mr_live_scalebench0123456789abcdefghijklmnopqrst";
 
@@ -243,11 +243,11 @@ fn main() {
         .status()
         .unwrap();
     assert!(status.success());
+    eddy::delivery::install_crypto();
     let rt = tokio::runtime::Runtime::new().unwrap();
     match mode {
         "restart" => rt.block_on(restart(n.unwrap_or(100_000))),
         "timers" => rt.block_on(timers(n.unwrap_or(1_000_000))),
         other => panic!("unknown mode {other}: restart or timers"),
     }
-    let _: Option<Value> = None;
 }
