@@ -11,6 +11,8 @@
 //! may move it, and persists the answer. Keeping the rules in one table makes them testable
 //! pair by pair and keeps "what may happen" apart from "how it is made durable".
 
+#[cfg(test)]
+mod props;
 mod record;
 mod rules;
 
@@ -159,7 +161,7 @@ impl Failure {
 mod tests {
     use super::*;
 
-    const STATES: [State; 9] = [
+    pub(super) const STATES: [State; 9] = [
         State::Pending,
         State::Generated,
         State::Delivered,
@@ -171,7 +173,7 @@ mod tests {
         State::Failed(Failure::CallbackTimeout),
     ];
 
-    const EVENTS: [Event; 10] = [
+    pub(super) const EVENTS: [Event; 10] = [
         Event::AiSucceeded,
         Event::AiFailed,
         Event::WebhookDelivered {
@@ -189,7 +191,7 @@ mod tests {
     ];
 
     /// The allowed transitions, written out once by hand; every pair not listed must fail.
-    fn allowed(state: State, event: Event) -> Option<State> {
+    pub(super) fn allowed(state: State, event: Event) -> Option<State> {
         use Event as E;
         use Failure as F;
         use State as S;

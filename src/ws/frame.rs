@@ -119,6 +119,17 @@ mod tests {
         );
     }
 
+    /// Number refs come back as the doubles a client sent: parsing rounds correctly (serde_json's
+    /// `float_roundtrip`), so a 17-digit float is not echoed one unit in the last place off.
+    #[test]
+    fn float_refs_echo_the_same_double() {
+        let f = parse(r#"[1.0715660391465826e-75,-1.81996730402717e-179,"t","e",{}]"#).unwrap();
+        assert_eq!(
+            reply(&f, "ok", &json!({})),
+            r#"[1.0715660391465826e-75,-1.81996730402717e-179,"t","phx_reply",{"status":"ok","response":{}}]"#
+        );
+    }
+
     /// Anything that is not a v2 frame is an error, never a panic.
     #[test]
     fn malformed_frames() {
