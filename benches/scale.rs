@@ -8,7 +8,11 @@
 //!   whose webhooks were delivered and whose callbacks are awaited for an hour (each holds
 //!   a timer), then report the server's RSS.
 //!
-//! Both need `cargo build --release` first (the bench builds it).
+//! - `cargo bench --bench scale -- latency R`: send R accepts a second, open loop (each
+//!   request leaves on schedule whether or not earlier ones have answered), for 10 s, to a
+//!   test-mode workflow, and report the accept latency percentiles.
+//!
+//! All of them build the release binary first.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -204,7 +208,12 @@ async fn timers(n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let hook = receiver(200).await;
-    let (server, _) = start(dir.path(), &["--callback-timeout", "1h"]);
+    let extra: Vec<String> = std::env::var("EDDY_BENCH_ARGS")
+        .map(|a| a.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut args = vec!["--callback-timeout", "1h"];
+    args.extend(extra.iter().map(String::as_str));
+    let (server, _) = start(dir.path(), &args);
     setup(&http, &server.base, &hook).await;
     let base_rss = rss_mib(server.child.id());
     let took = fill(&http, &server.base, n).await;
@@ -221,6 +230,77 @@ async fn timers(n: u64) {
         base_rss,
         walk(dir.path()) >> 20
     );
+}
+
+async fn latency(rate: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let (server, _) = start(dir.path(), &[]);
+    http.post(format!("{}/console/workflow", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "w", "provider": "testing", "model": "m", "mode": "testing"}))
+        .send()
+        .await
+        .unwrap();
+    // Warm the connection pool.
+    fill_standard(&http, &server.base, 2000).await;
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let every = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let (http, base, samples) = (http.clone(), server.base.clone(), samples.clone());
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let r = http
+                .post(format!("{base}/v1/ai/async"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                samples.lock().unwrap().push(started.elapsed());
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut samples = samples.lock().unwrap().clone();
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "latency: {rate} accepts/s offered, {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+async fn fill_standard(http: &reqwest::Client, base: &str, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (http, base) = (http.clone(), base.to_string());
+        tasks.spawn(async move {
+            let _ = http
+                .post(format!("{base}/v1/ai/async"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#)
+                .send()
+                .await;
+        });
+        if tasks.len() >= 64 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 impl Drop for Server {
@@ -248,6 +328,7 @@ fn main() {
     match mode {
         "restart" => rt.block_on(restart(n.unwrap_or(100_000))),
         "timers" => rt.block_on(timers(n.unwrap_or(1_000_000))),
-        other => panic!("unknown mode {other}: restart or timers"),
+        "latency" => rt.block_on(latency(n.unwrap_or(4000))),
+        other => panic!("unknown mode {other}: restart, timers or latency"),
     }
 }

@@ -135,6 +135,16 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// One table row per element of a listing's `data`.
+fn rows(listing: &Value, cells: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    listing["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(cells)
+        .collect()
+}
+
 /// A query string of the given pairs that have values.
 fn query(pairs: &[(&str, Option<String>)]) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
@@ -233,21 +243,16 @@ pub async fn dlq(remote: Remote, command: DlqCommand) -> ExitCode {
                 );
                 let v = remote.call(Method::GET, &path, None).await?;
                 remote.print(&v, |v| {
-                    let rows: Vec<Vec<String>> = v["data"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|d| {
-                            vec![
-                                text(&d["id"]),
-                                text(&d["dead_at"]),
-                                text(&d["endpoint_id"]),
-                                d["attempts"].as_array().map_or(0, Vec::len).to_string(),
-                                text(&d["channel_id"]),
-                                text(&d["reason"]),
-                            ]
-                        })
-                        .collect();
+                    let rows = rows(v, |d| {
+                        vec![
+                            text(&d["id"]),
+                            text(&d["dead_at"]),
+                            text(&d["endpoint_id"]),
+                            d["attempts"].as_array().map_or(0, Vec::len).to_string(),
+                            text(&d["channel_id"]),
+                            text(&d["reason"]),
+                        ]
+                    });
                     table::render(
                         &["ID", "DEAD AT", "ENDPOINT", "ATTEMPTS", "CHANNEL", "REASON"],
                         &rows,
@@ -369,20 +374,15 @@ pub async fn requests(remote: Remote, command: RequestsCommand) -> ExitCode {
                 );
                 let v = remote.call(Method::GET, &path, None).await?;
                 remote.print(&v, |v| {
-                    let rows: Vec<Vec<String>> = v["data"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|r| {
-                            vec![
-                                text(&r["channel_id"]),
-                                text(&r["workflow"]),
-                                text(&r["status"]),
-                                text(&r["failure"]),
-                                text(&r["created_at"]),
-                            ]
-                        })
-                        .collect();
+                    let rows = rows(v, |r| {
+                        vec![
+                            text(&r["channel_id"]),
+                            text(&r["workflow"]),
+                            text(&r["status"]),
+                            text(&r["failure"]),
+                            text(&r["created_at"]),
+                        ]
+                    });
                     table::render(
                         &["CHANNEL", "WORKFLOW", "STATUS", "FAILURE", "CREATED"],
                         &rows,

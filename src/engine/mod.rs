@@ -266,28 +266,18 @@ impl Engine {
             customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
 
         let now = now_ms();
-        let (id, channel_id) = self.store.new_request_id()?;
-        let mut record = Request {
-            id,
-            channel_id,
-            project_id: project.id,
-            workflow: self.snapshot(&workflow),
-            messages: input.messages.to_string(),
-            customer_data: serde_json::Value::Object(customer_data).to_string(),
-            webhook_url: input.webhook_url,
-            test_mode: input.test_mode,
-            state: State::Pending,
-            created_ms: now,
-            updated_ms: now,
-            due_ms: None,
-            ai: None,
-            error_message: None,
-            failed_ms: None,
-            deliveries: Vec::new(),
-            callback: None,
-            callback_deadline_ms: None,
-            ai_attempts: Vec::new(),
-        };
+        let ids = self.store.new_request_id()?;
+        let id = ids.0;
+        let mut record = Request::pending(
+            ids,
+            project.id,
+            self.snapshot(&workflow),
+            input.messages.to_string(),
+            serde_json::Value::Object(customer_data).to_string(),
+            input.webhook_url,
+            input.test_mode,
+            now,
+        );
         match idempotency_key {
             Some(key) => {
                 let hash = secret::hash_key(key);

@@ -19,7 +19,7 @@ use crate::ai::{AiError, AiOutput, Deltas};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::{Request, State};
+use crate::job::Request;
 
 /// A validated sync request.
 #[derive(Debug, Clone)]
@@ -82,27 +82,18 @@ impl Engine {
             )
             .await;
         let now = now_ms();
-        let mut record = Request {
-            id: input.id.0,
-            channel_id: input.id.1,
-            project_id: project.id,
-            workflow: snapshot,
-            messages: input.messages.to_string(),
-            customer_data: Value::Object(customer_data).to_string(),
-            webhook_url: None,
-            test_mode: input.test_mode,
-            state: State::Pending,
-            created_ms: received,
-            updated_ms: now,
-            due_ms: None,
-            ai: None,
-            error_message: None,
-            failed_ms: None,
-            deliveries: Vec::new(),
-            callback: None,
-            callback_deadline_ms: None,
-            ai_attempts: attempt_logs(&reports),
-        };
+        let mut record = Request::pending(
+            input.id,
+            project.id,
+            snapshot,
+            input.messages.to_string(),
+            Value::Object(customer_data).to_string(),
+            None,
+            input.test_mode,
+            received,
+        );
+        record.updated_ms = now;
+        record.ai_attempts = attempt_logs(&reports);
         let moved = match &result {
             Ok(out) => record
                 .record_ai_success(ai_result(out, &reports, now), Vec::new(), now)

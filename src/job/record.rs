@@ -193,6 +193,42 @@ pub enum Step {
 }
 
 impl Request {
+    /// A new `pending` request, accepted at `now_ms`. `messages` and `customer_data` are
+    /// JSON text.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pending(
+        (id, channel_id): (u64, [u8; 16]),
+        project_id: [u8; 16],
+        workflow: WorkflowSnapshot,
+        messages: String,
+        customer_data: String,
+        webhook_url: Option<String>,
+        test_mode: bool,
+        now_ms: u64,
+    ) -> Request {
+        Request {
+            id,
+            channel_id,
+            project_id,
+            workflow,
+            messages,
+            customer_data,
+            webhook_url,
+            test_mode,
+            state: State::Pending,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            due_ms: None,
+            ai: None,
+            error_message: None,
+            failed_ms: None,
+            deliveries: Vec::new(),
+            callback: None,
+            callback_deadline_ms: None,
+            ai_attempts: Vec::new(),
+        }
+    }
+
     /// When the engine must next look at this request, derived from its state alone: the
     /// due index is this function applied to every record, so it can always be rebuilt.
     pub fn next_due(&self) -> Option<u64> {

@@ -7,8 +7,9 @@
 //! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
 //! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
 //! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (id `dlq_<hex dead_ms ‖ seq>`) |
+//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash (see `log`) |
 //! | `catalog` | kind byte ‖ … (see [`catalog`]) | `[v][Project/ApiKey/Workflow/…]` |
-//! | `meta` | name | value |
+//! | `meta` | name | value (`ws_token_key`, `channel_mask`, …) |
 //!
 //! Invariants:
 //! - Only this module touches sled; every state change of a request goes through
