@@ -101,6 +101,8 @@ fn main() {
             duration_ms: 812,
             prompt_tokens: 0,
             completion_tokens: 0,
+            request_body: Some(r#"{"model":"gpt-4o","messages":[]}"#.into()),
+            response_body: Some(r#"{"error":{"message":"overloaded"}}"#.into()),
         },
         Step::WebhookAttempt {
             webhook_id: "msg_a".into(),

@@ -170,15 +170,17 @@ impl Provider for Anthropic {
     ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
+            let sent = body(request);
+            request.exchange.sent(&sent);
             let mut post = self
                 .http
                 .post(self.url())
                 .header("anthropic-version", VERSION)
-                .json(&body(request));
+                .json(&sent);
             if let Some(key) = &self.api_key {
                 post = post.header("x-api-key", key);
             }
-            let answer = call::send_json(post, request.timeout).await?;
+            let answer = call::send_json(post, request.timeout, request.exchange).await?;
             self.output(request, answer)
         })
     }
@@ -211,6 +213,7 @@ mod tests {
             sample_data: None,
             response_delay: Duration::ZERO,
             timeout: Duration::from_secs(1),
+            exchange: &crate::ai::Exchange::default(),
         };
         let b = body(&request);
         assert_eq!(b["system"], "be brief\n\nin French");

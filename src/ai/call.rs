@@ -26,10 +26,12 @@ pub fn check_target(url: &str, guarded: bool) -> Result<(), AiError> {
     egress::check_literal(&parsed).map_err(|b| AiError::fatal(b.to_string()))
 }
 
-/// Sends `request` and reads its JSON answer; an error status becomes an [`AiError`].
+/// Sends `request` and reads its JSON answer, noting the body in `exchange`; an error
+/// status becomes an [`AiError`].
 pub async fn send_json(
     request: reqwest::RequestBuilder,
     timeout: Duration,
+    exchange: &super::Exchange,
 ) -> Result<Value, AiError> {
     let mut response = request
         .timeout(timeout)
@@ -47,6 +49,7 @@ pub async fn send_json(
             )));
         }
     }
+    exchange.received(&body);
     if !(200..300).contains(&status) {
         return Err(status_error(status, &body, retry_after));
     }

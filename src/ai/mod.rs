@@ -45,6 +45,58 @@ pub struct AiRequest<'a> {
     pub response_delay: Duration,
     /// How long the provider may take to answer (to send the next chunk, when streaming).
     pub timeout: Duration,
+    /// Where the adapter notes what it sent and received, for the timeline.
+    pub exchange: &'a Exchange,
+}
+
+/// The bodies of one attempt as the timeline shows them: what was sent to the provider and
+/// what came back, each cut at [`Exchange::LIMIT`]. Keys travel in headers and are never
+/// part of either.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    sent: std::sync::Mutex<Option<String>>,
+    received: std::sync::Mutex<Option<String>>,
+}
+
+impl Exchange {
+    /// Most of a body kept for the timeline.
+    pub const LIMIT: usize = 20 * 1024;
+
+    fn cut(mut text: String) -> String {
+        if text.len() > Exchange::LIMIT {
+            let mut end = Exchange::LIMIT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str(" … [cut]");
+        }
+        text
+    }
+
+    /// Notes the request body.
+    pub fn sent(&self, body: &serde_json::Value) {
+        *self.sent.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Exchange::cut(body.to_string()));
+    }
+
+    /// Notes the response body.
+    pub fn received(&self, body: &[u8]) {
+        let text =
+            String::from_utf8_lossy(&body[..body.len().min(Exchange::LIMIT + 4)]).into_owned();
+        *self.received.lock().unwrap_or_else(|p| p.into_inner()) = Some(Exchange::cut(text));
+    }
+
+    /// What was noted, leaving the exchange empty for the next attempt.
+    pub fn take(&self) -> (Option<String>, Option<String>) {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let received = self
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        (sent, received)
+    }
 }
 
 /// A provider's answer, in one shape for every provider.
@@ -165,6 +217,10 @@ pub struct AttemptReport {
     pub duration_ms: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The request body sent, if one was (see [`Exchange`]).
+    pub request_body: Option<String>,
+    /// The response body received, if one was.
+    pub response_body: Option<String>,
 }
 
 /// A provider name eddy knows without a `base_url`: its wire format and API root.

@@ -119,7 +119,10 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
-            let answer = call::send_json(self.post(&body(request, false)), request.timeout).await?;
+            let sent = body(request, false);
+            request.exchange.sent(&sent);
+            let answer =
+                call::send_json(self.post(&sent), request.timeout, request.exchange).await?;
             self.output(request, answer)
         })
     }
@@ -132,7 +135,9 @@ impl Provider for OpenAi {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
             let timeout = request.timeout;
-            let sent = tokio::time::timeout(timeout, self.post(&body(request, true)).send()).await;
+            let streamed = body(request, true);
+            request.exchange.sent(&streamed);
+            let sent = tokio::time::timeout(timeout, self.post(&streamed).send()).await;
             let mut response = match sent {
                 Err(_) => {
                     return Err(AiError::transient(format!(
@@ -151,6 +156,7 @@ impl Provider for OpenAi {
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
+                request.exchange.received(&body);
                 return Err(call::status_error(status, &body, retry_after));
             }
             let mut events = EventStream::default();
@@ -194,6 +200,7 @@ impl Provider for OpenAi {
                     }
                 }
             }
+            request.exchange.received(content.as_bytes());
             Ok(AiOutput {
                 data: data_of(request, &content)?,
                 provider: self.label.clone(),
@@ -226,6 +233,7 @@ mod tests {
             sample_data: None,
             response_delay: Duration::ZERO,
             timeout: Duration::from_secs(1),
+            exchange: &crate::ai::Exchange::default(),
         };
         let b = body(&request, true);
         assert_eq!(b["model"], "gpt-4o");

@@ -17,7 +17,7 @@ use super::anthropic::Anthropic;
 use super::openai::OpenAi;
 use super::schema::Checker;
 use super::testing::{self, Testing};
-use super::{AiError, AiOutput, AiRequest, AttemptReport, Deltas, Provider};
+use super::{AiError, AiOutput, AiRequest, AttemptReport, Deltas, Exchange, Provider};
 use crate::catalog::{ProviderCredential, ProviderKind};
 use crate::clock::now_ms;
 use crate::egress;
@@ -173,6 +173,7 @@ impl Models {
         deltas: Option<&Deltas>,
     ) -> (Result<AiOutput, AiError>, Vec<AttemptReport>) {
         let mut reports = Vec::new();
+        let exchange = Exchange::default();
         let schema: Option<Compiled> = match workflow.schema.as_deref().map(|t| self.schemas.get(t))
         {
             None => None,
@@ -218,6 +219,7 @@ impl Models {
                                 now_ms(),
                                 0,
                                 &Err(AiError::fatal(&e)),
+                                &exchange,
                             ));
                             failures.push(format!("{name}/{model}: {e}"));
                             continue;
@@ -233,6 +235,7 @@ impl Models {
                 sample_data: workflow.sample_data.as_deref(),
                 response_delay: std::time::Duration::from_millis(workflow.response_delay_ms),
                 timeout,
+                exchange: &exchange,
             };
             let shown_model = if is_testing {
                 testing::MODEL_LABEL
@@ -251,7 +254,14 @@ impl Models {
                     (_, result) => result,
                 };
                 let duration_ms = started.elapsed().as_millis() as u64;
-                reports.push(report(label, shown_model, started_ms, duration_ms, &result));
+                reports.push(report(
+                    label,
+                    shown_model,
+                    started_ms,
+                    duration_ms,
+                    &result,
+                    &exchange,
+                ));
                 let e = match result {
                     Ok(out) => {
                         if let Some(d) = deltas
@@ -320,7 +330,9 @@ fn report(
     started_ms: u64,
     duration_ms: u64,
     result: &Result<AiOutput, AiError>,
+    exchange: &Exchange,
 ) -> AttemptReport {
+    let (request_body, response_body) = exchange.take();
     let (error, http_status, (prompt_tokens, completion_tokens)) = match result {
         Ok(out) => (None, None, (out.prompt_tokens, out.completion_tokens)),
         Err(e) => (Some(e.message.clone()), e.status, e.usage),
@@ -340,6 +352,8 @@ fn report(
         duration_ms,
         prompt_tokens,
         completion_tokens,
+        request_body,
+        response_body,
     }
 }
 

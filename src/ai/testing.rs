@@ -38,6 +38,10 @@ impl Provider for Testing {
                     (serde_json::json!({ "content": echo }), echo)
                 }
             };
+            request
+                .exchange
+                .sent(&serde_json::json!({ "model": MODEL_LABEL, "messages": request.messages }));
+            request.exchange.received(data.to_string().as_bytes());
             Ok(AiOutput {
                 data,
                 content,
@@ -56,7 +60,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn request<'a>(messages: &'a serde_json::Value, sample: Option<&'a str>) -> AiRequest<'a> {
+    fn request<'a>(
+        messages: &'a serde_json::Value,
+        sample: Option<&'a str>,
+        exchange: &'a crate::ai::Exchange,
+    ) -> AiRequest<'a> {
         AiRequest {
             model: "m",
             messages,
@@ -65,6 +73,7 @@ mod tests {
             sample_data: sample,
             response_delay: Duration::ZERO,
             timeout: Duration::from_secs(1),
+            exchange,
         }
     }
 
@@ -76,7 +85,10 @@ mod tests {
             {"role": "assistant", "content": "x"},
             {"role": "user", "content": [{"type": "text", "text": "second"}]}
         ]);
-        let out = Testing.generate(&request(&messages, None)).await.unwrap();
+        let out = Testing
+            .generate(&request(&messages, None, &Default::default()))
+            .await
+            .unwrap();
         assert_eq!(out.data, serde_json::json!({"content": "second"}));
         assert_eq!(out.content, "second");
         assert_eq!(
@@ -84,7 +96,11 @@ mod tests {
             ("Testing", "test-mode")
         );
         let out = Testing
-            .generate(&request(&messages, Some(r#"{"title":"T"}"#)))
+            .generate(&request(
+                &messages,
+                Some(r#"{"title":"T"}"#),
+                &Default::default(),
+            ))
             .await
             .unwrap();
         assert_eq!(out.data, serde_json::json!({"title": "T"}));

@@ -54,6 +54,8 @@ impl Engine {
                     duration_ms: r.duration_ms,
                     prompt_tokens: r.prompt_tokens,
                     completion_tokens: r.completion_tokens,
+                    request_body: r.request_body.clone(),
+                    response_body: r.response_body.clone(),
                 };
                 (r.started_ms, step)
             })

@@ -13,6 +13,11 @@ pub fn raw_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
+/// A recorded body: as JSON when it is JSON, else as text.
+fn body_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
 fn at(ms: u64) -> Value {
     Value::String(rfc3339_ms(ms))
 }
@@ -92,6 +97,8 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
             duration_ms,
             prompt_tokens,
             completion_tokens,
+            request_body,
+            response_body,
         } => json!({
             "type": "ai_attempt",
             "provider": provider,
@@ -105,6 +112,8 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
+            "request_body": request_body.as_deref().map(body_json),
+            "response_body": response_body.as_deref().map(body_json),
         }),
         Step::WebhookAttempt {
             webhook_id,

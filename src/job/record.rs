@@ -153,6 +153,10 @@ pub enum Step {
         duration_ms: u64,
         prompt_tokens: u64,
         completion_tokens: u64,
+        /// What was sent to the provider (no key: keys go in headers), cut at 20 kB.
+        request_body: Option<String>,
+        /// What the provider answered, cut at 20 kB.
+        response_body: Option<String>,
     },
     WebhookAttempt {
         webhook_id: String,

@@ -51,7 +51,8 @@ async fn wrapped(server: &TestServer, workflow: &str, messages: Value) -> Value 
 }
 
 /// OpenAI: `Authorization: Bearer`, the system prompt first, the model and messages as
-/// given; the answer and its usage come back in `data` and `meta`.
+/// given; the answer and its usage come back in `data` and `meta`; the timeline keeps the
+/// attempt's request and response bodies, never the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_wire_format_and_usage() {
     let server = provider_server().await;
@@ -93,6 +94,22 @@ async fn openai_wire_format_and_usage() {
                {"role": "user", "content": "Hello"}])
     );
     assert!(seen[0].body.get("response_format").is_none());
+
+    // The timeline shows both bodies of the attempt, and the key nowhere.
+    let (_, log) = server.get("/console/requests").await;
+    let channel = log["data"][0]["channel_id"].as_str().unwrap();
+    let view = server.request(channel).await;
+    let attempt = &ai_steps(&view)[0];
+    assert_eq!(attempt["request_body"]["model"], "gpt-4o-mini");
+    assert_eq!(
+        attempt["request_body"]["messages"],
+        seen[0].body["messages"]
+    );
+    assert_eq!(
+        attempt["response_body"]["choices"][0]["message"]["content"],
+        "Bonjour"
+    );
+    assert!(!view.to_string().contains("sk-openai-0123456789abcdefghij"));
 }
 
 /// Anthropic: `x-api-key` and `anthropic-version`, `system` as a top-level field (the
