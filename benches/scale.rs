@@ -8,9 +8,10 @@
 //!   whose webhooks were delivered and whose callbacks are awaited for an hour (each holds
 //!   a timer), then report the server's RSS.
 //!
-//! - `cargo bench --bench scale -- latency R`: send R accepts a second, open loop (each
-//!   request leaves on schedule whether or not earlier ones have answered), for 10 s, to a
-//!   test-mode workflow, and report the accept latency percentiles.
+//! - `cargo bench --bench scale -- latency R`: offer R accepts a second, open loop (each
+//!   request is due on schedule and timed from then), for 10 s, to a test-mode workflow
+//!   over 64 raw keep-alive connections, and report the accept latency percentiles beside
+//!   those of `/healthz` under the same generator (the floor the client and kernel set).
 //!
 //! All of them build the release binary first.
 
@@ -234,10 +235,7 @@ async fn timers(n: u64) {
 
 async fn latency(rate: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    let http = reqwest::Client::new();
     let (server, _) = start(dir.path(), &[]);
     http.post(format!("{}/console/workflow", server.base))
         .bearer_auth(KEY)
@@ -245,62 +243,130 @@ async fn latency(rate: u64) {
         .send()
         .await
         .unwrap();
-    // Warm the connection pool.
-    fill_standard(&http, &server.base, 2000).await;
-    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let every = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < deadline {
-        tick.tick().await;
-        let (http, base, samples) = (http.clone(), server.base.clone(), samples.clone());
-        tasks.spawn(async move {
-            let started = Instant::now();
-            let r = http
-                .post(format!("{base}/v1/ai/async"))
-                .bearer_auth(KEY)
-                .header("content-type", "application/json")
-                .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#)
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status().is_success()) {
-                samples.lock().unwrap().push(started.elapsed());
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let mut samples = samples.lock().unwrap().clone();
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    let addr: std::net::SocketAddr = server
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#;
+    let accept = format!(
+        "POST /v1/ai/async HTTP/1.1\r\nhost: eddy\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let healthz = "GET /healthz HTTP/1.1\r\nhost: eddy\r\n\r\n".to_string();
+    let secs = 10;
+    // Warm up, then the floor: the same generator against /healthz.
+    open_loop(addr, &accept, rate, 2).await;
+    let floor = open_loop(addr, &healthz, rate, secs).await;
+    let accepts = open_loop(addr, &accept, rate, secs).await;
     println!(
-        "latency: {rate} accepts/s offered, {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "latency: {rate}/s offered for {secs}s, open loop over 64 connections; \
+         /v1/ai/async {}; /healthz {}",
+        summary(&accepts),
+        summary(&floor)
+    );
+}
+
+fn summary(samples: &[Duration]) -> String {
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    format!(
+        "{} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         samples.len(),
         at(0.5),
         at(0.99),
         at(1.0)
-    );
+    )
 }
 
-async fn fill_standard(http: &reqwest::Client, base: &str, n: usize) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let (http, base) = (http.clone(), base.to_string());
-        tasks.spawn(async move {
-            let _ = http
-                .post(format!("{base}/v1/ai/async"))
-                .bearer_auth(KEY)
-                .header("content-type", "application/json")
-                .body(r#"{"workflow":"w","messages":[{"role":"user","content":"hello"}]}"#)
-                .send()
-                .await;
+/// Offers `rate` requests a second for `secs` over 64 keep-alive HTTP/1.1 connections,
+/// each request written as `request` (raw bytes, lean enough that the generator costs
+/// little of the two cores). Request `i` is due at `start + i / rate`; its latency counts
+/// from when the schedule released it (within the timer's 1 ms of its due time), not from
+/// when a connection was free to send it: a stalled server cannot hide behind a stalled
+/// client (no coordinated omission). Returns the sorted
+/// latencies of the requests answered 2xx.
+async fn open_loop(
+    addr: std::net::SocketAddr,
+    request: &str,
+    rate: u64,
+    secs: u64,
+) -> Vec<Duration> {
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
+    let request: Arc<[u8]> = request.as_bytes().into();
+    let mut conns = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (due_rx, request) = (due_rx.clone(), request.clone());
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        conns.spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut samples = Vec::new();
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                let Some(due) = due_rx.lock().await.recv().await else {
+                    return samples;
+                };
+                stream.write_all(&request).await.unwrap();
+                let status = read_response(&mut stream, &mut buf).await;
+                if (200..300).contains(&status) {
+                    samples.push(due.elapsed());
+                }
+            }
         });
-        if tasks.len() >= 64 {
-            tasks.join_next().await;
+    }
+    let started = Instant::now();
+    let total = rate * secs;
+    let mut i = 0;
+    while i < total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        // The timer wakes up to 1 ms late; send everything due by now, timed from now.
+        let now = Instant::now();
+        while i < total && started + Duration::from_secs_f64(i as f64 / rate as f64) <= now {
+            due_tx.send(now).unwrap();
+            i += 1;
         }
     }
-    while tasks.join_next().await.is_some() {}
+    drop(due_tx);
+    let mut samples = Vec::new();
+    while let Some(done) = conns.join_next().await {
+        samples.extend(done.unwrap());
+    }
+    samples.sort();
+    samples
+}
+
+/// Reads one HTTP/1.1 response with a `content-length`; returns its status.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])
+                .unwrap()
+                .to_ascii_lowercase();
+            let status = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "server closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return status;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 impl Drop for Server {
