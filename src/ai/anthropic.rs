@@ -7,12 +7,17 @@
 //! blocks. `max_tokens`, which the API requires, is [`MAX_TOKENS`]. A structured output's
 //! schema becomes the input schema of a single tool the model is made to call, and the
 //! tool call's `input` is the answer. Usage is `input_tokens` / `output_tokens`.
+//!
+//! Streaming (only asked without a structured output, see `run`) reads the API's events
+//! (`message_start`, `content_block_start`/`_delta`, `message_delta`, `message_stop`,
+//! `error`), sends the text on as it comes, and puts the message back together, so a
+//! streamed answer is mapped by the same code as a whole one.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::call;
+use super::call::{self, Sse};
 use super::schema::parse_answer;
-use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider, text_of};
+use super::{AiError, AiOutput, AiRequest, BoxFuture, Deltas, Provider, text_of};
 
 /// The `anthropic-version` header eddy speaks.
 pub const VERSION: &str = "2023-06-01";
@@ -106,6 +111,18 @@ impl Anthropic {
         format!("{}/messages", self.base_url.trim_end_matches('/'))
     }
 
+    fn post(&self, body: &Value) -> reqwest::RequestBuilder {
+        let mut post = self
+            .http
+            .post(self.url())
+            .header("anthropic-version", VERSION)
+            .json(body);
+        if let Some(key) = &self.api_key {
+            post = post.header("x-api-key", key);
+        }
+        post
+    }
+
     fn output(&self, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
         let usage = answer.get("usage");
         let count = |field: &str| {
@@ -172,17 +189,119 @@ impl Provider for Anthropic {
             call::check_target(&self.url(), self.guarded)?;
             let sent = body(request);
             request.exchange.sent(&sent);
-            let mut post = self
-                .http
-                .post(self.url())
-                .header("anthropic-version", VERSION)
-                .json(&sent);
-            if let Some(key) = &self.api_key {
-                post = post.header("x-api-key", key);
-            }
-            let answer = call::send_json(post, request.timeout, request.exchange).await?;
+            let answer =
+                call::send_json(self.post(&sent), request.timeout, request.exchange).await?;
             self.output(request, answer)
         })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+        deltas: &'a Deltas,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        Box::pin(async move {
+            call::check_target(&self.url(), self.guarded)?;
+            let mut sent = body(request);
+            sent["stream"] = Value::Bool(true);
+            request.exchange.sent(&sent);
+            let mut events = Sse::open(self.post(&sent), request.timeout, request.exchange).await?;
+            let mut message = Message::default();
+            while let Some(event) = events.next_json().await? {
+                if let Some(piece) = message.apply(&event)? {
+                    deltas.send(&piece).await;
+                }
+            }
+            let answer = message.finish()?;
+            request.exchange.received(answer.to_string().as_bytes());
+            self.output(request, answer)
+        })
+    }
+}
+
+/// A streamed message being put back together from its events.
+#[derive(Default)]
+struct Message {
+    /// The `message` of `message_start`, with `content` and `usage` kept up to date.
+    message: Option<Map<String, Value>>,
+    /// Content blocks by index.
+    blocks: Vec<Value>,
+    stopped: bool,
+}
+
+impl Message {
+    /// Takes one event; returns the text it adds to the answer, if any.
+    fn apply(&mut self, event: &Value) -> Result<Option<String>, AiError> {
+        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        match event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
+            "message_start" => {
+                self.message = event.get("message").and_then(Value::as_object).cloned();
+            }
+            "content_block_start" => {
+                if self.blocks.len() <= index {
+                    self.blocks.resize(index + 1, Value::Null);
+                }
+                self.blocks[index] = event.get("content_block").cloned().unwrap_or_default();
+            }
+            "content_block_delta" => {
+                let delta = event.get("delta").unwrap_or(&Value::Null);
+                let Some(block) = self.blocks.get_mut(index) else {
+                    return Err(AiError::transient(format!(
+                        "the stream sent a delta for content block {index} before its start"
+                    )));
+                };
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    let whole = block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    block["text"] = Value::String(format!("{whole}{text}"));
+                    return Ok(Some(text.to_string()));
+                }
+            }
+            "message_delta" => {
+                let message = self.message.get_or_insert_with(Map::new);
+                if let Some(Value::Object(usage)) = event.get("usage") {
+                    let total = message
+                        .entry("usage")
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut();
+                    if let Some(total) = total {
+                        total.extend(usage.clone());
+                    }
+                }
+                if let Some(reason) = event.pointer("/delta/stop_reason") {
+                    message.insert("stop_reason".into(), reason.clone());
+                }
+            }
+            "message_stop" => self.stopped = true,
+            "error" => {
+                let said = event
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error event in the stream");
+                return Err(AiError::transient(format!("the stream failed: {said}")));
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The whole message, as the non-streamed API would have answered it.
+    fn finish(self) -> Result<Value, AiError> {
+        if !self.stopped {
+            return Err(AiError::transient(
+                "the stream ended before message_stop".to_string(),
+            ));
+        }
+        let mut message = self.message.unwrap_or_default();
+        let blocks = self.blocks.into_iter().filter(|b| !b.is_null()).collect();
+        message.insert("content".into(), Value::Array(blocks));
+        Ok(Value::Object(message))
     }
 }
 
@@ -190,6 +309,59 @@ impl Provider for Anthropic {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The events of a streamed message (as Anthropic documents them) put back together:
+    /// text from the deltas, input tokens from `message_start`, output tokens from
+    /// `message_delta`; a stream cut before `message_stop` or carrying `error` fails.
+    #[test]
+    fn streamed_message_reassembles() {
+        let events = [
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                "role": "assistant", "content": [], "model": "claude",
+                "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "ping"}),
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "Hello"}}),
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "!"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 15}}),
+        ];
+        let mut message = Message::default();
+        let pieces: Vec<String> = events
+            .iter()
+            .filter_map(|e| message.apply(e).unwrap())
+            .collect();
+        assert_eq!(pieces, ["Hello", "!"]);
+        let mut cut = Message::default();
+        for e in &events {
+            cut.apply(e).unwrap();
+        }
+        assert!(cut.finish().is_err(), "no message_stop");
+        message.apply(&json!({"type": "message_stop"})).unwrap();
+        let whole = message.finish().unwrap();
+        assert_eq!(
+            whole["content"],
+            json!([{"type": "text", "text": "Hello!"}])
+        );
+        assert_eq!(
+            whole["usage"],
+            json!({"input_tokens": 25, "output_tokens": 15})
+        );
+        assert_eq!(whole["stop_reason"], "end_turn");
+
+        let error = json!({"type": "error", "error": {"type": "overloaded_error",
+            "message": "Overloaded"}});
+        let e = Message::default().apply(&error).unwrap_err();
+        assert!(
+            e.retryable && e.message.contains("Overloaded"),
+            "{}",
+            e.message
+        );
+    }
 
     /// System messages and the prompt become the top-level `system`; the schema becomes a
     /// forced tool; parts and images are mapped; `max_tokens` is always set.

@@ -1,7 +1,8 @@
 //! What the HTTP adapters share: sending one request within the attempt's timeout, reading
 //! a bounded body, turning transport failures and error statuses into [`AiError`]s, and
-//! splitting a server-sent event stream into its `data` payloads.
+//! reading a server-sent event stream as its `data` payloads.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
@@ -129,6 +130,86 @@ pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A streamed answer being read: its `data` payloads one by one, each within the attempt's
+/// timeout of the one before (a stream that stalls fails like a request that hangs).
+pub struct Sse {
+    response: reqwest::Response,
+    events: EventStream,
+    ready: VecDeque<String>,
+    timeout: Duration,
+}
+
+impl Sse {
+    /// Sends `request` and, if the status is 2xx, returns its stream; an error status is an
+    /// [`AiError`] with the provider's message (its body noted in `exchange`).
+    pub async fn open(
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        exchange: &super::Exchange,
+    ) -> Result<Sse, AiError> {
+        let response = match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => {
+                return Err(AiError::transient(format!(
+                    "timed out after {}",
+                    show(timeout)
+                )));
+            }
+            Ok(Err(e)) => return Err(transport(&e, timeout)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let retry_after = retry_after(&response);
+            let body = tokio::time::timeout(timeout, response.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            exchange.received(&body);
+            return Err(status_error(status, &body, retry_after));
+        }
+        Ok(Sse {
+            response,
+            events: EventStream::default(),
+            ready: VecDeque::new(),
+            timeout,
+        })
+    }
+
+    /// The next event's `data`, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Result<Option<String>, AiError> {
+        loop {
+            if let Some(data) = self.ready.pop_front() {
+                return Ok(Some(data));
+            }
+            match tokio::time::timeout(self.timeout, self.response.chunk()).await {
+                Err(_) => {
+                    return Err(AiError::transient(format!(
+                        "the stream stalled for {}",
+                        show(self.timeout)
+                    )));
+                }
+                Ok(Err(e)) => return Err(transport(&e, self.timeout)),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some(chunk))) => self.ready.extend(self.events.push(&chunk)),
+            }
+        }
+    }
+
+    /// The next event's `data` as JSON, skipping OpenAI's `[DONE]` marker.
+    pub async fn next_json(&mut self) -> Result<Option<Value>, AiError> {
+        while let Some(data) = self.next().await? {
+            if data == "[DONE]" {
+                continue;
+            }
+            return serde_json::from_str(&data)
+                .map(Some)
+                .map_err(|e| AiError::transient(format!("a stream event is not JSON: {e}")));
+        }
+        Ok(None)
+    }
 }
 
 /// Splits a `text/event-stream` body, fed in arbitrary pieces, into the `data` of each

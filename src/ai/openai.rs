@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 
-use super::call::{self, EventStream};
+use super::call::{self, Sse};
 use super::schema::parse_answer;
 use super::{AiError, AiOutput, AiRequest, BoxFuture, Deltas, Provider};
 
@@ -134,70 +134,29 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
-            let timeout = request.timeout;
             let streamed = body(request, true);
             request.exchange.sent(&streamed);
-            let sent = tokio::time::timeout(timeout, self.post(&streamed).send()).await;
-            let mut response = match sent {
-                Err(_) => {
-                    return Err(AiError::transient(format!(
-                        "timed out after {}",
-                        call::show(timeout)
-                    )));
-                }
-                Ok(Err(e)) => return Err(call::transport(&e, timeout)),
-                Ok(Ok(response)) => response,
-            };
-            let status = response.status().as_u16();
-            if !(200..300).contains(&status) {
-                let retry_after = call::retry_after(&response);
-                let body = tokio::time::timeout(timeout, response.bytes())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                request.exchange.received(&body);
-                return Err(call::status_error(status, &body, retry_after));
-            }
-            let mut events = EventStream::default();
+            let mut events =
+                Sse::open(self.post(&streamed), request.timeout, request.exchange).await?;
             let mut content = String::new();
             let mut usage = None;
-            loop {
-                let chunk = match tokio::time::timeout(timeout, response.chunk()).await {
-                    Err(_) => {
-                        return Err(AiError::transient(format!(
-                            "the stream stalled for {}",
-                            call::show(timeout)
-                        )));
-                    }
-                    Ok(Err(e)) => return Err(call::transport(&e, timeout)),
-                    Ok(Ok(None)) => break,
-                    Ok(Ok(Some(chunk))) => chunk,
-                };
-                for data in events.push(&chunk) {
-                    if data == "[DONE]" {
-                        continue;
-                    }
-                    let event: Value = serde_json::from_str(&data).map_err(|e| {
-                        AiError::transient(format!("a stream chunk is not JSON: {e}"))
-                    })?;
-                    if let Some(error) = event.get("error") {
-                        let said = error
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("error event in the stream");
-                        return Err(AiError::transient(format!("the stream failed: {said}")));
-                    }
-                    if let Some(piece) = event
-                        .pointer("/choices/0/delta/content")
+            while let Some(event) = events.next_json().await? {
+                if let Some(error) = event.get("error") {
+                    let said = error
+                        .get("message")
                         .and_then(Value::as_str)
-                    {
-                        content.push_str(piece);
-                        deltas.send(piece).await;
-                    }
-                    if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                        usage = Some(u.clone());
-                    }
+                        .unwrap_or("error event in the stream");
+                    return Err(AiError::transient(format!("the stream failed: {said}")));
+                }
+                if let Some(piece) = event
+                    .pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                {
+                    content.push_str(piece);
+                    deltas.send(piece).await;
+                }
+                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                    usage = Some(u.clone());
                 }
             }
             request.exchange.received(content.as_bytes());

@@ -150,7 +150,8 @@ impl Models {
     }
 
     /// Like [`Models::run`], sending the answer's text to `deltas`: as the provider streams
-    /// it when it can (an OpenAI-compatible provider, no structured output), else whole once
+    /// it when it can (OpenAI-compatible or Anthropic, no structured output: that must be
+    /// checked whole before anyone sees it), else whole once
     /// it is known. Nothing is retried once part of an answer was sent.
     pub async fn stream(
         &self,

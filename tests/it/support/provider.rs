@@ -47,7 +47,7 @@ pub enum Answer {
     Status(u16),
     /// No answer for a minute.
     Hang,
-    /// A stream (OpenAI) that sends this text, then an `error` event instead of finishing.
+    /// A stream that sends this text, then an `error` event instead of finishing.
     BreakAfter(String),
 }
 
@@ -217,27 +217,98 @@ async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::
         (Wire::OpenAi, Answer::Json(value)) => openai(&body, model, value.to_string(), false),
         (Wire::OpenAi, Answer::Text(text)) => openai(&body, model, text, false),
         (Wire::OpenAi, Answer::BreakAfter(text)) => openai(&body, model, text, true),
-        (Wire::Anthropic, answer) => {
-            let content = match answer {
-                Answer::Json(input) => json!([{
-                    "type": "tool_use", "id": "toolu_fake",
-                    "name": body["tools"][0]["name"], "input": input,
-                }]),
-                Answer::Text(text) | Answer::BreakAfter(text) => {
-                    json!([{"type": "text", "text": text}])
-                }
-                _ => unreachable!("handled above"),
-            };
-            json_body(
-                200,
-                &json!({
-                    "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                    "content": content, "stop_reason": "end_turn",
-                    "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS},
-                }),
-            )
-        }
+        (Wire::Anthropic, answer) => anthropic(&body, model, answer),
     }
+}
+
+/// An Anthropic answer: whole, or as the Messages API's stream of events 20 ms apart when
+/// asked (text word by word; `BreakAfter` ends in an `error` event instead of the
+/// message's end).
+fn anthropic(request: &Value, model: Value, answer: Answer) -> hyper::Response<Body> {
+    let tool = request["tools"][0]["name"].clone();
+    let (content, breaks) = match &answer {
+        Answer::Json(input) => (
+            json!([{"type": "tool_use", "id": "toolu_fake", "name": tool, "input": input}]),
+            false,
+        ),
+        Answer::Text(text) => (json!([{"type": "text", "text": text}]), false),
+        Answer::BreakAfter(text) => (json!([{"type": "text", "text": text}]), true),
+        _ => unreachable!("handled by the caller"),
+    };
+    if request["stream"] != true {
+        return json_body(
+            200,
+            &json!({
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": "end_turn",
+                "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS},
+            }),
+        );
+    }
+    let mut events = vec![json!({"type": "message_start", "message": {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": null,
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}})];
+    events.push(json!({"type": "ping"}));
+    match answer {
+        Answer::Json(input) => {
+            events.push(
+                json!({"type": "content_block_start", "index": 0, "content_block":
+                {"type": "tool_use", "id": "toolu_fake", "name": tool, "input": {}}}),
+            );
+            let text = input.to_string();
+            let (a, b) = text.split_at(text.len() / 2);
+            for piece in [a, b] {
+                events.push(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}));
+            }
+        }
+        Answer::Text(text) | Answer::BreakAfter(text) => {
+            events.push(json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}));
+            for piece in text.split_inclusive(' ') {
+                events.push(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}}));
+            }
+        }
+        _ => unreachable!("handled by the caller"),
+    }
+    if breaks {
+        events.push(json!({"type": "error",
+            "error": {"type": "overloaded_error", "message": "the fake broke mid-stream"}}));
+    } else {
+        events.push(json!({"type": "content_block_stop", "index": 0}));
+        events.push(json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": COMPLETION_TOKENS}}));
+        events.push(json!({"type": "message_stop"}));
+    }
+    let events = events
+        .into_iter()
+        .map(|e| {
+            format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().unwrap_or("x")
+            )
+        })
+        .collect();
+    sse(events)
+}
+
+/// A `text/event-stream` response sending `events` 20 ms apart.
+fn sse(events: Vec<String>) -> hyper::Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        for event in events {
+            let _ = tx.send(Bytes::from(event)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    respond(200, "text/event-stream", StreamBody::new(stream).boxed())
 }
 
 /// An OpenAI answer with `content`: whole, or as chunks 20 ms apart when asked to stream
@@ -283,17 +354,7 @@ fn openai(request: &Value, model: Value, content: String, breaks: bool) -> hyper
                            "created": 1, "model": model, "choices": [], "usage": usage}),
         );
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    tokio::spawn(async move {
-        for event in events {
-            let _ = tx.send(Bytes::from(format!("data: {event}\n\n"))).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let bytes = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
-    });
-    respond(200, "text/event-stream", StreamBody::new(stream).boxed())
+    let mut events: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    events.push("data: [DONE]\n\n".to_string());
+    sse(events)
 }
