@@ -130,7 +130,7 @@ impl Default for Config {
             max_sockets: 50_000,
             ws_token_ttl: Duration::from_secs(300),
             idempotency_ttl: Duration::from_secs(24 * 3600),
-            cache_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
             min_free_bytes: 64 << 20,
             max_inflight: 4096,
             ws_idle_timeout: Duration::from_secs(60),
@@ -212,7 +212,7 @@ pub struct Options {
     /// Close a WebSocket that sends nothing (not even a heartbeat) for this long [default: 60s]
     #[arg(long, env = "EDDY_WS_IDLE_TIMEOUT")]
     pub ws_idle_timeout: Option<String>,
-    /// sled page cache in MiB [default: 64]
+    /// sled page cache in MiB [default: 32]
     #[arg(long, env = "EDDY_CACHE_MB")]
     pub cache_mb: Option<u64>,
     /// Log format: text or json [default: text]
