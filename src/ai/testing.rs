@@ -1,6 +1,8 @@
 //! ModelRiver's test mode: no model is called. After `response_delay_ms` the answer is the
 //! structured output's `sample_data`, or `{"content": <the last user message>}` when there
-//! is none, reported as provider `Testing`, model `test-mode`, zero tokens.
+//! is none, reported as provider `Testing`, model `test-mode`, zero tokens. Nothing is
+//! sent anywhere, so its timeline attempts carry no request or response body (the answer
+//! is the request's result).
 
 use super::{AiError, AiOutput, AiRequest, BoxFuture, Provider, last_user_message};
 
@@ -38,10 +40,6 @@ impl Provider for Testing {
                     (serde_json::json!({ "content": echo }), echo)
                 }
             };
-            request
-                .exchange
-                .sent(&serde_json::json!({ "model": MODEL_LABEL, "messages": request.messages }));
-            request.exchange.received(data.to_string().as_bytes());
             Ok(AiOutput {
                 data,
                 content,
