@@ -165,7 +165,10 @@ async fn seed_example_end_to_end() {
     // Test mode calls no model: its attempt has no request or response body to show.
     let ai = &timeline[first("ai_attempt")];
     assert_eq!(ai["provider"], "Testing", "{ai}");
-    assert!(ai["request_body"].is_null() && ai["response_body"].is_null(), "{ai}");
+    assert!(
+        ai["request_body"].is_null() && ai["response_body"].is_null(),
+        "{ai}"
+    );
     let attempt = &timeline[first("webhook_attempt")];
     assert_eq!(attempt["http_status"], 200);
     assert_eq!(attempt["attempt"], 1);

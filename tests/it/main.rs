@@ -15,6 +15,7 @@ mod observe;
 mod openai_client;
 mod providers;
 mod socket;
+mod streaming;
 mod support;
 mod sync;
 mod validation;
