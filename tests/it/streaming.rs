@@ -18,12 +18,7 @@ async fn streaming_relays_provider_chunks() {
         let server = provider_server().await;
         let fake = FakeProvider::start(wire).await;
         fake.answer(Answer::Text("one two three four".into()));
-        let kind = if wire == Wire::Anthropic {
-            "anthropic"
-        } else {
-            "openai"
-        };
-        register(&server, "local", &fake, json!({"kind": kind})).await;
+        register(&server, "local", &fake, json!({"kind": kind(wire)})).await;
         server
             .create_workflow(
                 json!({"name": "s", "provider": "local", "model": "m", "system_prompt": "p"}),
@@ -103,9 +98,9 @@ async fn a_streamed_structured_output_arrives_whole_once_valid() {
     assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log}");
 }
 
-/// Posts a streamed chat completion, checks it is an event stream ending in `[DONE]`, and
-/// returns its chunks.
-async fn stream_chunks(server: &TestServer, body: Value) -> Vec<Value> {
+/// Posts a streamed chat completion, checks it is answered 200 as an event stream, and
+/// returns the stream's whole text.
+async fn stream_text(server: &TestServer, body: Value) -> String {
     let response = server
         .http
         .post(format!("{}/v1/chat/completions", server.base))
@@ -116,7 +111,12 @@ async fn stream_chunks(server: &TestServer, body: Value) -> Vec<Value> {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let text = response.text().await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// The chunks of a streamed chat completion, which must be data events ending in `[DONE]`.
+async fn stream_chunks(server: &TestServer, body: Value) -> Vec<Value> {
+    let text = stream_text(server, body).await;
     let events: Vec<&str> = text
         .split("\n\n")
         .filter(|e| !e.is_empty())
@@ -127,6 +127,14 @@ async fn stream_chunks(server: &TestServer, body: Value) -> Vec<Value> {
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
         .collect()
+}
+
+/// The `kind` a provider of `wire` is registered with.
+fn kind(wire: Wire) -> &'static str {
+    match wire {
+        Wire::OpenAi => "openai",
+        Wire::Anthropic => "anthropic",
+    }
 }
 
 /// The non-empty content pieces of streamed chunks.
@@ -146,17 +154,12 @@ async fn streaming_without_a_streaming_provider_sends_the_answer_whole() {
     server
         .create_workflow(json!({"name": "t", "provider": "testing", "model": "m"}))
         .await;
-    let response = server
-        .http
-        .post(format!("{}/v1/chat/completions", server.base))
-        .bearer_auth(KEY)
-        .json(&json!({"model": "t", "stream": true,
-                      "messages": [{"role": "user", "content": "echo this back"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = stream_text(
+        &server,
+        json!({"model": "t", "stream": true,
+               "messages": [{"role": "user", "content": "echo this back"}]}),
+    )
+    .await;
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 4, "role, answer, finish, done: {text}");
     let answer: Value = serde_json::from_str(&events[1]["data: ".len()..]).unwrap();
@@ -174,32 +177,21 @@ async fn streaming_without_a_streaming_provider_sends_the_answer_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_midway_ends_with_an_error_event() {
     for wire in [Wire::OpenAi, Wire::Anthropic] {
-        let kind = if wire == Wire::Anthropic {
-            "anthropic"
-        } else {
-            "openai"
-        };
         let server = provider_server().await;
         let flaky = FakeProvider::start(wire).await;
         flaky.answer(Answer::BreakAfter("half an".into()));
         let backup = FakeProvider::start(Wire::OpenAi).await;
-        register(&server, "flaky", &flaky, json!({"kind": kind})).await;
+        register(&server, "flaky", &flaky, json!({"kind": kind(wire)})).await;
         register(&server, "backup", &backup, json!({})).await;
         server
             .create_workflow(json!({"name": "f", "provider": "flaky", "model": "m",
                                     "fallbacks": [{"provider": "backup", "model": "m"}]}))
             .await;
-        let response = server
-            .http
-            .post(format!("{}/v1/chat/completions", server.base))
-            .bearer_auth(KEY)
-            .json(&json!({"model": "f", "stream": true,
-                          "messages": [{"role": "user", "content": "x"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
+        let text = stream_text(
+            &server,
+            json!({"model": "f", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert!(text.contains("\"content\":\"half \""), "{wire:?}: {text}");
         let error: Value =
