@@ -157,17 +157,13 @@ async fn anthropic_wire_format_usage_and_tool_output() {
     // Structured output: the schema is the tool's input schema, the tool call the answer.
     let schema = json!({"type": "object", "properties": {"title": {"type": "string"}},
                         "required": ["title"]});
-    let (status, output) = server
-        .post(
-            "/console/structured-outputs",
-            json!({"name": "card", "schema": schema}),
-        )
+    let output = server
+        .create_output_from(json!({"name": "card", "schema": schema}))
         .await;
-    assert_eq!(status, 201, "{output}");
     server
         .create_workflow(json!({
             "name": "card", "provider": "anthropic", "model": "claude-sonnet-4-5",
-            "structured_output_id": output["id"]
+            "structured_output_id": output
         }))
         .await;
     fake.answer(Answer::Json(json!({"title": "ProSound X1"})));
@@ -303,17 +299,15 @@ async fn invalid_structured_output_is_retried_then_failed_over() {
     register(&server, "careful", &careful, json!({"kind": "anthropic"})).await;
     let schema = json!({"type": "object", "required": ["title"],
                         "properties": {"title": {"type": "string"}, "price": {"type": "number"}}});
-    let (status, output) = server
-        .post(
-            "/console/structured-outputs",
+    let output = server
+        .create_output_from(
             json!({"name": "card", "schema": schema, "sample_data": {"title": "T"}}),
         )
         .await;
-    assert_eq!(status, 201, "{output}");
     server
         .create_workflow(json!({
             "name": "cards", "provider": "sloppy", "model": "m1",
-            "structured_output_id": output["id"],
+            "structured_output_id": output,
             "fallbacks": [{"provider": "careful", "model": "m2"}]
         }))
         .await;

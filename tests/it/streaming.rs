@@ -71,16 +71,12 @@ async fn a_streamed_structured_output_arrives_whole_once_valid() {
     register(&server, "claude", &fake, json!({"kind": "anthropic"})).await;
     let schema = json!({"type": "object", "required": ["title", "score"],
         "properties": {"title": {"type": "string"}, "score": {"type": "integer"}}});
-    let (status, output) = server
-        .post(
-            "/console/structured-outputs",
-            json!({"name": "card", "schema": schema}),
-        )
+    let output = server
+        .create_output_from(json!({"name": "card", "schema": schema}))
         .await;
-    assert_eq!(status, 201, "{output}");
     server
         .create_workflow(json!({"name": "c", "provider": "claude", "model": "m",
-                                "structured_output_id": output["id"]}))
+                                "structured_output_id": output}))
         .await;
     let chunks = stream_chunks(
         &server,

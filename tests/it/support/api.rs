@@ -77,20 +77,21 @@ impl Api {
         (reply.status, reply.json)
     }
 
-    /// Creates a structured output; returns its id.
+    /// Creates a structured output with an any-object schema; returns its id.
     pub async fn create_output(&self, name: &str, sample_data: Value) -> String {
-        let (status, body) = self
-            .post(
-                "/console/structured-outputs",
-                json!({
-                    "name": name,
-                    "schema": {"type": "object"},
-                    "sample_data": sample_data,
-                }),
-            )
-            .await;
-        assert_eq!(status, 201, "create structured output: {body}");
-        body["id"].as_str().expect("output id").to_string()
+        self.create_output_from(json!({
+            "name": name,
+            "schema": {"type": "object"},
+            "sample_data": sample_data,
+        }))
+        .await
+    }
+
+    /// Creates a structured output from a full body; returns its id.
+    pub async fn create_output_from(&self, body: Value) -> String {
+        let (status, reply) = self.post("/console/structured-outputs", body).await;
+        assert_eq!(status, 201, "create structured output: {reply}");
+        reply["id"].as_str().expect("output id").to_string()
     }
 
     /// Creates a workflow from a full body.
