@@ -172,11 +172,10 @@ fn encode<T: Encode>(value: &T) -> Vec<u8> {
 
 /// A request as `accept` stores it.
 fn accepted() -> Request {
-    let mut record = Request {
-        id: 42,
-        channel_id: *b"\x5e\x6f\x7a\x8b\x9c\x0d\x4e\x1f\x8a\x2b\x3c\x4d\x5e\x6f\x7a\x8b",
-        project_id: *b"\x1b\x0d\x4c\x3e\x6c\x1f\x4b\x8a\x9d\x3e\x2f\x6a\x7b\x8c\x9d\x0e",
-        workflow: WorkflowSnapshot {
+    let mut record = Request::pending(
+        (42, *b"\x5e\x6f\x7a\x8b\x9c\x0d\x4e\x1f\x8a\x2b\x3c\x4d\x5e\x6f\x7a\x8b"),
+        *b"\x1b\x0d\x4c\x3e\x6c\x1f\x4b\x8a\x9d\x3e\x2f\x6a\x7b\x8c\x9d\x0e",
+        WorkflowSnapshot {
             name: "content_generator".into(),
             event_name: Some("content_ready".into()),
             provider: "openai".into(),
@@ -190,22 +189,12 @@ fn accepted() -> Request {
             system_prompt: Some("You write product copy.".into()),
             fallbacks: vec![("anthropic".into(), "claude-sonnet-4".into())],
         },
-        messages: r#"[{"role":"user","content":"Generate a product description for wireless headphones"}]"#.into(),
-        customer_data: r#"{"product_id":"prod_123","category":"electronics"}"#.into(),
-        webhook_url: None,
-        test_mode: false,
-        state: State::Pending,
-        created_ms: T0,
-        updated_ms: T0,
-        due_ms: None,
-        ai: None,
-        error_message: None,
-        failed_ms: None,
-        deliveries: Vec::new(),
-        callback: None,
-        callback_deadline_ms: None,
-        ai_attempts: Vec::new(),
-    };
+        r#"[{"role":"user","content":"Generate a product description for wireless headphones"}]"#.into(),
+        r#"{"product_id":"prod_123","category":"electronics"}"#.into(),
+        None,
+        false,
+        T0,
+    );
     record.due_ms = record.next_due();
     record
 }

@@ -37,11 +37,10 @@ fn event() -> impl Strategy<Value = Event> {
 
 /// A request as `accept` stores it; `event_driven` gives its workflow an `event_name`.
 fn accepted(event_driven: bool) -> Request {
-    let mut r = Request {
-        id: 1,
-        channel_id: [7; 16],
-        project_id: [9; 16],
-        workflow: WorkflowSnapshot {
+    let mut r = Request::pending(
+        (1, [7; 16]),
+        [9; 16],
+        WorkflowSnapshot {
             name: "content_generator".into(),
             event_name: event_driven.then(|| "content_ready".into()),
             provider: "openai".into(),
@@ -55,22 +54,12 @@ fn accepted(event_driven: bool) -> Request {
             system_prompt: None,
             fallbacks: Vec::new(),
         },
-        messages: r#"[{"role":"user","content":"hi"}]"#.into(),
-        customer_data: "{}".into(),
-        webhook_url: None,
-        test_mode: false,
-        state: State::Pending,
-        created_ms: 1_000,
-        updated_ms: 1_000,
-        due_ms: None,
-        ai: None,
-        error_message: None,
-        failed_ms: None,
-        deliveries: Vec::new(),
-        callback: None,
-        callback_deadline_ms: None,
-        ai_attempts: Vec::new(),
-    };
+        r#"[{"role":"user","content":"hi"}]"#.into(),
+        "{}".into(),
+        None,
+        false,
+        1_000,
+    );
     r.due_ms = r.next_due();
     r
 }
