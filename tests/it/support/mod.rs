@@ -8,6 +8,7 @@
 pub mod api;
 pub mod binary;
 pub mod browser;
+pub mod log;
 pub mod phoenix;
 pub mod provider;
 pub mod receiver;

@@ -18,10 +18,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::WAIT;
+use super::log::Log;
 
 /// `prompt_tokens` / `input_tokens` of every answer.
 pub const PROMPT_TOKENS: u64 = 11;
@@ -75,8 +75,7 @@ struct Inner {
     /// Answers for the next requests, in order, before `fallback`.
     script: Mutex<VecDeque<Answer>>,
     fallback: Mutex<Answer>,
-    seen: Mutex<Vec<Seen>>,
-    seen_count: watch::Sender<usize>,
+    seen: Log<Seen>,
 }
 
 /// A fake provider; its API root is [`FakeProvider::base_url`].
@@ -102,8 +101,7 @@ impl FakeProvider {
             wire,
             script: Mutex::new(VecDeque::new()),
             fallback: Mutex::new(Answer::Text("Hello from the fake".into())),
-            seen: Mutex::new(Vec::new()),
-            seen_count: watch::channel(0).0,
+            seen: Log::default(),
         });
         let task = tokio::spawn(accept_loop(listener, inner.clone()));
         FakeProvider {
@@ -129,20 +127,15 @@ impl FakeProvider {
 
     /// Every request so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
-        self.inner.seen.lock().unwrap().clone()
+        self.inner.seen.all()
     }
 
     /// Waits until at least `n` requests arrived; returns all of them.
     pub async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        let mut count = self.inner.seen_count.subscribe();
-        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
-        let all = self.seen();
-        assert!(
-            matches!(reached, Ok(Ok(_))),
-            "fake provider got {} requests, expected {n}",
-            all.len()
-        );
-        all
+        self.inner
+            .seen
+            .wait_for(n, "requests to the fake provider")
+            .await
     }
 }
 
@@ -189,15 +182,11 @@ async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::
         Err(_) => Bytes::new(),
     };
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    {
-        let mut seen = inner.seen.lock().unwrap();
-        seen.push(Seen {
-            path,
-            headers,
-            body: body.clone(),
-        });
-        inner.seen_count.send_replace(seen.len());
-    }
+    inner.seen.push(Seen {
+        path,
+        headers,
+        body: body.clone(),
+    });
     let scripted = inner.script.lock().unwrap().pop_front();
     let answer = scripted.unwrap_or_else(|| inner.fallback.lock().unwrap().clone());
     let model = body["model"].clone();

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::WAIT;
+use super::log::Log;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -81,13 +82,11 @@ struct Inner {
     response_headers: Mutex<Vec<(String, String)>>,
     /// The response body, when not the default `{"ok":true}`.
     response_body: Mutex<Option<Bytes>>,
-    received: Mutex<Vec<Received>>,
-    received_count: watch::Sender<usize>,
+    received: Log<Received>,
     callback: Mutex<(Callback, Option<String>)>,
     /// Callbacks wait while this is false.
     gate: watch::Sender<bool>,
-    callbacks: Mutex<Vec<CallbackResult>>,
-    callback_count: watch::Sender<usize>,
+    callbacks: Log<CallbackResult>,
     http: reqwest::Client,
 }
 
@@ -123,12 +122,10 @@ impl Receiver {
             delays: Mutex::new(VecDeque::new()),
             response_headers: Mutex::new(Vec::new()),
             response_body: Mutex::new(None),
-            received: Mutex::new(Vec::new()),
-            received_count: watch::channel(0).0,
+            received: Log::default(),
             callback: Mutex::new((Callback::None, None)),
             gate: watch::channel(true).0,
-            callbacks: Mutex::new(Vec::new()),
-            callback_count: watch::channel(0).0,
+            callbacks: Log::default(),
             http: super::http_client(),
         });
         let task = tokio::spawn(accept_loop(listener, inner.clone()));
@@ -193,46 +190,34 @@ impl Receiver {
 
     /// Everything received so far, in order.
     pub fn received(&self) -> Vec<Received> {
-        self.inner.received.lock().unwrap().clone()
+        self.inner.received.all()
     }
 
     /// Waits until at least `n` requests were received; returns all of them.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let mut count = self.inner.received_count.subscribe();
-        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
-        let all = self.received();
-        assert!(
-            matches!(reached, Ok(Ok(_))),
-            "receiver got {} requests, expected {n}",
-            all.len()
-        );
-        all
+        self.inner
+            .received
+            .wait_for(n, "webhooks at the receiver")
+            .await
     }
 
     /// Every callback made so far, in order of completion.
     pub fn callbacks(&self) -> Vec<CallbackResult> {
-        self.inner.callbacks.lock().unwrap().clone()
+        self.inner.callbacks.all()
     }
 
     /// Waits until at least `n` callbacks were answered by eddy; returns all of them.
     pub async fn wait_for_callbacks(&self, n: usize) -> Vec<CallbackResult> {
-        let mut count = self.inner.callback_count.subscribe();
-        let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
-        let all = self.callbacks();
-        assert!(
-            matches!(reached, Ok(Ok(_))),
-            "receiver made {} callbacks, expected {n}",
-            all.len()
-        );
-        all
+        self.inner
+            .callbacks
+            .wait_for(n, "callbacks the receiver made")
+            .await
     }
 
     /// Asserts that no further request arrives within `quiet`.
     pub async fn assert_quiet(&self, seen: usize, quiet: Duration) {
-        let mut count = self.inner.received_count.subscribe();
-        let more = tokio::time::timeout(quiet, count.wait_for(|c| *c > seen)).await;
         assert!(
-            more.is_err(),
+            self.inner.received.stays_at(seen, quiet).await,
             "receiver got more than {seen} requests: {:?}",
             self.received().len()
         );
@@ -270,16 +255,12 @@ async fn handle(
     };
     let scripted = inner.script.lock().unwrap().pop_front();
     let status = scripted.unwrap_or_else(|| inner.status.load(Ordering::SeqCst));
-    {
-        let mut received = inner.received.lock().unwrap();
-        received.push(Received {
-            headers,
-            body: body.clone(),
-            answered: status,
-            at,
-        });
-        inner.received_count.send_replace(received.len());
-    }
+    inner.received.push(Received {
+        headers,
+        body: body.clone(),
+        answered: status,
+        at,
+    });
     if (200..300).contains(&status) {
         let (callback, key) = inner.callback.lock().unwrap().clone();
         if let (Ok(payload), Some(key)) = (serde_json::from_slice::<Value>(&body), key)
@@ -377,12 +358,10 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    let mut callbacks = inner.callbacks.lock().unwrap();
-    callbacks.push(CallbackResult {
+    inner.callbacks.push(CallbackResult {
         channel_id,
         sent,
         status,
         reply,
     });
-    inner.callback_count.send_replace(callbacks.len());
 }
