@@ -14,8 +14,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderMap;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -103,7 +101,7 @@ impl FakeProvider {
             fallback: Mutex::new(Answer::Text("Hello from the fake".into())),
             seen: Log::default(),
         });
-        let task = tokio::spawn(accept_loop(listener, inner.clone()));
+        let task = tokio::spawn(super::serve_http(listener, inner.clone(), handle));
         FakeProvider {
             inner,
             base_url: format!("http://{addr}/v1"),
@@ -136,25 +134,6 @@ impl FakeProvider {
             .seen
             .wait_for(n, "requests to the fake provider")
             .await
-    }
-}
-
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(inner, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 

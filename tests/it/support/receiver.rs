@@ -4,7 +4,6 @@
 //! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -128,7 +125,7 @@ impl Receiver {
             callbacks: Log::default(),
             http: super::http_client(),
         });
-        let task = tokio::spawn(accept_loop(listener, inner.clone()));
+        let task = tokio::spawn(super::serve_http(listener, inner.clone(), handle));
         Receiver {
             inner,
             url: format!("http://{addr}/hook"),
@@ -221,25 +218,6 @@ impl Receiver {
             "receiver got more than {seen} requests: {:?}",
             self.received().len()
         );
-    }
-}
-
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(inner, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
