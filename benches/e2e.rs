@@ -9,7 +9,6 @@
 //! cpu <ms> per 1000 flows, rss <MiB>` — cpu counts the server's threads only (tokio
 //! workers, sled's threads, the committer); rss is the whole process.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
 
 const KEY: &str = "mr_live_e2ebench0123456789abcdefghijklmnopqrstu";
 
@@ -56,16 +55,6 @@ fn server_cpu_seconds() -> (f64, f64) {
     (user, system)
 }
 
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -76,54 +65,37 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// The seed's backend: verify, answer 200, enrich and call back.
 async fn receiver(secret: Arc<Mutex<String>>, http: reqwest::Client) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (secret, http) = (secret.clone(), http.clone());
+    common::receiver(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (secret, http) = (secret.clone(), http.clone());
+        async move {
+            let sig = req
+                .headers()
+                .get("mr-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let secret = secret.lock().unwrap().clone();
+            assert!(
+                eddy::signature::verify_mr(&secret, &body, &sig),
+                "bad signature"
+            );
+            let payload: Value = serde_json::from_slice(&body).unwrap();
             tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (secret, http) = (secret.clone(), http.clone());
-                    async move {
-                        let sig = req
-                            .headers()
-                            .get("mr-signature")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let secret = secret.lock().unwrap().clone();
-                        assert!(
-                            eddy::signature::verify_mr(&secret, &body, &sig),
-                            "bad signature"
-                        );
-                        let payload: Value = serde_json::from_slice(&body).unwrap();
-                        tokio::spawn(async move {
-                            let mut data = payload["ai_response"]["data"].clone();
-                            data["slug"] = json!("prosound-x1-wireless-headphones");
-                            let url = payload["callback_url"].as_str().unwrap().to_string();
-                            let _ = http
-                                .post(url)
-                                .bearer_auth(KEY)
-                                .json(&json!({"data": data, "task_id": "product_prod_123"}))
-                                .send()
-                                .await;
-                        });
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"{\"ok\":true}",
-                        ))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                let mut data = payload["ai_response"]["data"].clone();
+                data["slug"] = json!("prosound-x1-wireless-headphones");
+                let url = payload["callback_url"].as_str().unwrap().to_string();
+                let _ = http
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"data": data, "task_id": "product_prod_123"}))
+                    .send()
                     .await;
             });
+            hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")))
         }
-    });
-    url
+    })
+    .await
 }
 
 /// One flow: accept, socket, join, wait for `completed`. Returns (accept, accept-to-completed).
@@ -283,7 +255,7 @@ fn main() {
             percentile(&done, 0.5),
             percentile(&done, 0.99),
             cpu * 1000.0 / (flows.max(1) as f64 / 1000.0),
-            rss_mib(),
+            common::rss_mib("self"),
             100.0 * user / cpu.max(1e-9),
         );
     });

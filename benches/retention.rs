@@ -6,30 +6,16 @@
 //!
 //! `cargo bench --bench retention [-- <seconds> <requests per second>]`
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eddy::{Config, Server};
 
+mod common;
+
 const RETENTION: Duration = Duration::from_secs(10);
 const KEY: &str = "mr_live_retentionbench0123456789abcdefghijklmnop";
-
-fn disk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
 
 fn main() {
     let args: Vec<u64> = std::env::args()
@@ -98,14 +84,7 @@ async fn run(seconds: u64, rate: u64) {
     );
     while Instant::now() < deadline + Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::metrics(&http, &base).await;
         let stored: f64 = metrics
             .lines()
             .filter(|l| l.starts_with("eddy_requests{"))
@@ -116,7 +95,7 @@ async fn run(seconds: u64, rate: u64) {
             started.elapsed().as_secs(),
             accepted.load(Ordering::Relaxed),
             stored,
-            disk_bytes(dir.path()) as f64 / (1 << 20) as f64
+            common::disk_bytes(dir.path()) as f64 / (1 << 20) as f64
         );
     }
 }

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod common;
+
 const KEY: &str = "mr_live_scalebench0123456789abcdefghijklmnopqrst";
 
 struct Server {
@@ -55,39 +57,14 @@ fn start(data: &Path, extra: &[&str]) -> (Server, Duration) {
     (Server { child, base }, started.elapsed())
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// A receiver that answers every webhook with `status` and never calls back.
 async fn receiver(status: u16) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let mut r =
-                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, std::convert::Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    url
+    common::receiver(move |_request| async move {
+        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        r
+    })
+    .await
 }
 
 async fn setup(http: &reqwest::Client, base: &str, hook: &str) {
@@ -135,14 +112,7 @@ async fn fill(http: &reqwest::Client, base: &str, n: u64) -> Duration {
 }
 
 async fn gauge(http: &reqwest::Client, base: &str, state: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(http, base).await;
     let needle = format!("eddy_requests{{state=\"{state}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle))
@@ -162,7 +132,7 @@ async fn restart(n: u64) {
     while gauge(&http, &server.base, "generated").await < n as f64 * 0.99 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let size: u64 = walk(dir.path());
+    let size: u64 = common::disk_bytes(dir.path());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let (server, listening) = start(dir.path(), &schedule);
@@ -192,19 +162,6 @@ async fn restart(n: u64) {
     drop(server);
 }
 
-fn walk(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => walk(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 async fn timers(n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
@@ -216,7 +173,7 @@ async fn timers(n: u64) {
     args.extend(extra.iter().map(String::as_str));
     let (server, _) = start(dir.path(), &args);
     setup(&http, &server.base, &hook).await;
-    let base_rss = rss_mib(server.child.id());
+    let base_rss = common::rss_mib(server.child.id());
     let took = fill(&http, &server.base, n).await;
     while gauge(&http, &server.base, "delivered").await < n as f64 * 0.999 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,9 +184,9 @@ async fn timers(n: u64) {
     println!(
         "timers: {delivered} requests waiting on callback timers (accepted in {:.0}s), server RSS {:.0} MiB (idle start {:.0} MiB), store {} MiB",
         took.as_secs_f64(),
-        rss_mib(server.child.id()),
+        common::rss_mib(server.child.id()),
         base_rss,
-        walk(dir.path()) >> 20
+        common::disk_bytes(dir.path()) >> 20
     );
 }
 

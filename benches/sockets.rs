@@ -37,6 +37,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 const KEY: &str = "mr_live_bench0123456789abcdefghijABCDEFGHIJ";
 const CONNECTING: usize = 200;
 const CALLING: usize = 64;
@@ -115,13 +117,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        common::rss_kib(self.child.id())
     }
 
     fn stop(mut self) {
