@@ -28,18 +28,23 @@ async fn standard(server: &crate::support::TestServer) {
         .await;
 }
 
-/// The log pages newest first through a cursor without repeats, combines status and
-/// workflow filters, and takes `since`/`until` bounds; bad parameters are 400.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_log_pages_and_time_ranges() {
-    let server = start(|_| {}).await;
-    standard(&server).await;
+/// A test-mode workflow `slow` whose requests stay in flight for a minute.
+async fn slow(server: &crate::support::TestServer) {
     server
         .create_workflow(json!({
             "name": "slow", "provider": "openai", "model": "gpt-4o", "mode": "testing",
             "response_delay_ms": 60_000
         }))
         .await;
+}
+
+/// The log pages newest first through a cursor without repeats, combines status and
+/// workflow filters, and takes `since`/`until` bounds; bad parameters are 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_log_pages_and_time_ranges() {
+    let server = start(|_| {}).await;
+    standard(&server).await;
+    slow(&server).await;
     let mut sent = Vec::new();
     for i in 0..7 {
         let workflow = if i == 3 { "slow" } else { "summarizer" };
@@ -99,12 +104,7 @@ async fn request_log_pages_and_time_ranges() {
 async fn retention_sweeps_finished_requests() {
     let server = start(|c| c.request_retention = Duration::from_millis(500)).await;
     standard(&server).await;
-    server
-        .create_workflow(json!({
-            "name": "slow", "provider": "openai", "model": "gpt-4o", "mode": "testing",
-            "response_delay_ms": 60_000
-        }))
-        .await;
+    slow(&server).await;
     let slow = server.send_async(seed_request("slow")).await;
     let slow = slow["channel_id"].as_str().unwrap().to_string();
     let mut done = Vec::new();
