@@ -111,12 +111,11 @@ impl Anthropic {
         format!("{}/messages", self.base_url.trim_end_matches('/'))
     }
 
-    fn post(&self, body: &Value) -> reqwest::RequestBuilder {
+    fn post(&self) -> reqwest::RequestBuilder {
         let mut post = self
             .http
             .post(self.url())
-            .header("anthropic-version", VERSION)
-            .json(body);
+            .header("anthropic-version", VERSION);
         if let Some(key) = &self.api_key {
             post = post.header("x-api-key", key);
         }
@@ -188,9 +187,7 @@ impl Provider for Anthropic {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
             let sent = body(request);
-            request.exchange.sent(&sent);
-            let answer =
-                call::send_json(self.post(&sent), request.timeout, request.exchange).await?;
+            let answer = call::send_json(self.post(), &sent, request).await?;
             self.output(request, answer)
         })
     }
@@ -204,8 +201,7 @@ impl Provider for Anthropic {
             call::check_target(&self.url(), self.guarded)?;
             let mut sent = body(request);
             sent["stream"] = Value::Bool(true);
-            request.exchange.sent(&sent);
-            let mut events = Sse::open(self.post(&sent), request.timeout, request.exchange).await?;
+            let mut events = Sse::open(self.post(), &sent, request).await?;
             let mut message = Message::default();
             while let Some(event) = events.next_json().await? {
                 if let Some(piece) = message.apply(&event)? {

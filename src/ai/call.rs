@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::RETRY_AFTER;
 use serde_json::Value;
 
-use super::AiError;
+use super::{AiError, AiRequest};
 use crate::egress;
 
 /// The largest provider response eddy reads.
@@ -27,14 +27,18 @@ pub fn check_target(url: &str, guarded: bool) -> Result<(), AiError> {
     egress::check_literal(&parsed).map_err(|b| AiError::fatal(b.to_string()))
 }
 
-/// Sends `request` and reads its JSON answer, noting the body in `exchange`; an error
-/// status becomes an [`AiError`].
+/// Sends `body` as JSON with `post` (the adapter's URL and headers) and reads the JSON
+/// answer, within the attempt's timeout; both bodies are noted in the attempt's exchange.
+/// An error status becomes an [`AiError`].
 pub async fn send_json(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-    exchange: &super::Exchange,
+    post: reqwest::RequestBuilder,
+    body: &Value,
+    attempt: &AiRequest<'_>,
 ) -> Result<Value, AiError> {
-    let mut response = request
+    let (timeout, exchange) = (attempt.timeout, attempt.exchange);
+    exchange.sent(body);
+    let mut response = post
+        .json(body)
         .timeout(timeout)
         .send()
         .await
@@ -142,14 +146,17 @@ pub struct Sse {
 }
 
 impl Sse {
-    /// Sends `request` and, if the status is 2xx, returns its stream; an error status is an
-    /// [`AiError`] with the provider's message (its body noted in `exchange`).
+    /// Sends `body` as JSON with `post` (noted in the attempt's exchange) and, if the
+    /// status is 2xx, returns the answer's stream; an error status is an [`AiError`] with
+    /// the provider's message (its body noted too).
     pub async fn open(
-        request: reqwest::RequestBuilder,
-        timeout: Duration,
-        exchange: &super::Exchange,
+        post: reqwest::RequestBuilder,
+        body: &Value,
+        attempt: &AiRequest<'_>,
     ) -> Result<Sse, AiError> {
-        let response = match tokio::time::timeout(timeout, request.send()).await {
+        let (timeout, exchange) = (attempt.timeout, attempt.exchange);
+        exchange.sent(body);
+        let response = match tokio::time::timeout(timeout, post.json(body).send()).await {
             Err(_) => {
                 return Err(AiError::transient(format!(
                     "timed out after {}",

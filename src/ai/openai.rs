@@ -67,8 +67,8 @@ impl OpenAi {
         format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
     }
 
-    fn post(&self, body: &Value) -> reqwest::RequestBuilder {
-        let mut request = self.http.post(self.url()).json(body);
+    fn post(&self) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(self.url());
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -120,9 +120,7 @@ impl Provider for OpenAi {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
             let sent = body(request, false);
-            request.exchange.sent(&sent);
-            let answer =
-                call::send_json(self.post(&sent), request.timeout, request.exchange).await?;
+            let answer = call::send_json(self.post(), &sent, request).await?;
             self.output(request, answer)
         })
     }
@@ -135,9 +133,7 @@ impl Provider for OpenAi {
         Box::pin(async move {
             call::check_target(&self.url(), self.guarded)?;
             let streamed = body(request, true);
-            request.exchange.sent(&streamed);
-            let mut events =
-                Sse::open(self.post(&streamed), request.timeout, request.exchange).await?;
+            let mut events = Sse::open(self.post(), &streamed, request).await?;
             let mut content = String::new();
             let mut usage = None;
             while let Some(event) = events.next_json().await? {
