@@ -251,11 +251,10 @@ impl Message {
                     )));
                 };
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
-                    let whole = block
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    block["text"] = Value::String(format!("{whole}{text}"));
+                    match block.get_mut("text") {
+                        Some(Value::String(whole)) => whole.push_str(text),
+                        _ => block["text"] = Value::String(text.to_string()),
+                    }
                     return Ok(Some(text.to_string()));
                 }
             }
