@@ -4,8 +4,14 @@
 //!
 //! One place builds them so that the webhook and the socket always say the same thing, and
 //! so that a body is a pure function of the record: every retry of a delivery sends the
-//! same bytes, and a browser joining late is sent exactly what a live one got. JSON fields
-//! stored as text are embedded as raw JSON, never re-parsed; output is compact.
+//! same bytes, and a browser joining late is sent exactly what a live one got. Output is
+//! compact, and every JSON value stored as text (AI data, callback data, customer data) is
+//! written as JavaScript prints it ([`js`]), so a whole body reads back byte for byte
+//! through `JSON.stringify(JSON.parse(body))`: the seed's `mr-signature` check and
+//! ModelRiver's `X-ModelRiver-Signature` check (over `JSON.stringify(body.data)`) hold for
+//! every body, whatever the model answered.
+
+pub mod js;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -23,13 +29,15 @@ pub fn project_str(id: &[u8; 16]) -> String {
     channel_str(id)
 }
 
-/// Stored JSON text as a raw value; stored text is always valid JSON, `null` otherwise.
-fn raw(text: &str) -> &RawValue {
-    serde_json::from_str(text).unwrap_or_else(|_| null())
+/// Stored JSON text as JavaScript prints it; stored text is always valid JSON, `null`
+/// otherwise.
+fn raw(text: &str) -> Box<RawValue> {
+    literal(&js::canonical(text).unwrap_or_else(|| "null".into()))
 }
 
-fn null() -> &'static RawValue {
-    serde_json::from_str("null").expect("null is JSON")
+/// JSON text known to be valid, as a raw value.
+fn literal(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).expect("canonical JSON is JSON")
 }
 
 fn encode<T: Serialize>(value: &T) -> String {
@@ -41,6 +49,13 @@ pub struct Meta<'a> {
     pub workflow_name: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
+    /// The model's time for the answer, every attempt included (the SDK shows it as the
+    /// processing step's duration); absent before the model answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The answer's tokens; absent before the model answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
     /// Every model attempt, retries and fallbacks included.
     pub attempts: Vec<AttemptMeta<'a>>,
 }
@@ -116,13 +131,18 @@ fn meta(record: &Request) -> Meta<'_> {
         workflow_name: &record.workflow.name,
         provider,
         model,
+        duration_ms: record.ai.as_ref().map(|ai| ai.duration_ms),
+        usage: record
+            .ai
+            .as_ref()
+            .map(|ai| Usage::new(ai.prompt_tokens, ai.completion_tokens)),
         attempts: attempt_metas(record),
     }
 }
 
 #[derive(Serialize)]
-struct DataWrap<'a> {
-    data: &'a RawValue,
+struct DataWrap {
+    data: Box<RawValue>,
 }
 
 #[derive(Serialize)]
@@ -136,10 +156,13 @@ struct AiGeneratedHook<'a> {
     r#type: &'static str,
     event: &'a str,
     channel_id: String,
-    ai_response: DataWrap<'a>,
+    ai_response: DataWrap,
+    /// The AI data again, at the top: ModelRiver's receivers sign `JSON.stringify(body.data)`
+    /// and fall back to other forms when a body has none (see `signature`).
+    data: Box<RawValue>,
     callback_url: String,
     callback_required: bool,
-    customer_data: &'a RawValue,
+    customer_data: Box<RawValue>,
     meta: Meta<'a>,
     timestamp: String,
 }
@@ -150,11 +173,13 @@ struct CompletedHook<'a> {
     workflow: &'a str,
     status: &'static str,
     channel_id: String,
-    data: &'a RawValue,
+    /// The AI data; `{}` when the model failed (a `null` would be signed differently by
+    /// ModelRiver's two receivers, see `signature`).
+    data: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorBody<'a>>,
     meta: Meta<'a>,
-    customer_data: &'a RawValue,
+    customer_data: Box<RawValue>,
     timestamp: String,
 }
 
@@ -172,6 +197,7 @@ pub fn webhook_body(record: &Request, public_url: &str) -> String {
             ai_response: DataWrap {
                 data: raw(&ai.data),
             },
+            data: raw(&ai.data),
             callback_required: true,
             customer_data,
             meta: meta(record),
@@ -192,7 +218,7 @@ pub fn webhook_body(record: &Request, public_url: &str) -> String {
                 workflow: &record.workflow.name,
                 status: if ai.is_some() { "success" } else { "error" },
                 channel_id,
-                data: ai.as_ref().map_or(null(), |a| raw(&a.data)),
+                data: ai.as_ref().map_or_else(|| literal("{}"), |a| raw(&a.data)),
                 error: if ai.is_some() { None } else { error },
                 meta: meta(record),
                 customer_data,
@@ -202,26 +228,28 @@ pub fn webhook_body(record: &Request, public_url: &str) -> String {
     }
 }
 
+/// The model answered and the backend is at work: no data (the SDK treats this as a step
+/// and notes that ModelRiver no longer sends `ai_response` in it; a page that showed the
+/// model's raw answer here would drop the backend's enriched `completed` as a duplicate).
 #[derive(Serialize)]
 struct AiGeneratedPush<'a> {
     status: &'static str,
     channel_id: String,
     event_name: &'a str,
-    ai_response: DataWrap<'a>,
     meta: Meta<'a>,
-    customer_data: &'a RawValue,
+    customer_data: Box<RawValue>,
 }
 
 #[derive(Serialize)]
 struct CompletedPush<'a> {
     status: &'static str,
     channel_id: String,
-    data: &'a RawValue,
+    data: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    callback_metadata: Option<&'a RawValue>,
-    customer_data: &'a RawValue,
+    callback_metadata: Option<Box<RawValue>>,
+    customer_data: Box<RawValue>,
     meta: Meta<'a>,
 }
 
@@ -229,9 +257,9 @@ struct CompletedPush<'a> {
 struct SuccessPush<'a> {
     status: &'static str,
     channel_id: String,
-    data: &'a RawValue,
+    data: Box<RawValue>,
     meta: Meta<'a>,
-    customer_data: &'a RawValue,
+    customer_data: Box<RawValue>,
 }
 
 #[derive(Serialize)]
@@ -239,7 +267,7 @@ struct ErrorPush<'a> {
     status: &'static str,
     channel_id: String,
     error: ErrorBody<'a>,
-    customer_data: &'a RawValue,
+    customer_data: Box<RawValue>,
 }
 
 /// The WebSocket `response` payload that reflects `record` now: what a browser should have
@@ -271,20 +299,17 @@ pub fn latest_push(record: &Request) -> Option<String> {
             Some(encode(&CompletedPush {
                 status: "completed",
                 channel_id,
-                data: cb.map_or(null(), |c| raw(&c.data)),
+                data: cb.map_or_else(|| literal("null"), |c| raw(&c.data)),
                 task_id: cb.and_then(|c| c.task_id.as_deref()),
                 callback_metadata: cb.and_then(|c| c.metadata.as_deref()).map(raw),
                 customer_data,
                 meta: meta(record),
             }))
         }
-        (_, Some(event), Some(ai)) => Some(encode(&AiGeneratedPush {
+        (_, Some(event), Some(_)) => Some(encode(&AiGeneratedPush {
             status: "ai_generated",
             channel_id,
             event_name: event,
-            ai_response: DataWrap {
-                data: raw(&ai.data),
-            },
             meta: meta(record),
             customer_data,
         })),

@@ -254,18 +254,15 @@ async fn push_larger_than_256_kib_arrives() {
         .await;
     server
         .create_workflow(json!({
-            "name": "big", "event_name": "big_ready", "provider": "openai", "model": "gpt-4o",
+            "name": "big", "provider": "openai", "model": "gpt-4o",
             "structured_output_id": output, "mode": "testing", "response_delay_ms": 300,
         }))
         .await;
     server.register_webhook(&receiver.url).await;
     let ticket = server.send_async(seed_request("big")).await;
     let mut live = server.join(&ticket).await;
-    let push = live.push_with_status("ai_generated").await;
-    assert_eq!(
-        push["ai_response"]["data"]["text"].as_str(),
-        Some(text.as_str())
-    );
+    let push = live.push_with_status("success").await;
+    assert_eq!(push["data"]["text"].as_str(), Some(text.as_str()));
     let mut rejoined = server.join(&ticket).await;
     let replayed = rejoined.next_push(WAIT).await;
     assert_eq!(replayed, push);
@@ -283,14 +280,14 @@ async fn slow_reader_is_dropped() {
         .await;
     server
         .create_workflow(json!({
-            "name": "big", "event_name": "big_ready", "provider": "openai", "model": "gpt-4o",
+            "name": "big", "provider": "openai", "model": "gpt-4o",
             "structured_output_id": output, "mode": "testing",
         }))
         .await;
     server.register_webhook(&receiver.url).await;
     let ticket = server.send_async(seed_request("big")).await;
     let mut good = server.join(&ticket).await;
-    good.push_with_status("ai_generated").await;
+    good.push_with_status("success").await;
     let mut stuck = server.join(&ticket).await;
     let topic = ticket["websocket_channel"].as_str().unwrap();
     // Each join is answered with the 200 KB result; 100 of them fill every buffer on the
