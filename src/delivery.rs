@@ -116,7 +116,7 @@ impl Deliverer {
         }
     }
 
-    /// The headers of SPEC §4 for one attempt.
+    /// The headers of SPEC §4 and §7 for one attempt.
     fn headers(attempt: &Attempt<'_>) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(12);
         let body = attempt.body.as_bytes();
@@ -127,9 +127,13 @@ impl Deliverer {
                 h.insert(name, v);
             }
         };
+        // The single-valued signatures carry the current secret only; during a rotation's
+        // grace the previous one signs `webhook-signature` too.
+        let current = secrets.first().copied().unwrap_or("");
+        put("mr-signature", signature::mr_signature(current, body));
         put(
-            "mr-signature",
-            signature::mr_signature(secrets.first().copied().unwrap_or(""), body),
+            "x-modelriver-signature",
+            signature::modelriver_signature(current, attempt.timestamp, body),
         );
         put("mr-timestamp", ts.clone());
         put("x-modelriver-timestamp", ts.clone());
