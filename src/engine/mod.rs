@@ -50,6 +50,9 @@ pub struct AcceptInput {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub webhook_url: Option<String>,
     pub test_mode: bool,
+    /// Request-level `events`: the first names the event of a request whose workflow has
+    /// no `event_name`, which makes it event-driven.
+    pub events: Vec<String>,
 }
 
 /// What a client needs to follow its request.
@@ -213,14 +216,16 @@ impl Engine {
         }
     }
 
-    fn snapshot(&self, workflow: &Workflow) -> WorkflowSnapshot {
+    /// The workflow as the request will run it; `event` is the request's own event name,
+    /// used when the workflow has none.
+    fn snapshot(&self, workflow: &Workflow, event: Option<&String>) -> WorkflowSnapshot {
         let output = workflow
             .structured_output_id
             .as_deref()
             .and_then(|id| self.catalog.structured_output(&workflow.project, id));
         WorkflowSnapshot {
             name: workflow.name.clone(),
-            event_name: workflow.event_name.clone(),
+            event_name: workflow.event_name.clone().or_else(|| event.cloned()),
             provider: workflow.provider.clone(),
             model: workflow.model.clone(),
             testing: workflow.testing,
@@ -247,18 +252,18 @@ impl Engine {
             .workflow(&project.id, &input.workflow)
             .ok_or_else(|| Error::WorkflowNotFound(input.workflow.clone()))?;
         self.store.ensure_space()?;
-        if input.webhook_url.is_none()
-            && workflow.event_name.is_some()
+        let snapshot = self.snapshot(&workflow, input.events.first());
+        if let Some(event) = &snapshot.event_name
+            && input.webhook_url.is_none()
             && self
                 .catalog
-                .endpoints_for(&project.id, workflow.event_name.as_deref())
+                .endpoints_for(&project.id, Some(event))
                 .is_empty()
         {
             return Err(Error::Invalid(format!(
-                "workflow '{}' is event-driven but no webhook endpoint receives event '{}': \
-                 register one with POST /console/webhooks or pass webhook_url",
+                "request for workflow '{}' is event-driven but no webhook endpoint receives \
+                 event '{event}': register one with POST /console/webhooks or pass webhook_url",
                 workflow.name,
-                workflow.event_name.as_deref().unwrap_or_default()
             )));
         }
 
@@ -271,7 +276,7 @@ impl Engine {
         let mut record = Request::pending(
             ids,
             project.id,
-            self.snapshot(&workflow),
+            snapshot,
             input.messages.to_string(),
             serde_json::Value::Object(customer_data).to_string(),
             input.webhook_url,

@@ -70,7 +70,7 @@ impl Engine {
         let workflow = self.sync_workflow(&project.id, &input.workflow)?;
         let customer_data =
             customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
-        let snapshot = self.snapshot(&workflow);
+        let snapshot = self.snapshot(&workflow, None);
         let received = now_ms();
         let (result, reports) = self
             .call_models(

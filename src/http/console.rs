@@ -191,7 +191,7 @@ pub fn limit_param(request: &Request<Incoming>) -> Result<usize, ApiError> {
 }
 
 /// Names of workflows, events and structured outputs: 1–128 of `[A-Za-z0-9_.:-]`.
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

@@ -64,7 +64,16 @@ struct AsyncBody {
     webhook_url: Option<String>,
     #[serde(default)]
     test_mode: Option<bool>,
+    /// Makes the request event-driven when its workflow has no `event_name`.
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    delivery_method: Option<String>,
 }
+
+/// The `delivery_method` values ModelRiver documents ("you receive the result via WebSocket
+/// or Webhook"). eddy always does both, so the value only has to be one of them.
+const DELIVERY_METHODS: [&str; 2] = ["websocket", "webhook"];
 
 const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "developer"];
 
@@ -110,12 +119,25 @@ fn validate_async(body: AsyncBody, guarded: bool) -> Result<AcceptInput, ApiErro
     if let Some(url) = &body.webhook_url {
         check_url("webhook_url", url, guarded)?;
     }
+    let events = body.events.unwrap_or_default();
+    for (i, event) in events.iter().enumerate() {
+        super::console::check_name(&format!("events[{i}]"), event)?;
+    }
+    if let Some(method) = &body.delivery_method
+        && !DELIVERY_METHODS.contains(&method.as_str())
+    {
+        return Err(ApiError::invalid(format!(
+            "delivery_method: '{method}' is not one of {}",
+            DELIVERY_METHODS.join(", ")
+        )));
+    }
     Ok(AcceptInput {
         workflow: body.workflow,
         messages: Value::Array(body.messages.into_iter().map(Value::Object).collect()),
         metadata: body.metadata.unwrap_or_default(),
         webhook_url: body.webhook_url,
         test_mode: body.test_mode.unwrap_or(false),
+        events,
     })
 }
 
