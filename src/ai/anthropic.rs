@@ -1,5 +1,7 @@
-//! Anthropic's Messages API at `{base_url}/messages`, with `x-api-key` and
-//! `anthropic-version` headers.
+//! Anthropic's Messages API at `{base_url}/v1/messages`, with `x-api-key` and
+//! `anthropic-version` headers. `base_url` is taken as Anthropic's SDKs take it, the root
+//! without `/v1` (`https://api.anthropic.com`); a root that already ends in `/v1`, as
+//! OpenAI-style roots do, is used as it is.
 //!
 //! Mapping from the OpenAI-style messages eddy receives: `system` and `developer` messages
 //! and the workflow's `system_prompt` become the top-level `system` field; `tool` messages
@@ -35,6 +37,16 @@ pub struct Anthropic {
     pub api_key: Option<String>,
     /// The SSRF guard is on.
     pub guarded: bool,
+}
+
+/// The Messages endpoint under an API root given with or without `/v1`.
+pub fn messages_url(base_url: &str) -> String {
+    let root = base_url.trim_end_matches('/');
+    if root.ends_with("/v1") {
+        format!("{root}/messages")
+    } else {
+        format!("{root}/v1/messages")
+    }
 }
 
 /// An OpenAI-style content (a string or parts) as Anthropic content.
@@ -108,7 +120,7 @@ pub fn body(request: &AiRequest<'_>) -> Value {
 
 impl Anthropic {
     fn url(&self) -> String {
-        format!("{}/messages", self.base_url.trim_end_matches('/'))
+        messages_url(&self.base_url)
     }
 
     fn post(&self) -> reqwest::RequestBuilder {
@@ -304,6 +316,36 @@ impl Message {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The Messages endpoint is `/v1/messages` under a root given as Anthropic's SDKs take
+    /// it, and under one that already names `/v1`.
+    #[test]
+    fn messages_url_with_or_without_v1() {
+        for (root, url) in [
+            (
+                "https://api.anthropic.com",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://api.anthropic.com/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://api.anthropic.com/v1",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://api.anthropic.com/v1/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://gw.example/anthropic",
+                "https://gw.example/anthropic/v1/messages",
+            ),
+        ] {
+            assert_eq!(messages_url(root), url, "{root}");
+        }
+    }
 
     /// The events of a streamed message (as Anthropic documents them) put back together:
     /// text from the deltas, input tokens from `message_start`, output tokens from
