@@ -2,6 +2,7 @@
 //! `phoenix` JS client under Node for the browser side (`browser`).
 
 mod browser;
+mod compat;
 mod console;
 mod crash;
 mod crash_loop;

@@ -10,47 +10,11 @@ use serde_json::{Value, json};
 
 use crate::providers::{provider_server, register};
 use crate::support::provider::{Answer, FakeProvider, Wire};
+use crate::support::tools::pip_install;
 use crate::support::{KEY, WAIT};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python")
-}
-
-/// Makes sure `python3` imports the pinned `openai` version, installing it if not.
-fn ensure_openai() {
-    let requirements = python_dir().join("requirements.txt");
-    let pinned = std::fs::read_to_string(&requirements)
-        .expect("tests/python/requirements.txt")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("openai==").map(str::to_string))
-        .expect("requirements.txt pins openai==VERSION");
-    let check = "import sys, openai; sys.exit(openai.__version__ != sys.argv[1])";
-    let installed = Command::new("python3")
-        .args(["-c", check, &pinned])
-        .output()
-        .expect("python3 runs (CPython 3 is needed for the OpenAI client test)");
-    if installed.status.success() {
-        return;
-    }
-    eprintln!("installing openai=={pinned} with pip");
-    let pip = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements)
-        .output()
-        .expect("python3 -m pip runs");
-    assert!(
-        pip.status.success(),
-        "pip install -r {} failed: {}",
-        requirements.display(),
-        String::from_utf8_lossy(&pip.stderr)
-    );
 }
 
 /// The official client makes a plain completion and a streamed one against a workflow
@@ -75,7 +39,7 @@ async fn official_openai_client_works_unchanged() {
     let output = tokio::time::timeout(
         WAIT * 6,
         tokio::task::spawn_blocking(move || {
-            ensure_openai();
+            pip_install(&python_dir().join("requirements.txt"), "openai");
             Command::new("python3")
                 .arg(python_dir().join("openai_client.py"))
                 .args([&base_url, KEY, "assistant", "evented"])

@@ -41,3 +41,89 @@ pub fn chromium() -> PathBuf {
     );
     path
 }
+
+/// Makes sure `python3` has `package` at the version `requirements` pins
+/// (`package==VERSION`), installing the whole file with pip if not.
+pub fn pip_install(requirements: &Path, package: &str) {
+    let _guard = PIP.lock().unwrap_or_else(|p| p.into_inner());
+    let pinned = std::fs::read_to_string(requirements)
+        .unwrap_or_else(|e| panic!("{}: {e}", requirements.display()))
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(package)
+                .and_then(|rest| rest.strip_prefix("=="))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{} pins {package}==VERSION", requirements.display()));
+    let check =
+        "import sys, importlib.metadata as m; sys.exit(m.version(sys.argv[1]) != sys.argv[2])";
+    let installed = Command::new("python3")
+        .args(["-c", check, package, &pinned])
+        .output()
+        .expect("python3 runs (CPython 3 is needed)");
+    if installed.status.success() {
+        return;
+    }
+    eprintln!("installing {} with pip", requirements.display());
+    let pip = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(requirements)
+        .output()
+        .expect("python3 -m pip runs");
+    assert!(
+        pip.status.success(),
+        "pip install -r {} failed: {}",
+        requirements.display(),
+        String::from_utf8_lossy(&pip.stderr)
+    );
+}
+
+/// One pip install at a time across the test binary's threads.
+static PIP: Mutex<()> = Mutex::new(());
+
+/// Runs `node tests/js/{script} {command}` with `input` as JSON on its stdin and returns
+/// the JSON it prints.
+pub async fn node_json(
+    script: &str,
+    command: &str,
+    input: &serde_json::Value,
+) -> serde_json::Value {
+    use tokio::io::AsyncWriteExt;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/js")
+        .join(script);
+    let mut child = tokio::process::Command::new("node")
+        .arg(&path)
+        .arg(command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (Node.js 18 or newer is needed)");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.to_string().as_bytes())
+        .await
+        .expect("node reads its input");
+    drop(stdin);
+    let out = tokio::time::timeout(super::WAIT, child.wait_with_output())
+        .await
+        .expect("node finishes within the wait")
+        .expect("node's output");
+    assert!(
+        out.status.success(),
+        "node {script} {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
