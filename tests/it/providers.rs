@@ -112,6 +112,29 @@ async fn openai_wire_format_and_usage() {
     assert!(!view.to_string().contains("sk-openai-0123456789abcdefghij"));
 }
 
+/// Regression: a `base_url` as Anthropic's SDKs take it (the root, no `/v1`) got 404s,
+/// because eddy appended `/messages` to it. With or without `/v1` (and a trailing slash),
+/// requests go to `/v1/messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_base_url_with_or_without_v1() {
+    let server = provider_server().await;
+    let fake = FakeProvider::start(Wire::Anthropic).await;
+    let root = fake.base_url.trim_end_matches("/v1").to_string();
+    register(&server, "anthropic", &fake, json!({"base_url": root})).await;
+    let proxy = json!({"kind": "anthropic", "base_url": format!("{root}/v1/")});
+    register(&server, "proxy", &fake, proxy).await;
+    for provider in ["anthropic", "proxy"] {
+        server
+            .create_workflow(json!({"name": provider, "provider": provider, "model": "claude"}))
+            .await;
+        let messages = json!([{"role": "user", "content": "Hello"}]);
+        let body = wrapped(&server, provider, messages).await;
+        assert_eq!(body["data"], json!({"content": "Hello from the fake"}));
+    }
+    let paths: Vec<String> = fake.wait_for(2).await.into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/v1/messages", "/v1/messages"]);
+}
+
 /// Anthropic: `x-api-key` and `anthropic-version`, `system` as a top-level field (the
 /// prompt and the request's system messages), `max_tokens`; usage is read from
 /// `input_tokens` / `output_tokens`; a structured output goes as a forced tool whose input
