@@ -13,7 +13,7 @@ use crate::support::{Browser, Callback, KEY, Phoenix, Receiver, WAIT, headphones
 /// Data that JavaScript prints back differently from how Rust, Python or a model write
 /// it: integer-like keys out of order, `1.0`, tiny, huge and big numbers, `-0`, a double
 /// whose shortest form is a tie, U+2028, emoji, control characters.
-fn awkward() -> Value {
+pub fn awkward() -> Value {
     json!({
         "reply": "Line\u{2028}separator, emoji 😀, bell \u{7}, unit \u{1f}, \"quoted\" \\",
         "10": "ten", "2": "two", "b": "bee", "1": "one",

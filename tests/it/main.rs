@@ -9,6 +9,7 @@ mod crash_loop;
 mod delivery;
 mod disk;
 mod dlq;
+mod examples;
 mod flow;
 mod hostile;
 mod isolation;

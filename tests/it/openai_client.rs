@@ -3,7 +3,7 @@
 //! client. The pinned package is installed with pip when it is missing; the test fails,
 //! never skips, when that is impossible.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -39,7 +39,8 @@ async fn official_openai_client_works_unchanged() {
     let output = tokio::time::timeout(
         WAIT * 6,
         tokio::task::spawn_blocking(move || {
-            pip_install(&python_dir().join("requirements.txt"), "openai");
+            let requirements = python_dir().join("requirements.txt");
+            pip_install(Path::new("python3"), &requirements, "openai");
             Command::new("python3")
                 .arg(python_dir().join("openai_client.py"))
                 .args([&base_url, KEY, "assistant", "evented"])

@@ -42,9 +42,9 @@ pub fn chromium() -> PathBuf {
     path
 }
 
-/// Makes sure `python3` has `package` at the version `requirements` pins
-/// (`package==VERSION`), installing the whole file with pip if not.
-pub fn pip_install(requirements: &Path, package: &str) {
+/// Makes sure `python` (a path or `python3`) has `package` at the version `requirements`
+/// pins (`package==VERSION`), installing the whole file with its pip if not.
+pub fn pip_install(python: &Path, requirements: &Path, package: &str) {
     let _guard = PIP.lock().unwrap_or_else(|p| p.into_inner());
     let pinned = std::fs::read_to_string(requirements)
         .unwrap_or_else(|e| panic!("{}: {e}", requirements.display()))
@@ -58,15 +58,15 @@ pub fn pip_install(requirements: &Path, package: &str) {
         .unwrap_or_else(|| panic!("{} pins {package}==VERSION", requirements.display()));
     let check =
         "import sys, importlib.metadata as m; sys.exit(m.version(sys.argv[1]) != sys.argv[2])";
-    let installed = Command::new("python3")
+    let installed = Command::new(python)
         .args(["-c", check, package, &pinned])
         .output()
-        .expect("python3 runs (CPython 3 is needed)");
+        .unwrap_or_else(|e| panic!("{} runs (CPython 3 is needed): {e}", python.display()));
     if installed.status.success() {
         return;
     }
     eprintln!("installing {} with pip", requirements.display());
-    let pip = Command::new("python3")
+    let pip = Command::new(python)
         .args([
             "-m",
             "pip",
@@ -77,13 +77,32 @@ pub fn pip_install(requirements: &Path, package: &str) {
         ])
         .arg(requirements)
         .output()
-        .expect("python3 -m pip runs");
+        .expect("pip runs");
     assert!(
         pip.status.success(),
         "pip install -r {} failed: {}",
         requirements.display(),
         String::from_utf8_lossy(&pip.stderr)
     );
+}
+
+/// The Python of the virtual environment `dir/.venv`, created if missing (as
+/// `tests/setup` creates it).
+pub fn venv_python(dir: &Path) -> PathBuf {
+    let python = dir.join(".venv/bin/python");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(dir.join(".venv"))
+            .status()
+            .expect("python3 -m venv runs");
+        assert!(
+            status.success(),
+            "python3 -m venv failed in {}",
+            dir.display()
+        );
+    }
+    python
 }
 
 /// One pip install at a time across the test binary's threads.
