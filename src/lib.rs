@@ -20,8 +20,10 @@
 //! - [`delivery`]: sending one webhook attempt and classifying it (with the `ai` adapters,
 //!   the only reqwest users).
 //! - [`egress`]: the SSRF guard: which addresses webhooks may go to.
-//! - [`signature`]: `mr-signature` and Standard Webhooks signatures.
-//! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record.
+//! - [`signature`]: `mr-signature`, `X-ModelRiver-Signature` and Standard Webhooks
+//!   signatures.
+//! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record and
+//!   written as JavaScript prints JSON ([`payload::js`]).
 //! - [`http`]: the hyper server, routing, auth, the error envelope, handlers.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`ws`]: Phoenix Channels v2: frames, tokens, the channel hub, socket tasks.
