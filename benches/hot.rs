@@ -148,6 +148,15 @@ fn signing_and_bodies(c: &mut Criterion) {
     group.bench_function("mr-signature", |b| {
         b.iter(|| black_box(signature::mr_signature(secret, body.as_bytes())))
     });
+    group.bench_function("x-modelriver-signature", |b| {
+        b.iter(|| {
+            black_box(signature::modelriver_signature(
+                secret,
+                1_771_144_200,
+                body.as_bytes(),
+            ))
+        })
+    });
     group.bench_function("webhook-signature", |b| {
         b.iter(|| {
             black_box(signature::standard_signature(

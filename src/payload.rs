@@ -189,20 +189,21 @@ pub fn webhook_body(record: &Request, public_url: &str) -> String {
     let channel_id = channel_str(&record.channel_id);
     let customer_data = raw(&record.customer_data);
     match (&record.workflow.event_name, &record.ai) {
-        (Some(event), Some(ai)) => encode(&AiGeneratedHook {
-            r#type: "task.ai_generated",
-            event,
-            callback_url: format!("{public_url}/v1/callback/{channel_id}"),
-            channel_id,
-            ai_response: DataWrap {
-                data: raw(&ai.data),
-            },
-            data: raw(&ai.data),
-            callback_required: true,
-            customer_data,
-            meta: meta(record),
-            timestamp: rfc3339_ms(ai.generated_ms),
-        }),
+        (Some(event), Some(ai)) => {
+            let data = raw(&ai.data);
+            encode(&AiGeneratedHook {
+                r#type: "task.ai_generated",
+                event,
+                callback_url: format!("{public_url}/v1/callback/{channel_id}"),
+                channel_id,
+                ai_response: DataWrap { data: data.clone() },
+                data,
+                callback_required: true,
+                customer_data,
+                meta: meta(record),
+                timestamp: rfc3339_ms(ai.generated_ms),
+            })
+        }
         (_, ai) => {
             let error = record.failure().map(|f| ErrorBody {
                 code: f.as_str(),
