@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::Engine;
+use super::accept::customer_data;
 use super::model::{ai_result, attempt_logs};
-use super::{Engine, customer_data};
 use crate::ai::{AiError, AiOutput, Deltas};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
