@@ -27,6 +27,9 @@ pub async fn route(
     rest: &[&str],
 ) -> Result<Response, ApiError> {
     let project = app.authenticate(&request)?;
+    if let Some(limiter) = &app.rate_limit {
+        limiter.take(&project.id)?;
+    }
     let method = request.method().clone();
     let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();

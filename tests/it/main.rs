@@ -2,6 +2,7 @@
 //! `phoenix` JS client under Node for the browser side (`browser`).
 
 mod browser;
+mod connections;
 mod console;
 mod crash;
 mod crash_loop;
@@ -19,3 +20,4 @@ mod streaming;
 mod support;
 mod sync;
 mod validation;
+mod wire;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, WAIT, seed_request, start, tools};
+use crate::support::{
+    Callback, KEY, METRICS_TOKEN, Receiver, WAIT, http_client, seed_request, start, tools,
+};
 
 fn channels(list: &Value) -> Vec<String> {
     list["data"]
@@ -149,7 +151,7 @@ fn number(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str
     }
 }
 
-/// After the seed's flow, `/metrics` (no key needed) parses as Prometheus text and counts
+/// After the seed's flow, `/metrics` (with the metrics token) parses as Prometheus text and counts
 /// the request, its model attempt, its webhook, its callback and its push, with gauges by
 /// state and histograms whose +Inf bucket holds every observation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +166,10 @@ async fn metrics_parse_as_prometheus_text() {
         .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
         .await;
 
-    let response = reqwest::get(format!("{}/metrics", server.base))
+    let response = http_client()
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
