@@ -16,6 +16,7 @@ mod observe;
 mod openai_client;
 mod providers;
 mod socket;
+mod ssrf;
 mod streaming;
 mod support;
 mod sync;
