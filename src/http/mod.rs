@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 
-use crate::catalog::Project;
+use crate::catalog::{ApiKey, Project};
 use crate::clock::now_ms;
 use crate::engine::Engine;
 use crate::secret::ct_eq;
@@ -59,14 +59,23 @@ pub struct App {
 impl App {
     /// The project of the request's `Authorization: Bearer` key, or 401.
     pub fn authenticate(&self, request: &Request<Incoming>) -> Result<Arc<Project>, ApiError> {
+        self.authenticate_key(request).map(|(_, project)| project)
+    }
+
+    /// The request's key and its project, or 401.
+    pub fn authenticate_key(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(Arc<ApiKey>, Arc<Project>), ApiError> {
         let presented = bearer(request).ok_or_else(ApiError::unauthorized)?;
         let catalog = self.engine.catalog();
         let key = catalog
             .authenticate(presented, now_ms())
             .ok_or_else(ApiError::unauthorized)?;
-        catalog
+        let project = catalog
             .project(&key.project)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok((key, project))
     }
 }
 

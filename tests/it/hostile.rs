@@ -202,6 +202,63 @@ async fn revoked_and_expired_keys_stop_at_once() {
     assert_eq!(status, 400);
 }
 
+/// Regression: a key that expired in a day could create keys that never expire and revoke
+/// every other key. A key cannot create a key that outlives it (without an expiry the new
+/// key expires with it; a later one is refused) nor revoke one (403); it may revoke keys
+/// that expire no later than itself, itself included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_cannot_outlive_or_revoke_longer_lived_keys() {
+    let server = start(|_| {}).await;
+    let (status, short) = server
+        .post("/console/keys", json!({"name": "ci", "expires_in_days": 1}))
+        .await;
+    assert_eq!(status, 201, "{short}");
+    let ci = Api {
+        base: server.base.clone(),
+        key: short["key"].as_str().unwrap().to_string(),
+        http: http_client(),
+    };
+
+    let (status, child) = ci.post("/console/keys", json!({"name": "child"})).await;
+    assert_eq!(status, 201, "{child}");
+    assert_eq!(child["expires_at"], short["expires_at"], "expires with its maker");
+    for longer in [
+        json!({"expires_in_days": 2}),
+        json!({"expires_at": eddy::clock::now_ms() + 3 * 24 * 3600 * 1000}),
+    ] {
+        let (status, body) = ci.post("/console/keys", longer.clone()).await;
+        assert_eq!(status, 400, "{longer}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("outlive"), "{message}");
+    }
+    let sooner = json!({"expires_at": eddy::clock::now_ms() + 3_600_000});
+    assert_eq!(ci.post("/console/keys", sooner).await.0, 201);
+
+    let (_, keys) = server.get("/console/keys").await;
+    let id_of = |name: &str| {
+        keys["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (status, body) = ci
+        .delete(&format!("/console/keys/{}", id_of("bootstrap")))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(server.get("/console/workflow").await.0, 200, "still valid");
+    let (status, _) = ci.delete(&format!("/console/keys/{}", id_of("child"))).await;
+    assert_eq!(status, 200);
+    let (status, _) = ci.delete(&format!("/console/keys/{}", id_of("ci"))).await;
+    assert_eq!(status, 200, "a key may revoke itself");
+    assert_eq!(ci.get("/console/workflow").await.0, 401);
+}
+
 /// The per-project rate limit answers 429 `rate_limited` with `Retry-After` once the
 /// bucket is empty, for that project only; `/console` routes take from the same bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
