@@ -158,6 +158,31 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// What to tell the operator at start when `--public-url` is not set: callback and
+    /// WebSocket URLs then name `bound`, which a backend elsewhere, or any client after a
+    /// restart on a new port, cannot reach.
+    pub fn public_url_warning(&self, bound: SocketAddr) -> Option<String> {
+        if self.public_url.is_some() {
+            return None;
+        }
+        let why = if self.listen.port() == 0 {
+            "a port picked for this process only: callbacks for requests accepted now reach \
+             nothing after a restart"
+        } else if bound.ip().is_unspecified() {
+            "not an address a client can connect to"
+        } else if bound.ip().is_loopback() {
+            "which only this machine can reach"
+        } else {
+            "right only if backends and browsers reach eddy at that address"
+        };
+        Some(format!(
+            "no --public-url: callback_url and websocket_url name http://{bound}, {why}; set \
+             --public-url for anything that restarts or is reached through a proxy"
+        ))
+    }
+}
+
 /// The options of `eddy serve`, as given. Each is also `EDDY_<NAME>` and a key of the
 /// `--config` TOML file (snake_case).
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -506,6 +531,22 @@ mod tests {
             ..Options::default()
         };
         assert!(short_key.into_config().is_err());
+
+        let ephemeral = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        let bound = SocketAddr::from(([127, 0, 0, 1], 41234));
+        let warning = ephemeral.public_url_warning(bound).unwrap();
+        assert!(
+            warning.contains("http://127.0.0.1:41234, a port picked"),
+            "{warning}"
+        );
+        let set = Config {
+            public_url: Some("https://eddy.example.com".into()),
+            ..ephemeral
+        };
+        assert_eq!(set.public_url_warning(bound), None);
 
         let instant_idle = Options {
             ws_idle_timeout: Some("0s".into()),

@@ -221,7 +221,10 @@ async fn a_key_cannot_outlive_or_revoke_longer_lived_keys() {
 
     let (status, child) = ci.post("/console/keys", json!({"name": "child"})).await;
     assert_eq!(status, 201, "{child}");
-    assert_eq!(child["expires_at"], short["expires_at"], "expires with its maker");
+    assert_eq!(
+        child["expires_at"], short["expires_at"],
+        "expires with its maker"
+    );
     for longer in [
         json!({"expires_in_days": 2}),
         json!({"expires_at": eddy::clock::now_ms() + 3 * 24 * 3600 * 1000}),
@@ -252,7 +255,9 @@ async fn a_key_cannot_outlive_or_revoke_longer_lived_keys() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(server.get("/console/workflow").await.0, 200, "still valid");
-    let (status, _) = ci.delete(&format!("/console/keys/{}", id_of("child"))).await;
+    let (status, _) = ci
+        .delete(&format!("/console/keys/{}", id_of("child")))
+        .await;
     assert_eq!(status, 200);
     let (status, _) = ci.delete(&format!("/console/keys/{}", id_of("ci"))).await;
     assert_eq!(status, 200, "a key may revoke itself");

@@ -89,7 +89,11 @@ async fn joins_after_the_token_expired_are_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(joined_once, "the first join, before expiry, succeeds");
-    assert_eq!(socket.heartbeat().await["status"], "ok", "the socket stays up");
+    assert_eq!(
+        socket.heartbeat().await["status"],
+        "ok",
+        "the socket stays up"
+    );
 }
 
 /// Joins on topics the token was not issued for are refused with SPEC §5's reasons, and
