@@ -8,6 +8,8 @@
 //! here (`Content-Length`, chunked, or none) tells [`super::conn`] where the next head
 //! starts; a body it cannot follow is left to hyper, which then closes the connection.
 
+use std::mem::MaybeUninit;
+
 use hyper::StatusCode;
 
 use super::error::ApiError;
@@ -99,9 +101,15 @@ pub fn check_partial(buf: &[u8]) -> Result<(), ApiError> {
 /// Checks a complete head (as found by [`end_of_head`]).
 pub fn check(head: &[u8]) -> Result<Head, ApiError> {
     check_partial(head)?;
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut fields);
-    match request.parse(head) {
+    // Left uninitialised, as hyper does: httparse writes the fields it finds.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        head,
+        &mut fields,
+    );
+    match parsed {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(invalid("the request head is incomplete")),
         Err(httparse::Error::TooManyHeaders) => {

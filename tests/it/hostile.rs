@@ -289,8 +289,9 @@ async fn rate_limit_answers_429() {
             limited = Some(reply);
         }
     }
+    // The bucket held 5; creating the workflow (a console call) took one.
     assert!(
-        statuses.iter().filter(|s| **s == 200).count() >= 5,
+        statuses.iter().filter(|s| **s == 200).count() >= 4,
         "{statuses:?}"
     );
     let limited = limited.unwrap_or_else(|| panic!("never limited: {statuses:?}"));

@@ -42,6 +42,8 @@ const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: eddy\r\nconnection: close\r\n\
 /// Input read (and dropped) after a refusal, so that closing does not reset the
 /// connection before the client has read the answer.
 const DISCARD_LIMIT: usize = 1 << 20;
+/// What one read from the socket asks for.
+const READ_SIZE: usize = 8 << 10;
 /// How long a refused connection is drained after the answer.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -275,15 +277,14 @@ impl Conn {
         }
     }
 
-    /// Reads from the socket into `pending` (or drops it, once refused).
+    /// Reads from the socket into `pending` (and drops it, once refused).
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut chunk = [0u8; 8 << 10];
-        let mut read = ReadBuf::new(&mut chunk);
-        ready!(self.io().poll_read(cx, &mut read))?;
-        let n = read.filled().len();
-        match &mut self.mode {
-            Mode::Refused { discarded, .. } => *discarded += n,
-            _ => self.pending.extend_from_slice(read.filled()),
+        self.pending.reserve(READ_SIZE);
+        let io = Pin::new(self.io.as_mut().expect("the socket is taken only on drop"));
+        let n = ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending))?;
+        if let Mode::Refused { discarded, .. } = &mut self.mode {
+            *discarded += n;
+            self.pending.truncate(self.checked);
         }
         Poll::Ready(Ok(n))
     }
