@@ -125,7 +125,6 @@ impl Conn {
     /// Moves bytes from unchecked to checked, or changes mode; false if nothing can move
     /// until more input arrives or the service answers.
     fn advance(&mut self) -> bool {
-        let now = Instant::now();
         if self.shared.is_upgraded() && !matches!(self.mode, Mode::Through) {
             self.mode = Mode::Through;
             self.head_started = None;
@@ -167,6 +166,7 @@ impl Conn {
                     self.checked += blank;
                     return true;
                 }
+                let now = Instant::now();
                 self.head_started.get_or_insert(now);
                 match head::end_of_head(rest, self.scanned) {
                     None => {
@@ -211,6 +211,7 @@ impl Conn {
                 Ok(true)
             }
             Mode::H2(frames) => {
+                let now = Instant::now();
                 let (ended, open) = frames.scan(rest);
                 if ended {
                     self.head_started = None;
@@ -315,22 +316,35 @@ impl AsyncRead for Conn {
             if this.advance() {
                 continue;
             }
-            if let Some(deadline) = this.deadline() {
-                if Instant::now() >= deadline {
+            let now = Instant::now();
+            let wake_at = match this.deadline() {
+                Some(deadline) if now >= deadline => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no complete request head in time, or idle too long",
                     )));
                 }
-                if this.timer.deadline() != deadline {
-                    this.timer.as_mut().reset(deadline);
+                Some(deadline) => Some(deadline),
+                // Look again later: the idle clock starts when the requests in flight end,
+                // and nothing may poll this reader then.
+                None if this.shared.in_flight() => Some(now + this.timeouts.idle),
+                None => None,
+            };
+            if let Some(at) = wake_at {
+                if this.timer.deadline() != at {
+                    this.timer.as_mut().reset(at);
                 }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     continue;
                 }
             }
-            this.shared.register(cx.waker());
-            if this.waiting() {
+            let waiting = this.waiting();
+            this.shared.register(cx.waker(), waiting);
+            if waiting {
+                // The service may have answered between the check and the registration.
+                if this.advance() {
+                    continue;
+                }
                 return Poll::Pending;
             }
             if this.eof {

@@ -23,10 +23,15 @@ pub struct Shared {
     /// When the last request finished, in milliseconds after `epoch`.
     finished_at_ms: AtomicU64,
     upgraded: AtomicBool,
-    /// The reader waiting on the service (an upgrade's answer, a request's end).
+    /// The reader, woken when a request ends only while it waits for that (an upgrade's
+    /// answer, a refusal's): an unconditional wake would poll every connection once more
+    /// per request.
     waker: AtomicWaker,
-    /// The number of the stand-in request and the error it is to be answered with.
-    refusal: Mutex<Option<(u64, ApiError)>>,
+    reader_waits: AtomicBool,
+    /// The number of the stand-in request (0: none), checked without the lock.
+    refused: AtomicU64,
+    /// The error the stand-in request is to be answered with.
+    refusal: Mutex<Option<ApiError>>,
 }
 
 impl Shared {
@@ -38,6 +43,8 @@ impl Shared {
             finished_at_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            reader_waits: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
             refusal: Mutex::new(None),
         })
     }
@@ -52,14 +59,13 @@ impl Shared {
 
     /// The error request `number` is to be answered with, if it is a refused head's stand-in.
     pub fn refusal(&self, number: u64) -> Option<ApiError> {
-        let mut refusal = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
-        match refusal.take() {
-            Some((n, error)) if n == number => Some(error),
-            other => {
-                *refusal = other;
-                None
-            }
+        if self.refused.load(Ordering::Acquire) != number {
+            return None;
         }
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The service switched this connection to another protocol.
@@ -74,16 +80,21 @@ impl Shared {
 
     /// Requests finished so far.
     pub(super) fn finished(&self) -> u64 {
-        self.finished.load(Ordering::Acquire)
+        self.finished.load(Ordering::SeqCst)
     }
 
     pub(super) fn set_refusal(&self, number: u64, error: ApiError) {
-        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, error));
+        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.refused.store(number, Ordering::Release);
     }
 
-    /// Wakes `waker` when a request ends or the connection is upgraded.
-    pub(super) fn register(&self, waker: &std::task::Waker) {
+    /// Wakes `waker` when the connection is upgraded, and (if `waits`) when a request ends.
+    pub(super) fn register(&self, waker: &std::task::Waker, waits: bool) {
         self.waker.register(waker);
+        // SeqCst here and in InFlight::drop: a reader that registers and then finds the
+        // request unfinished, and a request that finishes and then finds no reader
+        // waiting, cannot both happen.
+        self.reader_waits.store(waits, Ordering::SeqCst);
     }
 
     pub(super) fn in_flight(&self) -> bool {
@@ -103,8 +114,10 @@ impl Drop for InFlight {
         let shared = &self.0;
         let at = shared.epoch.elapsed().as_millis() as u64;
         shared.finished_at_ms.fetch_max(at, Ordering::AcqRel);
-        shared.finished.fetch_add(1, Ordering::AcqRel);
-        shared.waker.wake();
+        shared.finished.fetch_add(1, Ordering::SeqCst);
+        if shared.reader_waits.load(Ordering::SeqCst) {
+            shared.waker.wake();
+        }
     }
 }
 
