@@ -408,4 +408,51 @@ mod tests {
             assert_eq!(Chunked::new().feed(bad), Err(Unframed), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Any bytes, split anywhere: the end of a head is found at the same place as in
+        /// one piece, a check never panics, and a chunked body is followed to the same
+        /// end (or the same failure) whichever way its bytes arrive.
+        #[test]
+        fn splits_do_not_matter(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::prelude::Just(b'\r'),
+                    proptest::prelude::Just(b'\n'),
+                    proptest::prelude::Just(b'0'),
+                    proptest::prelude::Just(b';'),
+                ],
+                0..200,
+            ),
+            split in 0usize..200,
+        ) {
+            let split = split.min(bytes.len());
+            let whole = end_of_head(&bytes, 0);
+            let resumed = end_of_head(&bytes[..split], 0)
+                .or_else(|| end_of_head(&bytes, split));
+            proptest::prop_assert_eq!(whole, resumed);
+            if let Some(end) = whole {
+                let _ = check(&bytes[..end]);
+            }
+            let _ = check_partial(&bytes);
+
+            let mut one = Chunked::new();
+            let at_once = one.feed(&bytes);
+            let mut two = Chunked::new();
+            let in_two = two.feed(&bytes[..split]).and_then(|first| {
+                if first < split {
+                    Ok(first)
+                } else {
+                    two.feed(&bytes[split..]).map(|second| first + second)
+                }
+            });
+            proptest::prop_assert_eq!(at_once, in_two);
+            if at_once.is_ok() {
+                proptest::prop_assert_eq!(one, two);
+            }
+        }
+    }
 }
