@@ -16,6 +16,7 @@
 //! - **What the service reports.** [`Shared`] counts the requests in flight (a request ends
 //!   when hyper drops its response body) and whether the connection was upgraded.
 
+mod chunked;
 mod frames;
 mod shared;
 
@@ -32,7 +33,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
-use super::head::{self, Chunked, Framing};
+use super::head::{self, Framing};
+use chunked::Chunked;
 use frames::Frames;
 pub use shared::{InFlight, Shared, Tracked};
 
