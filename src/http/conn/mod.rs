@@ -98,7 +98,9 @@ pub struct Conn {
     head_started: Option<Instant>,
     head_done: Instant,
     eof: bool,
-    timer: Pin<Box<Sleep>>,
+    /// Dropped once upgraded: it and [`Shared`]'s waker would otherwise keep the finished
+    /// connection task's memory (its waker's target) alive as long as the WebSocket.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -116,7 +118,7 @@ impl Conn {
             head_started: Some(now),
             head_done: now,
             eof: false,
-            timer: Box::pin(tokio::time::sleep_until(now + timeouts.head)),
+            timer: None,
         }
     }
 
@@ -130,6 +132,8 @@ impl Conn {
         if self.shared.is_upgraded() && !matches!(self.mode, Mode::Through) {
             self.mode = Mode::Through;
             self.head_started = None;
+            self.timer = None;
+            self.shared.forget_reader();
         }
         if let Mode::Upgrade(n) = self.mode {
             // Not upgraded (see above): once the answer is sent, HTTP/1 goes on.
@@ -312,11 +316,12 @@ impl AsyncRead for Conn {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if matches!(this.mode, Mode::Through) && this.pending.is_empty() {
-                return this.io().poll_read(cx, buf);
-            }
             if this.advance() {
                 continue;
+            }
+            if matches!(this.mode, Mode::Through) {
+                // Everything read before is handed on: read straight into hyper's buffer.
+                return this.io().poll_read(cx, buf);
             }
             let now = Instant::now();
             let wake_at = match this.deadline() {
@@ -333,10 +338,13 @@ impl AsyncRead for Conn {
                 None => None,
             };
             if let Some(at) = wake_at {
-                if this.timer.deadline() != at {
-                    this.timer.as_mut().reset(at);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
                 }
-                if this.timer.as_mut().poll(cx).is_ready() {
+                if timer.as_mut().poll(cx).is_ready() {
                     continue;
                 }
             }

@@ -97,6 +97,12 @@ impl Shared {
         self.reader_waits.store(waits, Ordering::SeqCst);
     }
 
+    /// Drops the registered reader's waker (its task may have ended: an upgraded
+    /// connection is read by the WebSocket's task from then on).
+    pub(super) fn forget_reader(&self) {
+        drop(self.waker.take());
+    }
+
     pub(super) fn in_flight(&self) -> bool {
         self.started.load(Ordering::Acquire) > self.finished.load(Ordering::Acquire)
     }
