@@ -36,6 +36,7 @@ async fn run(seconds: u64, rate: u64) {
     let config = Config {
         data: dir.path().to_path_buf(),
         api_key: Some(KEY.into()),
+        metrics_token: Some(common::METRICS_TOKEN.into()),
         request_retention: RETENTION,
         ..Config::default()
     };

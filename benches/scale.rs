@@ -39,6 +39,7 @@ fn start(data: &Path, extra: &[&str]) -> (Server, Duration) {
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(["--api-key", KEY, "--allow-private-webhooks"])
+        .args(["--metrics-token", common::METRICS_TOKEN])
         .args(extra)
         .env("RUST_LOG", "eddy=warn")
         .stdout(Stdio::piped())

@@ -46,6 +46,19 @@ pub struct ApiKey {
     pub expires_ms: Option<u64>,
 }
 
+impl ApiKey {
+    /// Whether this key can still be used after `other` has expired (a key that never
+    /// expires outlives every key that does). A key may not create or revoke a key that
+    /// outlives it, so a short-lived key cannot mint or remove longer-lived access.
+    pub fn outlives(&self, other: &ApiKey) -> bool {
+        match (self.expires_ms, other.expires_ms) {
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => a > b,
+            (_, None) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Workflow {
     pub project: [u8; 16],
@@ -322,6 +335,15 @@ impl Catalog {
             .collect();
         keys.sort_by_key(|k| k.created_ms);
         keys
+    }
+
+    /// A key of `project` by id.
+    pub fn key(&self, project: &[u8; 16], id: &str) -> Option<Arc<ApiKey>> {
+        self.read()
+            .keys
+            .values()
+            .find(|k| &k.project == project && k.id == id)
+            .cloned()
     }
 
     /// Revokes a key of `project` by id; false if there is none.

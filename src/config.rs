@@ -43,8 +43,16 @@ pub struct Config {
     pub callback_timeout: Duration,
     pub allow_private_webhooks: bool,
     pub admin_token: Option<String>,
-    /// How long a client may take to send request headers.
+    /// Bearer token for `/metrics` on the API listener (the admin token works too).
+    pub metrics_token: Option<String>,
+    /// A listener of its own for `/metrics`, without a token.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a client may take to send a request head, from the connection's
+    /// acceptance (first request) or the head's first byte (later ones).
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long (above the 60 s
+    /// idle timeout of common load balancers, so they close first).
+    pub keep_alive_timeout: Duration,
     /// Largest accepted request body.
     pub body_limit: usize,
     /// How long a request body may take to arrive.
@@ -54,6 +62,8 @@ pub struct Config {
     pub rate_limit: Option<u32>,
     /// Open HTTP connections; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Open HTTP connections per client address (an IPv6 /64); more are answered 429.
+    pub max_connections_per_ip: usize,
     /// Open WebSocket connections; more upgrades are answered 503.
     pub max_sockets: usize,
     /// Lifetime of a WebSocket token.
@@ -93,6 +103,7 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("api_key", &hidden(&self.api_key))
             .field("admin_token", &hidden(&self.admin_token))
+            .field("metrics_token", &hidden(&self.metrics_token))
             .field("retry_schedule", &self.retry_schedule)
             .field("webhook_timeout", &self.webhook_timeout)
             .field("callback_timeout", &self.callback_timeout)
@@ -122,11 +133,15 @@ impl Default for Config {
             callback_timeout: Duration::from_secs(300),
             allow_private_webhooks: false,
             admin_token: None,
+            metrics_token: None,
+            metrics_listen: None,
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             body_limit: 1 << 20,
             body_read_timeout: Duration::from_secs(30),
             rate_limit: None,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_sockets: 50_000,
             ws_token_ttl: Duration::from_secs(300),
             idempotency_ttl: Duration::from_secs(24 * 3600),
@@ -140,6 +155,31 @@ impl Default for Config {
             provider_backoff: Duration::from_millis(500),
             allow_private_providers: false,
         }
+    }
+}
+
+impl Config {
+    /// What to tell the operator at start when `--public-url` is not set: callback and
+    /// WebSocket URLs then name `bound`, which a backend elsewhere, or any client after a
+    /// restart on a new port, cannot reach.
+    pub fn public_url_warning(&self, bound: SocketAddr) -> Option<String> {
+        if self.public_url.is_some() {
+            return None;
+        }
+        let why = if self.listen.port() == 0 {
+            "a port picked for this process only: callbacks for requests accepted now reach \
+             nothing after a restart"
+        } else if bound.ip().is_unspecified() {
+            "not an address a client can connect to"
+        } else if bound.ip().is_loopback() {
+            "which only this machine can reach"
+        } else {
+            "right only if backends and browsers reach eddy at that address"
+        };
+        Some(format!(
+            "no --public-url: callback_url and websocket_url name http://{bound}, {why}; set \
+             --public-url for anything that restarts or is reached through a proxy"
+        ))
     }
 }
 
@@ -194,15 +234,27 @@ pub struct Options {
     /// Enables /admin/projects with this bearer token
     #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Time a client may take to send request headers [default: 10s]
+    /// Bearer token for /metrics (the admin token works too) [default: none]
+    #[arg(long, env = "EDDY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Serve /metrics without a token on this address of its own [default: none]
+    #[arg(long, env = "EDDY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Time a client may take to send a request head, from connecting [default: 10s]
     #[arg(long, env = "EDDY_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// Close a connection with no request in flight after this long [default: 75s]
+    #[arg(long, env = "EDDY_KEEP_ALIVE_TIMEOUT")]
+    pub keep_alive_timeout: Option<String>,
     /// Requests per second per project on /v1 routes [default: no limit]
     #[arg(long, env = "EDDY_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
     /// Open HTTP connections before new ones are refused [default: 10000]
     #[arg(long, env = "EDDY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Open HTTP connections per client address (IPv6: per /64) [default: 1000]
+    #[arg(long, env = "EDDY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// Open WebSocket connections before new upgrades are refused [default: 50000]
     #[arg(long, env = "EDDY_MAX_SOCKETS")]
     pub max_sockets: Option<usize>,
@@ -258,6 +310,15 @@ fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
 /// `"30s"`, `"2m"`, `"1h30m"`, `"250ms"`.
 pub fn parse_duration(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|e| invalid(option, format!("{text:?}: {e}")))
+}
+
+/// A timeout of at least 100 ms (0 would close every connection at once).
+fn at_least(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let timeout = parse_duration(option, text)?;
+    if timeout < Duration::from_millis(100) {
+        return Err(invalid(option, "must be at least 100ms"));
+    }
+    Ok(timeout)
 }
 
 /// A comma-separated list of durations, e.g. `"0s,5s,30s"`.
@@ -357,8 +418,24 @@ impl Options {
             }
             config.admin_token = Some(token);
         }
+        if let Some(token) = self.metrics_token.or(file.metrics_token) {
+            if token.len() < 16 {
+                return Err(invalid("metrics_token", "must be at least 16 characters"));
+            }
+            config.metrics_token = Some(token);
+        }
+        if let Some(listen) = self.metrics_listen.or(file.metrics_listen) {
+            config.metrics_listen = Some(
+                listen
+                    .parse()
+                    .map_err(|e| invalid("metrics_listen", format!("{listen:?}: {e}")))?,
+            );
+        }
         if let Some(t) = self.header_read_timeout.or(file.header_read_timeout) {
-            config.header_read_timeout = parse_duration("header_read_timeout", &t)?;
+            config.header_read_timeout = at_least("header_read_timeout", &t)?;
+        }
+        if let Some(t) = self.keep_alive_timeout.or(file.keep_alive_timeout) {
+            config.keep_alive_timeout = at_least("keep_alive_timeout", &t)?;
         }
         if let Some(rate) = self.rate_limit.or(file.rate_limit) {
             if rate == 0 {
@@ -372,6 +449,9 @@ impl Options {
         if let Some(n) = self.max_connections.or(file.max_connections) {
             config.max_connections = n.max(1);
         }
+        if let Some(n) = self.max_connections_per_ip.or(file.max_connections_per_ip) {
+            config.max_connections_per_ip = n.max(1);
+        }
         if let Some(n) = self.max_sockets.or(file.max_sockets) {
             config.max_sockets = n;
         }
@@ -379,11 +459,7 @@ impl Options {
             config.min_free_bytes = mb << 20;
         }
         if let Some(t) = self.ws_idle_timeout.or(file.ws_idle_timeout) {
-            let timeout = parse_duration("ws_idle_timeout", &t)?;
-            if timeout < Duration::from_millis(100) {
-                return Err(invalid("ws_idle_timeout", "must be at least 100ms"));
-            }
-            config.ws_idle_timeout = timeout;
+            config.ws_idle_timeout = at_least("ws_idle_timeout", &t)?;
         }
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             config.cache_bytes = mb.max(1) << 20;
@@ -455,6 +531,22 @@ mod tests {
             ..Options::default()
         };
         assert!(short_key.into_config().is_err());
+
+        let ephemeral = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        let bound = SocketAddr::from(([127, 0, 0, 1], 41234));
+        let warning = ephemeral.public_url_warning(bound).unwrap();
+        assert!(
+            warning.contains("http://127.0.0.1:41234, a port picked"),
+            "{warning}"
+        );
+        let set = Config {
+            public_url: Some("https://eddy.example.com".into()),
+            ..ephemeral
+        };
+        assert_eq!(set.public_url_warning(bound), None);
 
         let instant_idle = Options {
             ws_idle_timeout: Some("0s".into()),

@@ -19,12 +19,14 @@
 //!   retries and failover, structured-output checks.
 //! - [`delivery`]: sending one webhook attempt and classifying it (with the `ai` adapters,
 //!   the only reqwest users).
-//! - [`egress`]: the SSRF guard: which addresses webhooks may go to.
+//! - [`egress`]: the SSRF guard: one table of the addresses webhooks and providers may not
+//!   go to.
 //! - [`signature`]: `mr-signature`, `X-ModelRiver-Signature` and Standard Webhooks
 //!   signatures.
 //! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record and
 //!   written as JavaScript prints JSON ([`payload::js`]).
-//! - [`http`]: the hyper server, routing, auth, the error envelope, handlers.
+//! - [`http`]: the hyper server, connection clocks and caps, request heads checked before
+//!   hyper, routing, auth, the error envelope, handlers.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`ws`]: Phoenix Channels v2: frames, tokens, the channel hub, socket tasks.
 //! - [`server`]: wiring of all the above around a bound listener.

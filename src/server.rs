@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, DEFAULT_PROJECT};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::{self, App};
+use crate::http::{self, App, Face};
 use crate::scheduler::{self, Work};
 use crate::secret;
 use crate::store::{Store, StoreError};
@@ -34,6 +34,8 @@ pub struct Server {
     tokens: TokenKey,
     models: Models,
     new_key: Option<String>,
+    /// Serves `/metrics` alone (`--metrics-listen`).
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
             tokens: TokenKey::new(secret),
             models,
             new_key,
+            metrics_listener: None,
         })
     }
 
@@ -81,6 +84,12 @@ impl Server {
     /// Replaces the model registry (tests and real providers).
     pub fn with_models(mut self, models: Models) -> Server {
         self.models = models;
+        self
+    }
+
+    /// Also serves `/metrics`, without a token, on `listener` (`--metrics-listen`).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Server {
+        self.metrics_listener = Some(listener);
         self
     }
 
@@ -145,15 +154,19 @@ impl Server {
             rate_limit,
         });
         tracing::info!(%addr, "serving");
-        http::serve(
-            listener,
-            app,
-            self.config.header_read_timeout,
-            SHUTDOWN_GRACE,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
+        let metrics = self.metrics_listener.map(|listener| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let shutdown = stop.cancelled_owned();
+                http::serve(listener, app, Face::Metrics, SHUTDOWN_GRACE, shutdown).await;
+            })
+        });
+        let shutdown = stop.clone().cancelled_owned();
+        http::serve(listener, app, Face::Api, SHUTDOWN_GRACE, shutdown).await;
         stop.cancel();
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let _ = scheduler_task.await;
         let _ = sweeper.await;
         if let Err(e) = self.store.commit().await {

@@ -40,9 +40,13 @@ pub fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// The server's `/metrics` text.
+/// The `--metrics-token` of the benchmarks' servers.
+pub const METRICS_TOKEN: &str = "bench-metrics-token-0123456789";
+
+/// The server's `/metrics` text (the server runs with [`METRICS_TOKEN`]).
 pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .await
         .unwrap()

@@ -10,7 +10,9 @@ cargo build --release --quiet
 data=$(mktemp -d)
 export EDDY_KEY="mr_live_$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)"
 out=$(mktemp)
-./target/release/eddy serve --listen 127.0.0.1:0 --data "$data" --api-key "$EDDY_KEY" >"$out" 2>/dev/null &
+# One client address opens every connection: lift the per-address cap (1000).
+./target/release/eddy serve --listen 127.0.0.1:0 --data "$data" --api-key "$EDDY_KEY" \
+  --max-connections-per-ip 65536 >"$out" 2>/dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$data" "$out"' EXIT
 for _ in $(seq 50); do grep -q listening "$out" && break; sleep 0.1; done

@@ -13,6 +13,10 @@ use crate::egress;
 
 /// The largest provider response eddy reads.
 const BODY_LIMIT: usize = 8 << 20;
+/// The largest streamed answer eddy reads: events carry far more than their text (an
+/// OpenAI chunk is ~200 bytes around a token of ~4 characters), so this bounds the
+/// stream, not the answer, and leaves room for the longest outputs models produce.
+const STREAM_LIMIT: usize = 4 * BODY_LIMIT;
 /// How much of a provider's error message goes into an attempt's reason.
 const REASON_LIMIT: usize = 300;
 
@@ -136,13 +140,16 @@ pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     )
 }
 
-/// A streamed answer being read: its `data` payloads one by one, each within the attempt's
-/// timeout of the one before (a stream that stalls fails like a request that hangs).
+/// A streamed answer being read: its `data` payloads one by one. The whole stream is
+/// bounded like a whole answer: it must end within the attempt's timeout of the request
+/// being sent, and within [`STREAM_LIMIT`] bytes (an endless stream fails either way).
 pub struct Sse {
     response: reqwest::Response,
     events: EventStream,
     ready: VecDeque<String>,
     timeout: Duration,
+    deadline: tokio::time::Instant,
+    received: usize,
 }
 
 impl Sse {
@@ -156,7 +163,8 @@ impl Sse {
     ) -> Result<Sse, AiError> {
         let (timeout, exchange) = (attempt.timeout, attempt.exchange);
         exchange.sent(body);
-        let response = match tokio::time::timeout(timeout, post.json(body).send()).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = match tokio::time::timeout_at(deadline, post.json(body).send()).await {
             Err(_) => {
                 return Err(AiError::transient(format!(
                     "timed out after {}",
@@ -169,7 +177,7 @@ impl Sse {
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let retry_after = retry_after(&response);
-            let body = tokio::time::timeout(timeout, response.bytes())
+            let body = tokio::time::timeout_at(deadline, response.bytes())
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -182,6 +190,8 @@ impl Sse {
             events: EventStream::default(),
             ready: VecDeque::new(),
             timeout,
+            deadline,
+            received: 0,
         })
     }
 
@@ -191,16 +201,24 @@ impl Sse {
             if let Some(data) = self.ready.pop_front() {
                 return Ok(Some(data));
             }
-            match tokio::time::timeout(self.timeout, self.response.chunk()).await {
+            match tokio::time::timeout_at(self.deadline, self.response.chunk()).await {
                 Err(_) => {
                     return Err(AiError::transient(format!(
-                        "the stream stalled for {}",
+                        "the streamed answer did not end within {}",
                         show(self.timeout)
                     )));
                 }
                 Ok(Err(e)) => return Err(transport(&e, self.timeout)),
                 Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some(chunk))) => self.ready.extend(self.events.push(&chunk)),
+                Ok(Ok(Some(chunk))) => {
+                    self.received += chunk.len();
+                    if self.received > STREAM_LIMIT {
+                        return Err(AiError::fatal(format!(
+                            "the provider's streamed answer is larger than {STREAM_LIMIT} bytes"
+                        )));
+                    }
+                    self.ready.extend(self.events.push(&chunk));
+                }
             }
         }
     }

@@ -96,7 +96,17 @@ async fn serve(options: Options) -> ExitCode {
     init_tracing(config.log_json);
     let listen = config.listen;
     let data = config.data.clone();
-    let server = match Server::open(config).await {
+    let metrics = match config.metrics_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("eddy: cannot listen on {addr} for /metrics: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let server = match Server::open(config.clone()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("eddy: cannot open the store at {}: {e}", data.display());
@@ -115,6 +125,9 @@ async fn serve(options: Options) -> ExitCode {
     };
     match listener.local_addr() {
         Ok(addr) => {
+            if let Some(warning) = config.public_url_warning(addr) {
+                tracing::warn!("{warning}");
+            }
             println!("listening on http://{addr}");
             let _ = std::io::stdout().flush();
         }
@@ -123,6 +136,15 @@ async fn serve(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let server = match metrics {
+        Some(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("serving /metrics on http://{addr}/metrics");
+            }
+            server.with_metrics_listener(listener)
+        }
+        None => server,
+    };
     match server.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

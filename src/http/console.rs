@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::json::{Response, json_response, parse, query, read_body, time_ms};
 use super::runtime::{blocked, check_url, parse_channel};
 use super::{App, dlq, views};
-use crate::catalog::{Endpoint, Project, StructuredOutput, Workflow};
+use crate::catalog::{ApiKey, Endpoint, Project, StructuredOutput, Workflow};
 use crate::clock::now_ms;
 use crate::egress;
 use crate::error::Error;
@@ -26,7 +26,10 @@ pub async fn route(
     request: Request<Incoming>,
     rest: &[&str],
 ) -> Result<Response, ApiError> {
-    let project = app.authenticate(&request)?;
+    let (key, project) = app.authenticate_key(&request)?;
+    if let Some(limiter) = &app.rate_limit {
+        limiter.take(&project.id)?;
+    }
     let method = request.method().clone();
     let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
@@ -116,17 +119,21 @@ pub async fn route(
             rotate_secret(app, &project, &id).await
         }
 
-        (&Method::POST, ["keys"]) => create_key(app, &project, request).await,
+        (&Method::POST, ["keys"]) => create_key(app, &key, request).await,
         (&Method::GET, ["keys"]) => Ok(ok(json!({
             "data": app.engine.catalog().keys(&project.id).iter().map(|k| views::api_key(k)).collect::<Vec<_>>()
         }))),
         (&Method::DELETE, ["keys", id]) => {
-            if !app
-                .engine
-                .catalog()
-                .delete_key(&project.id, id)
-                .map_err(Error::from)?
-            {
+            let catalog = app.engine.catalog();
+            let target = catalog
+                .key(&project.id, id)
+                .ok_or_else(|| ApiError::not_found(format!("key '{id}' not found")))?;
+            if target.outlives(&key) {
+                return Err(ApiError::forbidden(format!(
+                    "key '{id}' outlives the key making this request, which cannot revoke it"
+                )));
+            }
+            if !catalog.delete_key(&project.id, id).map_err(Error::from)? {
                 return Err(ApiError::not_found(format!("key '{id}' not found")));
             }
             app.engine.store().commit().await.map_err(Error::from)?;
@@ -474,9 +481,11 @@ struct KeyBody {
     expires_at: Option<Value>,
 }
 
+/// Creates a key for the caller's project that does not outlive the caller's key: without
+/// an expiry it expires with the caller's key, and a later expiry is refused.
 async fn create_key(
     app: &App,
-    project: &Project,
+    caller: &ApiKey,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(request, app.engine.config()).await?;
@@ -509,10 +518,26 @@ async fn create_key(
         }
         (None, None) => None,
     };
+    let expires = match (caller.expires_ms, expires) {
+        (Some(limit), Some(at)) if at > limit => {
+            let field = if body.expires_at.is_some() {
+                "expires_at"
+            } else {
+                "expires_in_days"
+            };
+            return Err(ApiError::invalid(format!(
+                "{field}: the new key would outlive the key making this request, which \
+                 expires at {}",
+                crate::clock::rfc3339_ms(limit)
+            )));
+        }
+        (Some(limit), None) => Some(limit),
+        (_, expires) => expires,
+    };
     let (record, key) = app
         .engine
         .catalog()
-        .create_key(&project.id, body.name, expires, now)
+        .create_key(&caller.project, body.name, expires, now)
         .map_err(Error::from)?;
     app.engine.store().commit().await.map_err(Error::from)?;
     let mut view = views::api_key(&record);

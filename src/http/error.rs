@@ -88,11 +88,31 @@ impl ApiError {
         )
     }
 
-    pub fn into_response(self) -> Response {
-        let body = serde_json::json!({
+    fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "code": self.code }
-        });
-        let mut response: hyper::Response<Body> = json_response(self.status, &body);
+        })
+    }
+
+    /// The whole HTTP/1.1 answer as bytes, with `connection: close`, for a connection that
+    /// is refused before hyper serves it.
+    pub fn to_raw_response(&self) -> Vec<u8> {
+        let body = self.envelope().to_string();
+        let retry = self
+            .retry_after
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {}\r\ncontent-type: application/json\r\n{retry}connection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            self.status,
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response: hyper::Response<Body> = json_response(self.status, &self.envelope());
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

@@ -1,7 +1,9 @@
-//! The HTTP face of eddy on raw hyper: the accept loop (HTTP/1 and HTTP/2, header-read
-//! timeout, graceful shutdown), routing with the `/api` alias, authentication, and the
-//! handlers, which translate JSON to engine calls and back. No business rules live here.
+//! The HTTP face of eddy on raw hyper: the accept loop, routing with the `/api` alias,
+//! authentication, and the handlers, which translate JSON to engine calls and back. No
+//! business rules live here.
 //!
+//! - [`listen`]: the accept loop and connection caps; [`conn`]: one connection's clocks
+//!   and the checks of request heads before hyper, which [`head`] makes.
 //! - [`json`]: body limits, JSON parsing with field-naming errors, responses.
 //! - [`error`]: the error envelope and the mapping from [`crate::Error`].
 //! - [`runtime`]: `/v1` routes. [`console`]: `/console` routes. [`views`]: JSON views.
@@ -10,138 +12,84 @@
 //! - [`upgrade`]: the WebSocket upgrade at `/socket/websocket`.
 
 pub mod admin;
+pub mod conn;
 pub mod console;
 pub mod dlq;
 pub mod error;
+pub mod head;
 pub mod json;
 pub mod limits;
+pub mod listen;
 pub mod providers;
 pub mod runtime;
 pub mod sync;
 pub mod upgrade;
 pub mod views;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
-use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 
-use crate::catalog::Project;
+use crate::catalog::{ApiKey, Project};
 use crate::clock::now_ms;
 use crate::engine::Engine;
+use crate::secret::ct_eq;
 use crate::ws::socket::SocketContext;
 use error::ApiError;
 use json::{Response, json_response};
+pub use listen::serve;
+
+/// What a listener serves: the whole API, or only `/metrics` (`--metrics-listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    Api,
+    Metrics,
+}
 
 /// What every handler needs.
 pub struct App {
     pub engine: Arc<Engine>,
     pub sockets: Arc<SocketContext>,
-    /// Per-project rate limit on `/v1` routes, when configured.
+    /// Per-project rate limit on `/v1` and `/console` routes, when configured.
     pub rate_limit: Option<limits::RateLimiter>,
 }
 
 impl App {
     /// The project of the request's `Authorization: Bearer` key, or 401.
     pub fn authenticate(&self, request: &Request<Incoming>) -> Result<Arc<Project>, ApiError> {
-        let presented = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
+        self.authenticate_key(request).map(|(_, project)| project)
+    }
+
+    /// The request's key and its project, or 401.
+    pub fn authenticate_key(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(Arc<ApiKey>, Arc<Project>), ApiError> {
+        let presented = bearer(request).ok_or_else(ApiError::unauthorized)?;
         let catalog = self.engine.catalog();
         let key = catalog
             .authenticate(presented, now_ms())
             .ok_or_else(ApiError::unauthorized)?;
-        catalog
+        let project = catalog
             .project(&key.project)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok((key, project))
     }
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then stops accepting and
-/// waits up to `grace` for open requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    header_read_timeout: Duration,
-    grace: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(64 << 10);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 << 10);
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(
-        app.engine.config().max_connections,
-    ));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stream.write_all(&limits::too_many_connections()),
-                )
-                .await;
-            });
-            continue;
-        };
-        let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(app, request).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown grace period");
-    }
+/// The request's `Authorization: Bearer` token.
+pub fn bearer(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 /// Dispatches one request; every failure becomes the JSON envelope.
@@ -155,7 +103,7 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response {
     let method = request.method().clone();
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(health(&app)),
-        (&Method::GET, ["metrics"]) => Ok(metrics(&app)),
+        (&Method::GET, ["metrics"]) => authorize_metrics(&app, &request).map(|()| metrics(&app)),
         (&Method::GET, [""] | ["index.html"]) => Ok(console_page()),
         (&Method::GET, ["socket", "websocket"]) => upgrade::upgrade(&app, request),
         (_, ["v1", rest @ ..]) => runtime::route(&app, request, rest).await,
@@ -186,6 +134,50 @@ fn console_page() -> Response {
         ),
     );
     response
+}
+
+/// The only route of a `--metrics-listen` listener: `/metrics` without a token (the
+/// operator keeps that address private).
+pub fn route_metrics(app: &App, request: &Request<Incoming>) -> Response {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => metrics(app),
+        (_, "/metrics") => ApiError::method_not_allowed().into_response(),
+        (_, path) => ApiError::not_found(format!(
+            "no route for {path}: this listener serves /metrics only"
+        ))
+        .into_response(),
+    }
+}
+
+/// `/metrics` on the API listener shows every project's workflow names, so it takes the
+/// metrics token or the admin token; with neither configured it is not served there.
+fn authorize_metrics(app: &App, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let config = app.engine.config();
+    let tokens: Vec<&str> = [&config.metrics_token, &config.admin_token]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if tokens.is_empty() {
+        return Err(ApiError::not_found(
+            "no route: /metrics needs --metrics-token or --admin-token (as a bearer token), \
+             or --metrics-listen for an address of its own",
+        ));
+    }
+    let presented = bearer(request).unwrap_or_default();
+    // Every token is compared, so the time taken does not tell which one matched.
+    let matched = tokens.iter().fold(false, |any, token| {
+        ct_eq(presented.as_bytes(), token.as_bytes()) | any
+    });
+    if !matched {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_metrics_token",
+            "Invalid metrics token provided: /metrics takes --metrics-token or --admin-token",
+        ));
+    }
+    Ok(())
 }
 
 fn metrics(app: &App) -> Response {

@@ -80,9 +80,13 @@ fn canonical_uuid(text: &str) -> Option<[u8; 16]> {
     (uuid.hyphenated().encode_lower(&mut buffer) == text).then(|| *uuid.as_bytes())
 }
 
-/// The channel a join may subscribe to, or why it is refused (the `reason` of the error
-/// reply).
-fn check_join(topic: &str, claims: &Claims) -> Result<[u8; 16], &'static str> {
+/// The channel a join may subscribe to at `now_s`, or why it is refused (the `reason` of
+/// the error reply). The token is checked again here, not only on the upgrade: a socket
+/// kept open by heartbeats outlives its token, and joins after that are refused.
+fn check_join(topic: &str, claims: &Claims, now_s: u64) -> Result<[u8; 16], &'static str> {
+    if now_s >= claims.expires_s {
+        return Err("token_expired");
+    }
     let rest = topic
         .strip_prefix("ai_response:")
         .ok_or("invalid_channel_format")?;
@@ -158,7 +162,7 @@ impl Session<'_> {
     }
 
     fn join(&mut self, f: Frame, out: &mut Vec<String>) {
-        let channel = match check_join(&f.topic, &self.claims) {
+        let channel = match check_join(&f.topic, &self.claims, crate::clock::now_ms() / 1000) {
             Ok(channel) => channel,
             Err(reason) => {
                 out.push(frame::reply(&f, "error", &json!({ "reason": reason })));
@@ -343,8 +347,8 @@ fn close_frame(code: CloseCode, reason: &'static str) -> Message {
 mod tests {
     use super::*;
 
-    /// Join refusals name SPEC §5's reasons, and only the canonical spelling of the
-    /// token's own channel is accepted.
+    /// Join refusals name SPEC §5's reasons, only the canonical spelling of the token's
+    /// own channel is accepted, and nothing is accepted once the token has expired.
     #[test]
     fn join_rules() {
         let project = uuid::Uuid::new_v4();
@@ -394,7 +398,14 @@ mod tests {
             ),
         ];
         for (topic, expected) in cases {
-            assert_eq!(check_join(&topic, &claims), expected, "{topic}");
+            assert_eq!(check_join(&topic, &claims, 0), expected, "{topic}");
         }
+        let expiring = Claims {
+            expires_s: 100,
+            ..claims
+        };
+        let topic = format!("ai_response:{project}:{channel}");
+        assert_eq!(check_join(&topic, &expiring, 99), Ok(claims.channel));
+        assert_eq!(check_join(&topic, &expiring, 100), Err("token_expired"));
     }
 }

@@ -3,6 +3,7 @@
 
 mod browser;
 mod compat;
+mod connections;
 mod console;
 mod crash;
 mod crash_loop;
@@ -17,7 +18,9 @@ mod observe;
 mod openai_client;
 mod providers;
 mod socket;
+mod ssrf;
 mod streaming;
 mod support;
 mod sync;
 mod validation;
+mod wire;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, WAIT, seed_request, start, tools};
+use crate::support::{
+    Callback, Eddy, KEY, METRICS_TOKEN, Receiver, WAIT, http_client, seed_request, start, tools,
+};
 
 fn channels(list: &Value) -> Vec<String> {
     list["data"]
@@ -149,7 +151,7 @@ fn number(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str
     }
 }
 
-/// After the seed's flow, `/metrics` (no key needed) parses as Prometheus text and counts
+/// After the seed's flow, `/metrics` (with the metrics token) parses as Prometheus text and counts
 /// the request, its model attempt, its webhook, its callback and its push, with gauges by
 /// state and histograms whose +Inf bucket holds every observation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +166,10 @@ async fn metrics_parse_as_prometheus_text() {
         .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
         .await;
 
-    let response = reqwest::get(format!("{}/metrics", server.base))
+    let response = http_client()
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -231,6 +236,90 @@ async fn metrics_parse_as_prometheus_text() {
         assert!(inf.count >= 1.0, "{histogram}: {buckets:?}");
         assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
     }
+}
+
+/// Regression: with `--listen 127.0.0.1:0` and no `--public-url`, callback URLs named a
+/// port that dies with the process, and nothing said so. eddy warns at start, naming the
+/// address; with `--public-url` it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_public_url_is_warned_about() {
+    let log_of = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut eddy, log) = Eddy::spawn_logged(dir.path(), "127.0.0.1:0", extra);
+        // The warning comes before the `listening on` line; stopping the process closes
+        // stderr, so the log below is complete.
+        eddy.kill_9();
+        let lines: Vec<String> = log.iter().collect();
+        (eddy.base.clone(), lines.join("\n"))
+    };
+    let (base, log) = log_of(&[]);
+    assert!(log.contains("no --public-url"), "{log}");
+    assert!(log.contains(&base), "names {base}: {log}");
+    let (_, log) = log_of(&["--public-url", "https://eddy.example.com"]);
+    assert!(!log.contains("--public-url"), "{log}");
+}
+
+/// Regression: `/metrics` needed no key and showed every project's workflow names. On
+/// the API listener it now takes the metrics token or the admin token (401 otherwise, 404
+/// with neither configured); `--metrics-listen` serves it alone, without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_or_their_own_listener() {
+    let scrape = |base: &str, token: Option<&str>| {
+        let mut request = http_client().get(format!("{base}/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let admin = "admin-token-0123456789";
+    let server = start(|c| {
+        c.admin_token = Some(admin.into());
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    server
+        .create_workflow(
+            json!({"name": "secret_workflow_name", "provider": "testing", "model": "m"}),
+        )
+        .await;
+    server
+        .send_async(seed_request("secret_workflow_name"))
+        .await;
+    for token in [None, Some(KEY), Some("metrics-token-wrong")] {
+        let (status, body) = scrape(&server.base, token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(!body.contains("secret_workflow_name"));
+        assert!(body.contains("invalid_metrics_token"), "{body}");
+    }
+    for token in [METRICS_TOKEN, admin] {
+        let (status, body) = scrape(&server.base, Some(token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("secret_workflow_name"));
+    }
+    let own = server.metrics_base.clone().expect("a metrics listener");
+    let (status, body) = scrape(&own, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("eddy_requests_accepted_total"));
+    let other = http_client()
+        .get(format!("{own}/console/requests"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "the metrics listener serves nothing else"
+    );
+
+    let bare = start(|c| c.metrics_token = None).await;
+    let (status, body) = scrape(&bare.base, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("--metrics-token"), "{body}");
 }
 
 /// `eddy requests list|show` run as a process against a live server: a table, JSON, and

@@ -56,6 +56,46 @@ async fn bad_tokens_are_refused_on_upgrade() {
     assert_eq!(refused_status(result), 403);
 }
 
+/// Regression: a socket opened with a valid token and kept alive by heartbeats could
+/// still join after the token expired. Joins are checked against the token's expiry: the
+/// same join that succeeded before it is refused with `token_expired` after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_after_the_token_expired_are_refused() {
+    let (_server, _receiver, ticket) =
+        with_ticket(|c| c.ws_token_ttl = Duration::from_secs(5)).await;
+    let topic = ticket["websocket_channel"].as_str().unwrap();
+    let mut socket = Phoenix::connect(
+        ticket["websocket_url"].as_str().unwrap(),
+        ticket["ws_token"].as_str().unwrap(),
+    )
+    .await
+    .expect("connects before the token expires");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut joined_once = false;
+    loop {
+        let reply = socket.join(topic).await;
+        if reply["status"] == "ok" {
+            joined_once = true;
+            assert_eq!(socket.leave(topic).await["status"], "ok");
+            assert_eq!(socket.heartbeat().await["status"], "ok");
+        } else {
+            assert_eq!(reply["response"]["reason"], "token_expired", "{reply}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still joining after the token expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(joined_once, "the first join, before expiry, succeeds");
+    assert_eq!(
+        socket.heartbeat().await["status"],
+        "ok",
+        "the socket stays up"
+    );
+}
+
 /// Joins on topics the token was not issued for are refused with SPEC §5's reasons, and
 /// the socket stays usable for the right topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! cannot or when the answer must be validated first, and ended with an error event when
 //! a provider breaks midway.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::providers::{provider_server, register};
@@ -204,4 +206,58 @@ async fn a_stream_that_breaks_midway_ends_with_an_error_event() {
         let (_, log) = server.get("/console/requests?status=failed").await;
         assert_eq!(log["data"][0]["failure"], "ai_failed", "{log}");
     }
+}
+
+/// Regression: an endless provider stream was relayed for 50 s (4.3 GB) despite
+/// `--provider-timeout 10s`, which only bounded the gap between chunks. The whole answer
+/// is bounded, streamed or not: a stream that goes on past the provider's timeout ends
+/// with an error event saying so, and so does one that goes past the size limit, however
+/// fast it comes; an endless whole answer fails the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_answers_are_cut_by_time_and_size() {
+    let server = provider_server().await;
+    let trickle = FakeProvider::start(Wire::OpenAi).await;
+    trickle.answer(Answer::Endless {
+        pace: Duration::from_millis(20),
+        size: 64,
+    });
+    register(&server, "trickle", &trickle, json!({"timeout_ms": 1000})).await;
+    let flood = FakeProvider::start(Wire::OpenAi).await;
+    flood.answer(Answer::Endless {
+        pace: Duration::ZERO,
+        size: 32 << 10,
+    });
+    register(&server, "flood", &flood, json!({"timeout_ms": 600_000})).await;
+    for (name, needle) in [
+        ("trickle", "did not end within 1s"),
+        ("flood", "larger than"),
+    ] {
+        server
+            .create_workflow(json!({"name": name, "provider": name, "model": "m"}))
+            .await;
+        let text = stream_text(
+            &server,
+            json!({"model": name, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(*events.last().unwrap(), "data: [DONE]", "{name}");
+        let error: Value =
+            serde_json::from_str(&events[events.len() - 2]["data: ".len()..]).unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{name}: {message}");
+        assert!(
+            text.len() < 40 << 20,
+            "{name}: {} bytes relayed",
+            text.len()
+        );
+    }
+    let (status, body) = server
+        .post(
+            "/v1/ai",
+            json!({"workflow": "trickle", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "ai_failed");
 }

@@ -20,15 +20,38 @@ impl Eddy {
 
     /// [`Eddy::spawn`] on a given `listen` address (to keep one port across restarts).
     pub fn spawn_on(data: &Path, listen: &str, schedule: &str) -> Eddy {
+        let extra = ["--webhook-retry-schedule", schedule];
+        Eddy::start(data, listen, &extra, Stdio::inherit())
+    }
+
+    /// `eddy serve` on `data` and `listen` with `extra` options; its log lines (stderr)
+    /// come through the returned channel.
+    pub fn spawn_logged(
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> (Eddy, std::sync::mpsc::Receiver<String>) {
+        let mut eddy = Eddy::start(data, listen, extra, Stdio::piped());
+        let stderr = eddy.child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (eddy, rx)
+    }
+
+    fn start(data: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> Eddy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .args(["--api-key", KEY, "--allow-private-webhooks"])
-            .args(["--webhook-retry-schedule", schedule])
+            .args(extra)
             .env("RUST_LOG", "eddy=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("eddy starts");
         let stdout = child.stdout.take().expect("stdout is piped");

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod log;
 pub mod phoenix;
 pub mod provider;
+pub mod raw;
 pub mod receiver;
 pub mod sign;
 pub mod tools;
@@ -33,6 +34,9 @@ pub use receiver::{Callback, Receiver};
 
 /// The bootstrap API key of every test server: `mr_live_` and 40 alphanumerics.
 pub const KEY: &str = "mr_live_0123456789abcdefghijABCDEFGHIJ0123456789";
+
+/// The metrics token of every test server (`/metrics` takes it as a bearer token).
+pub const METRICS_TOKEN: &str = "metrics-token-0123456789";
 
 /// How long a test waits for something that normally takes milliseconds. Generous, so a
 /// loaded two-core machine does not fail a test that is merely slow; waits end as soon as
@@ -82,19 +86,24 @@ pub struct Reply {
 pub struct TestServer {
     api: Api,
     config: eddy::Config,
+    /// `http://IP:PORT` of the `/metrics` listener, when `metrics_listen` is configured.
+    pub metrics_base: Option<String>,
     /// Kept alive for restarts on the same store.
     _dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Starts a server with the test defaults (bootstrap key, private webhooks allowed, a
-/// 0 ms / 50 ms / 100 ms retry schedule), changed by `tweak`.
+/// Starts a server with the test defaults (bootstrap key, metrics token, private webhooks
+/// allowed, a 0 ms / 50 ms / 100 ms retry schedule), changed by `tweak`. A
+/// `metrics_listen` address is bound by the test (port 0 picks one: see
+/// [`TestServer::metrics_base`]).
 pub async fn start(tweak: impl FnOnce(&mut eddy::Config)) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = eddy::Config {
         data: dir.path().to_path_buf(),
         api_key: Some(KEY.to_string()),
+        metrics_token: Some(METRICS_TOKEN.to_string()),
         allow_private_webhooks: true,
         retry_schedule: vec![
             Duration::ZERO,
@@ -113,6 +122,7 @@ pub async fn start(tweak: impl FnOnce(&mut eddy::Config)) -> TestServer {
             http: http_client(),
         },
         config,
+        metrics_base: None,
         _dir: dir,
         stop: None,
         task: None,
@@ -140,6 +150,15 @@ impl TestServer {
                 }
                 Err(e) => panic!("cannot open the store: {e}"),
             }
+        };
+        let server = match self.config.metrics_listen {
+            Some(addr) => {
+                let metrics = TcpListener::bind(addr).await.expect("bind metrics");
+                let addr = metrics.local_addr().expect("metrics address");
+                self.metrics_base = Some(format!("http://{addr}"));
+                server.with_metrics_listener(metrics)
+            }
+            None => server,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {

@@ -47,6 +47,9 @@ pub enum Answer {
     Hang,
     /// A stream that sends this text, then an `error` event instead of finishing.
     BreakAfter(String),
+    /// An OpenAI answer that never ends: a piece of `size` bytes of text every `pace` (as
+    /// stream chunks, or as the never-closed JSON of a whole answer), until eddy hangs up.
+    Endless { pace: Duration, size: usize },
 }
 
 /// One request a fake received.
@@ -185,6 +188,7 @@ async fn handle(inner: Arc<Inner>, request: hyper::Request<Incoming>) -> hyper::
         (Wire::OpenAi, Answer::Json(value)) => openai(&body, model, value.to_string(), false),
         (Wire::OpenAi, Answer::Text(text)) => openai(&body, model, text, false),
         (Wire::OpenAi, Answer::BreakAfter(text)) => openai(&body, model, text, true),
+        (Wire::OpenAi, Answer::Endless { pace, size }) => endless(&body, model, pace, size),
         (Wire::Anthropic, answer) => anthropic(&body, model, answer),
     }
 }
@@ -261,6 +265,50 @@ fn anthropic(request: &Value, model: Value, answer: Answer) -> hyper::Response<B
         })
         .collect();
     sse(events)
+}
+
+/// An OpenAI answer that never ends (see [`Answer::Endless`]).
+fn endless(request: &Value, model: Value, pace: Duration, size: usize) -> hyper::Response<Body> {
+    let stream = request["stream"] == true;
+    let piece = "x".repeat(size);
+    let (first, each) = if stream {
+        let chunk = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+            "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+        (String::new(), format!("data: {chunk}\n\n"))
+    } else {
+        let head =
+            json!({"id": "chatcmpl-fake", "object": "chat.completion", "model": model}).to_string();
+        let open = format!(
+            "{},\"choices\":[{{\"message\":{{\"content\":\"",
+            &head[..head.len() - 1]
+        );
+        (open, piece)
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        let mut next = Bytes::from(first);
+        let each = Bytes::from(each);
+        loop {
+            if !next.is_empty() && tx.send(next).await.is_err() {
+                return;
+            }
+            next = each.clone();
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+        }
+    });
+    let stream_body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    let kind = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    respond(200, kind, StreamBody::new(stream_body).boxed())
 }
 
 /// A `text/event-stream` response sending `events` 20 ms apart.
