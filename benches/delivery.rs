@@ -30,6 +30,7 @@
 //! beside the figures: the generator, the receiver and the server share the machine's cores.
 
 use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -236,7 +237,8 @@ async fn drain(load: &Load, seen: &Seen) -> bool {
     true
 }
 
-/// A command run over the measured phase (`--profile`), stopped with SIGINT.
+/// A command run over the measured phase (`--profile`) in a process group of its own,
+/// stopped with SIGINT to the group.
 struct Profiler(Option<std::process::Child>);
 
 impl Profiler {
@@ -245,6 +247,7 @@ impl Profiler {
             let c = c.replace("{pid}", &pid.to_string());
             std::process::Command::new("sh")
                 .args(["-c", &format!("exec {c}")])
+                .process_group(0)
                 .spawn()
                 .expect("the profile command starts")
         }))
@@ -252,8 +255,8 @@ impl Profiler {
 
     fn stop(self) {
         if let Some(mut child) = self.0 {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            // SAFETY: kill(2) on the process group of our own child (it leads it).
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
             let _ = child.wait();
         }
     }
