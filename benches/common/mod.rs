@@ -110,7 +110,8 @@ pub fn load_average() -> f64 {
 
 /// The release eddy binary (`cargo bench` builds it; `EDDY_BIN` names another, e.g. an
 /// older build for a before/after figure) serving on `127.0.0.1:0` in its own process, so
-/// its CPU and memory are measured alone. Killed on drop.
+/// its CPU and memory are measured alone; its warnings and errors go to the bench's stderr.
+/// Killed on drop.
 pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:<port>`.
@@ -129,7 +130,6 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "eddy=warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("eddy starts");
         let mut line = String::new();
@@ -139,7 +139,7 @@ impl Server {
         let base = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("eddy did not start (bad flags?): {line:?}"))
+            .unwrap_or_else(|| panic!("eddy did not start (its error is above): {line:?}"))
             .to_string();
         Server { child, base }
     }
