@@ -13,6 +13,7 @@ use super::{App, views};
 use crate::catalog::Project;
 use crate::error::Error;
 use crate::job::DeadLetter;
+use crate::store::Summary;
 
 pub async fn route(
     app: &App,
@@ -109,7 +110,7 @@ fn entry(app: &App, id: &str, d: &DeadLetter) -> Value {
         .request(d.request_id)
         .ok()
         .flatten()
-        .map_or(Value::Null, |r| views::request_summary(&r));
+        .map_or(Value::Null, |r| views::request_summary(&Summary::of(&r)));
     v
 }
 
