@@ -13,6 +13,7 @@ mod hostile;
 mod isolation;
 mod observe;
 mod openai_client;
+mod power;
 mod providers;
 mod socket;
 mod streaming;

@@ -10,6 +10,7 @@ pub mod binary;
 pub mod browser;
 pub mod log;
 pub mod phoenix;
+pub mod powerfs;
 pub mod provider;
 pub mod receiver;
 pub mod sign;
