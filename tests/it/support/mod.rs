@@ -151,6 +151,11 @@ impl TestServer {
         self.task = Some(task);
     }
 
+    /// The store directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.config.data.clone()
+    }
+
     /// Stops the server the way SIGTERM does and waits until it has closed its store.
     pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
