@@ -10,6 +10,7 @@ mod disk;
 mod dlq;
 mod flow;
 mod hostile;
+mod ids;
 mod isolation;
 mod observe;
 mod openai_client;
