@@ -295,9 +295,11 @@ impl Store {
                             && r.due_ms.is_none()
                             && r.updated_ms < cutoff_ms =>
                     {
-                        inner.timeline.remove(id.to_be_bytes())?;
+                        // The record first: a crash after it leaves only garbage.
                         inner.requests.remove(request_key(id))?;
                         inner.log_state.remove(&k)?;
+                        inner.timeline.remove(id.to_be_bytes())?;
+                        super::body::remove(&inner.bodies, id)?;
                         self.count_state(r.state, -1);
                         deleted += 1;
                     }

@@ -3,6 +3,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `requests` | id `u64` BE | `[v][Request]`: the truth |
+//! | `bodies` | id BE ‖ field ‖ chunk BE | a record's big texts, in 6 KiB chunks (see `body`) |
 //! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
 //! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
 //! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
@@ -27,6 +28,7 @@
 //!   again once there is room. Every method reaches sled through [`Store::inner`] and
 //!   holds that one database for its whole run.
 
+mod body;
 pub mod catalog;
 mod codec;
 mod commit;
@@ -303,19 +305,21 @@ impl Store {
         if let Some(due) = record.due_ms {
             inner.due.insert(due_key(due, record.id), &[])?;
         }
-        inner
-            .requests
-            .insert(request_key(record.id), codec::encode(record)?)?;
+        let stored = body::encode(&inner.bodies, record, &Default::default())?;
+        inner.requests.insert(request_key(record.id), stored)?;
         log::put(&inner, record, None)?;
         self.count_state(record.state, 1);
         Ok(())
     }
 
     pub fn request(&self, id: u64) -> Result<Option<Request>> {
-        match self.inner()?.requests.get(request_key(id))? {
-            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        let inner = self.inner()?;
+        let Some(bytes) = inner.requests.get(request_key(id))? else {
+            return Ok(None);
+        };
+        let mut record: Request = codec::decode(&bytes)?;
+        body::fill(&inner.bodies, &mut record)?;
+        Ok(Some(record))
     }
 
     /// A new request id and its public channel id: a UUID v4 whose 122 free bits are a
@@ -350,6 +354,7 @@ impl Store {
                 return Ok(Update::Missing);
             };
             let mut record: Request = codec::decode(&old)?;
+            let stored = body::fill(&inner.bodies, &mut record)?;
             let old_due = record.due_ms;
             let before = Summary::of(&record);
             let value = match change(&mut record) {
@@ -363,7 +368,7 @@ impl Store {
             {
                 inner.due.insert(due_key(due, id), &[])?;
             }
-            let new = codec::encode(&record)?;
+            let new = body::encode(&inner.bodies, &mut record, &stored)?;
             // Another process cannot write this store (sled locks it), and this process
             // holds the stripe, so a conflict means a bug elsewhere; re-reading is still
             // the correct answer to it.

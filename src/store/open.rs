@@ -30,6 +30,8 @@ pub(super) struct Inner {
     /// The configuration the database was opened with; it holds sled's global error.
     pub config: sled::Config,
     pub requests: Tree,
+    /// Big request bodies, in chunks (see `body`).
+    pub bodies: Tree,
     pub due: Tree,
     pub idempotency: Tree,
     pub timeline: Tree,
@@ -71,6 +73,7 @@ impl Inner {
             .map_err(|_| StoreError::Io(std::io::Error::other("corrupt meta/id_key")))?;
         Ok(Inner {
             requests: db.open_tree("requests")?,
+            bodies: db.open_tree("bodies")?,
             due: db.open_tree("due")?,
             idempotency: db.open_tree("idempotency")?,
             timeline: {
