@@ -13,7 +13,6 @@ use super::{App, views};
 use crate::catalog::Project;
 use crate::error::Error;
 use crate::job::DeadLetter;
-use crate::store::Summary;
 
 pub async fn route(
     app: &App,
@@ -107,10 +106,10 @@ fn entry(app: &App, id: &str, d: &DeadLetter) -> Value {
     v["request"] = app
         .engine
         .store()
-        .request(d.request_id)
+        .summary(d.request_id)
         .ok()
         .flatten()
-        .map_or(Value::Null, |r| views::request_summary(&Summary::of(&r)));
+        .map_or(Value::Null, |s| views::request_summary(&s));
     v
 }
 

@@ -175,12 +175,17 @@ pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()>
     Ok(())
 }
 
-/// Counts every request by state (at open), from the log's summaries.
+/// Counts every request by state (at open) from the log alone.
 pub(super) fn count_states(inner: &Inner) -> Result<[i64; 7]> {
     let mut counts = [0i64; 7];
     for kv in inner.log_state.iter() {
-        let (_, v) = kv?;
-        counts[state_code(summary_of(&v)?.state) as usize] += 1;
+        let (k, v) = kv?;
+        match k.get(16) {
+            // An active entry is told apart by its summary; a finished one by its key.
+            Some(&1) => counts[state_code(summary_of(&v)?.state) as usize] += 1,
+            Some(&code) => counts[(code as usize).min(6)] += 1,
+            None => {}
+        }
     }
     Ok(counts)
 }
@@ -206,10 +211,11 @@ impl Store {
         project: &[u8; 16],
         channel: &[u8; 16],
     ) -> Result<Option<(u64, Summary)>> {
-        Ok(self
-            .request_by_channel(channel)?
-            .filter(|r| &r.project_id == project)
-            .map(|r| (r.id, Summary::of(&r))))
+        let inner = self.inner()?;
+        let id = inner.ids.request_of_channel(channel);
+        Ok(super::stored_record(&inner, id)?
+            .filter(|r| &r.project_id == project && &r.channel_id == channel)
+            .map(|r| (id, Summary::of(&r))))
     }
 
     /// A page of a project's requests, newest first, and the cursor of the next page.
@@ -289,7 +295,7 @@ impl Store {
                 let (k, _) = kv?;
                 let Some(id) = id_of(&k) else { continue };
                 let _guard = self.stripe(id);
-                match self.request(id)? {
+                match super::stored_record(&inner, id)? {
                     Some(r)
                         if r.state.is_terminal()
                             && r.due_ms.is_none()

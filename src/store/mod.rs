@@ -160,6 +160,14 @@ fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
     Some((due, id))
 }
 
+/// Record `id` as stored: big texts kept in `bodies` are empty (see `body`).
+fn stored_record(inner: &Inner, id: u64) -> Result<Option<Request>> {
+    match inner.requests.get(request_key(id))? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
 fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
@@ -314,12 +322,16 @@ impl Store {
 
     pub fn request(&self, id: u64) -> Result<Option<Request>> {
         let inner = self.inner()?;
-        let Some(bytes) = inner.requests.get(request_key(id))? else {
+        let Some(mut record) = stored_record(&inner, id)? else {
             return Ok(None);
         };
-        let mut record: Request = codec::decode(&bytes)?;
         body::fill(&inner.bodies, &mut record)?;
         Ok(Some(record))
+    }
+
+    /// What a list shows of request `id` (its big texts are not read).
+    pub fn summary(&self, id: u64) -> Result<Option<Summary>> {
+        Ok(stored_record(&*self.inner()?, id)?.map(|r| Summary::of(&r)))
     }
 
     /// A new request id and its public channel id: a UUID v4 whose 122 free bits are a
@@ -411,7 +423,7 @@ impl Store {
     /// crash between swapping a record and removing its old key). Returns true if removed.
     pub fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
         let _guard = self.stripe(id);
-        let owned = self.request(id)?.and_then(|r| r.due_ms) == Some(due_ms);
+        let owned = stored_record(&*self.inner()?, id)?.and_then(|r| r.due_ms) == Some(due_ms);
         if !owned {
             self.inner()?.due.remove(due_key(due_ms, id))?;
         }
