@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot parts: the record codec, a state transition made durable
-//! through the group commit, webhook signing, webhook body building, and Phoenix frame
-//! encoding. Run with `cargo bench --bench hot`.
+//! through the group commit, public ids (a new request id with its channel id, and the way
+//! back), webhook signing, webhook body building, and Phoenix frame encoding. Run with
+//! `cargo bench --bench hot`.
 
 use std::hint::black_box;
 
@@ -136,6 +137,24 @@ fn durable_transition(c: &mut Criterion) {
     group.finish();
 }
 
+fn ids(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8 << 20, 0).unwrap();
+    let (id, channel) = store.new_request_id().unwrap();
+    let mut r = record(id);
+    r.channel_id = channel;
+    store.insert_request(&mut r).unwrap();
+    let mut group = c.benchmark_group("ids");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("new request id and channel id", |b| {
+        b.iter(|| black_box(store.new_request_id().unwrap()))
+    });
+    group.bench_function("request by channel id", |b| {
+        b.iter(|| black_box(store.request_by_channel(&channel).unwrap()))
+    });
+    group.finish();
+}
+
 fn signing_and_bodies(c: &mut Criterion) {
     let r = record(1);
     let body = payload::webhook_body(&r, "https://eddy.example.com");
@@ -183,5 +202,5 @@ fn signing_and_bodies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, durable_transition, signing_and_bodies);
+criterion_group!(benches, codec, durable_transition, ids, signing_and_bodies);
 criterion_main!(benches);

@@ -13,7 +13,13 @@
 //!   over 64 raw keep-alive connections, and report the accept latency percentiles beside
 //!   those of `/healthz` under the same generator (the floor the client and kernel set).
 //!
-//! All of them build the release binary first.
+//! - `cargo bench --bench scale -- memory [N]`: accept N requests of 1 MB (default 500)
+//!   that complete at once, and report RSS idle, right after and 10 s / 30 s after the
+//!   burst, disk bytes per accepted byte, and the peak RSS of four concurrent
+//!   `GET /console/requests?limit=1000`.
+//!
+//! All of them build the release binary first; `EDDY_BIN` runs another binary instead
+//! (an older build, for a before/after figure).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -35,7 +41,11 @@ struct Server {
 
 fn start(data: &Path, extra: &[&str]) -> (Server, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/eddy"))
+    let binary = std::env::var_os("EDDY_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/eddy"),
+        Into::into,
+    );
+    let mut child = Command::new(binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(["--api-key", KEY, "--allow-private-webhooks"])
@@ -327,6 +337,104 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
     }
 }
 
+/// `VmHWM` (peak RSS) of `pid` in MiB, after the peak was reset with `clear_refs`.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib as f64 / 1024.0
+}
+
+async fn memory(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (server, _) = start(dir.path(), &[]);
+    let (base, pid) = (server.base.clone(), server.child.id());
+    http.post(format!("{base}/console/workflow"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "w", "provider": "testing", "model": "m", "mode": "testing"}))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = common::rss_mib(pid);
+    let body =
+        json!({"workflow": "w", "messages": [{"role": "user", "content": "x".repeat(1_000_000)}]})
+            .to_string();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (http, base, next, body) = (http.clone(), base.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = http
+                    .post(format!("{base}/v1/ai/async"))
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    while gauge(&http, &base, "completed").await < n as f64 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let burst = common::rss_mib(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after_10 = common::rss_mib(pid);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after_30 = common::rss_mib(pid);
+    let accepted = n * body.len() as u64;
+    let disk = common::disk_bytes(dir.path());
+    println!(
+        "memory: {n} requests of {} bytes accepted in {took:.1?}; RSS idle {idle:.0} MiB, \
+         after the burst {burst:.0} MiB, 10 s later {after_10:.0} MiB, 30 s later \
+         {after_30:.0} MiB; disk {} MiB = {:.2} bytes per accepted byte",
+        body.len(),
+        disk >> 20,
+        disk as f64 / accepted as f64
+    );
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let before = common::rss_mib(pid);
+    let started = Instant::now();
+    let lists: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                http.get(format!("{base}/console/requests?limit=1000"))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .len()
+            })
+        })
+        .collect();
+    for list in lists {
+        list.await.unwrap();
+    }
+    println!(
+        "lists: 4 concurrent GET /console/requests?limit=1000 over {n} requests took \
+         {:.1?}; RSS {before:.0} MiB before, peak {:.0} MiB",
+        started.elapsed(),
+        peak_mib(pid)
+    );
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -353,6 +461,7 @@ fn main() {
         "restart" => rt.block_on(restart(n.unwrap_or(100_000))),
         "timers" => rt.block_on(timers(n.unwrap_or(1_000_000))),
         "latency" => rt.block_on(latency(n.unwrap_or(4000))),
-        other => panic!("unknown mode {other}: restart, timers or latency"),
+        "memory" => rt.block_on(memory(n.unwrap_or(500))),
+        other => panic!("unknown mode {other}: restart, timers, latency or memory"),
     }
 }

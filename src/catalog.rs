@@ -171,6 +171,21 @@ fn found<T>(map: &ByProject<T>, project: &[u8; 16], name: &str) -> Option<Arc<T>
 impl Catalog {
     /// Loads every resource from the store.
     pub fn load(store: Store) -> Result<Catalog, StoreError> {
+        Ok(Catalog {
+            cache: RwLock::new(Catalog::read_all(&store)?),
+            store,
+        })
+    }
+
+    /// Loads every resource again (after the store was reopened, a change that was never
+    /// made durable may be gone from it).
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let mut cache = self.write();
+        *cache = Catalog::read_all(&self.store)?;
+        Ok(())
+    }
+
+    fn read_all(store: &Store) -> Result<Cache, StoreError> {
         let mut cache = Cache::default();
         for p in store.catalog_load::<Project>(Kind::Project)? {
             cache.projects.insert(p.id, Arc::new(p));
@@ -194,10 +209,7 @@ impl Catalog {
             let project = cache.providers.entry(c.project).or_default();
             project.insert(c.name.clone(), Arc::new(c));
         }
-        Ok(Catalog {
-            store,
-            cache: RwLock::new(cache),
-        })
+        Ok(cache)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Cache> {

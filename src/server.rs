@@ -144,6 +144,11 @@ impl Server {
             stop.child_token(),
         );
         let sweeper = tokio::spawn(sweep(engine.clone(), stop.child_token()));
+        tokio::spawn(reload_catalog_on_reopen(
+            self.store.clone(),
+            self.catalog.clone(),
+            stop.child_token(),
+        ));
         let rate_limit = self
             .config
             .rate_limit
@@ -196,6 +201,25 @@ async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             },
+        }
+    }
+}
+
+/// After the store reopened itself (a write error, then room again), the catalog reloads:
+/// a change whose commit failed may not have reached the disk.
+async fn reload_catalog_on_reopen(store: Store, catalog: Arc<Catalog>, stop: CancellationToken) {
+    let mut reopened = store.reopened();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = reopened.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Err(e) = catalog.reload() {
+                    tracing::error!(error = %e, "reloading the catalog after a reopen failed");
+                }
+            }
         }
     }
 }

@@ -3,7 +3,11 @@
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("EDDY_KEY")
-wrk.body = '{"workflow":"bench","messages":[{"role":"user","content":"Generate a product description for wireless headphones"}],"metadata":{"product_id":"prod_123"}}'
+-- EDDY_MSG_BYTES=300000 sends a message of that many bytes instead of the short one.
+local content = "Generate a product description for wireless headphones"
+local size = tonumber(os.getenv("EDDY_MSG_BYTES") or "")
+if size then content = string.rep("x", size) end
+wrk.body = '{"workflow":"bench","messages":[{"role":"user","content":"' .. content .. '"}],"metadata":{"product_id":"prod_123"}}'
 
 function done(summary, latency, requests)
   local non2xx = summary.errors.status

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Accept rate of a release server: wrk against GET /healthz and POST /v1/ai/async of the
 # same server in the same run. Usage: benches/wrk/run.sh [connections] [seconds]
+# Env: EDDY_MSG_BYTES=300000 sends messages of that size; EDDY_BIN=path runs another
+# binary (an older build, for a before/after figure) instead of target/release/eddy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns=${1:-64}
@@ -11,7 +13,7 @@ data=$(mktemp -d)
 export EDDY_KEY="mr_live_$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)"
 out=$(mktemp)
 # One client address opens every connection: lift the per-address cap (1000).
-./target/release/eddy serve --listen 127.0.0.1:0 --data "$data" --api-key "$EDDY_KEY" \
+"${EDDY_BIN:-./target/release/eddy}" serve --listen 127.0.0.1:0 --data "$data" --api-key "$EDDY_KEY" \
   --max-connections-per-ip 65536 >"$out" 2>/dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$data" "$out"' EXIT

@@ -580,15 +580,17 @@ fn list_requests(
         Some(text) => {
             let not_found =
                 || ApiError::invalid("before: not a cursor or a request of this project");
-            Some(match Cursor::decode(text) {
+            Some(match app.engine.store().parse_cursor(text) {
                 Some(cursor) => cursor,
                 None => {
                     let channel = parse_channel(text).map_err(|_| not_found())?;
-                    let record = app
+                    let (id, summary) = app
                         .engine
-                        .request_of(&project.id, &channel)
-                        .map_err(|_| not_found())?;
-                    Cursor::of(&record)
+                        .store()
+                        .summary_by_channel(&project.id, &channel)
+                        .map_err(Error::from)?
+                        .ok_or_else(not_found)?;
+                    Cursor::of(&summary, id)
                 }
             })
         }
@@ -607,7 +609,5 @@ fn list_requests(
         .list_requests(&project.id, &log_query)
         .map_err(Error::from)?;
     let data: Vec<Value> = page.iter().map(views::request_summary).collect();
-    Ok(ok(
-        json!({ "data": data, "next_before": next.map(|c| c.encode()) }),
-    ))
+    Ok(ok(json!({ "data": data, "next_before": next })))
 }

@@ -106,10 +106,10 @@ fn entry(app: &App, id: &str, d: &DeadLetter) -> Value {
     v["request"] = app
         .engine
         .store()
-        .request(d.request_id)
+        .summary(d.request_id)
         .ok()
         .flatten()
-        .map_or(Value::Null, |r| views::request_summary(&r));
+        .map_or(Value::Null, |s| views::request_summary(&s));
     v
 }
 

@@ -189,11 +189,21 @@ fn metrics(app: &App) -> Response {
     response
 }
 
+/// 200 while the store can take new work, 503 (with the reason) while it cannot: the disk
+/// is almost full, or a write failed and the store has not reopened yet. A load balancer
+/// then sends new requests elsewhere.
 fn health(app: &App) -> Response {
+    let store = app.engine.store().health();
+    let status = if store.writable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json_response(
-        StatusCode::OK,
+        status,
         &serde_json::json!({
-            "status": "ok",
+            "status": if store.writable { "ok" } else { "unavailable" },
+            "store": { "writable": store.writable, "reason": store.reason },
             "version": env!("CARGO_PKG_VERSION"),
             "open_sockets": app.sockets.hub.open_sockets(),
             "slow_readers": app.sockets.hub.slow_readers(),

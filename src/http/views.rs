@@ -7,6 +7,7 @@ use crate::catalog::{ApiKey, Endpoint, StructuredOutput, Workflow};
 use crate::clock::rfc3339_ms;
 use crate::job::{DeadLetter, DeliveryOutcome, Request, Step};
 use crate::payload::{channel_str, project_str};
+use crate::store::Summary;
 
 /// Stored JSON text as a value (`null` if it is not JSON, which stored text always is).
 pub fn raw_json(text: &str) -> Value {
@@ -175,11 +176,11 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
 }
 
 /// A request in the log (no timeline).
-pub fn request_summary(r: &Request) -> Value {
+pub fn request_summary(r: &Summary) -> Value {
     json!({
         "channel_id": channel_str(&r.channel_id),
-        "workflow": r.workflow.name,
-        "event_name": r.workflow.event_name,
+        "workflow": r.workflow,
+        "event_name": r.event_name,
         "status": r.state.as_str(),
         "failure": r.failure().map(|f| f.as_str()),
         "created_at": at(r.created_ms),
@@ -189,7 +190,7 @@ pub fn request_summary(r: &Request) -> Value {
 
 /// A request with everything about it, and its timeline.
 pub fn request(r: &Request, timeline: &[(u64, Step)]) -> Value {
-    let mut v = request_summary(r);
+    let mut v = request_summary(&Summary::of(r));
     let extra: Map<String, Value> = json!({
         "project_id": project_str(&r.project_id),
         "error": r.error_message,

@@ -38,7 +38,7 @@ impl Store {
         name: &[u8],
         value: &T,
     ) -> Result<()> {
-        self.inner
+        self.inner()?
             .catalog
             .insert(key(kind, project, name), codec::encode(value)?)?;
         Ok(())
@@ -47,7 +47,7 @@ impl Store {
     /// Deletes one entry; true if it existed.
     pub fn catalog_delete(&self, kind: Kind, project: &[u8; 16], name: &[u8]) -> Result<bool> {
         Ok(self
-            .inner
+            .inner()?
             .catalog
             .remove(key(kind, project, name))?
             .is_some())
@@ -56,7 +56,7 @@ impl Store {
     /// Every entry of one kind, across projects.
     pub fn catalog_load<T: Decode<()>>(&self, kind: Kind) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        for kv in self.inner.catalog.scan_prefix([kind as u8]) {
+        for kv in self.inner()?.catalog.scan_prefix([kind as u8]) {
             let (_, v) = kv?;
             out.push(codec::decode(&v)?);
         }

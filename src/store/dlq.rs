@@ -1,8 +1,11 @@
 //! The dead-letter queue's storage: one project's entries are one range of the `dlq` tree
-//! in time order, and an entry's public id is its key.
+//! in time order. An entry's public id is its key's `dead_ms ‖ seq` sealed by the store's
+//! id permutation (see `ids`), so ids say nothing about when or in what order other
+//! entries died, yet lead to the key without an index.
 
 use std::sync::atomic::Ordering;
 
+use super::ids::{IdKey, unpair};
 use super::{Result, Store, codec};
 use crate::job::DeadLetter;
 
@@ -16,24 +19,17 @@ fn dlq_key(project: &[u8; 16], dead_ms: u64, seq: u64) -> [u8; 32] {
     k
 }
 
-/// The public id of a dead letter: `dlq_` and the hex of `dead_ms ‖ seq`.
-fn dlq_id(key: &[u8]) -> String {
-    let mut id = String::with_capacity(36);
-    id.push_str("dlq_");
-    for b in key.get(16..32).unwrap_or_default() {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+/// The public id of a dead letter: `dlq_` and 32 hex digits.
+fn dlq_id(ids: &IdKey, key: &[u8]) -> String {
+    let tail: [u8; 16] = key
+        .get(16..32)
+        .and_then(|t| t.try_into().ok())
+        .unwrap_or_default();
+    format!("dlq_{}", ids.seal(tail))
 }
 
-fn parse_dlq_id(id: &str) -> Option<(u64, u64)> {
-    let hex = id.strip_prefix("dlq_")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let dead_ms = u64::from_str_radix(&hex[..16], 16).ok()?;
-    let seq = u64::from_str_radix(&hex[16..], 16).ok()?;
-    Some((dead_ms, seq))
+fn parse_dlq_id(ids: &IdKey, id: &str) -> Option<(u64, u64)> {
+    ids.open(id.strip_prefix("dlq_")?).map(unpair)
 }
 
 /// The smallest project id greater than `project`, if any.
@@ -45,12 +41,13 @@ fn next_project(project: &[u8; 16]) -> Option<[u8; 16]> {
 impl Store {
     /// Records a dead-lettered delivery; returns its id. Durable with the next commit.
     pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
-        let seq = self.next_id()?;
+        let inner = self.inner()?;
+        let seq = inner.db.generate_id()?;
         let key = dlq_key(&entry.project_id, entry.dead_ms, seq);
-        if self.inner.dlq.insert(key, codec::encode(entry)?)?.is_none() {
-            self.inner.dlq_count.fetch_add(1, Ordering::Relaxed);
+        if inner.dlq.insert(key, codec::encode(entry)?)?.is_none() {
+            self.shared.dlq_count.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(dlq_id(&key))
+        Ok(dlq_id(&inner.ids, &key))
     }
 
     /// A project's dead letters, newest first, at most `limit`, older than the entry
@@ -61,15 +58,16 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, DeadLetter)>> {
+        let inner = self.inner()?;
         let start = dlq_key(project, 0, 0);
-        let end = match before.and_then(parse_dlq_id) {
+        let end = match before.and_then(|id| parse_dlq_id(&inner.ids, id)) {
             Some((dead_ms, seq)) => dlq_key(project, dead_ms, seq),
             None => dlq_key(project, u64::MAX, u64::MAX),
         };
         let mut out = Vec::new();
-        for kv in self.inner.dlq.range(start..end).rev().take(limit) {
+        for kv in inner.dlq.range(start..end).rev().take(limit) {
             let (k, v) = kv?;
-            out.push((dlq_id(&k), codec::decode(&v)?));
+            out.push((dlq_id(&inner.ids, &k), codec::decode(&v)?));
         }
         Ok(out)
     }
@@ -81,21 +79,23 @@ impl Store {
         since_ms: u64,
         until_ms: u64,
     ) -> Result<Vec<(String, DeadLetter)>> {
+        let inner = self.inner()?;
         let mut out = Vec::new();
         let range = dlq_key(project, since_ms, 0)..dlq_key(project, until_ms, 0);
-        for kv in self.inner.dlq.range(range) {
+        for kv in inner.dlq.range(range) {
             let (k, v) = kv?;
-            out.push((dlq_id(&k), codec::decode(&v)?));
+            out.push((dlq_id(&inner.ids, &k), codec::decode(&v)?));
         }
         Ok(out)
     }
 
     /// One dead letter of `project` by id.
     pub fn dead_letter(&self, project: &[u8; 16], id: &str) -> Result<Option<DeadLetter>> {
-        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
+        let inner = self.inner()?;
+        let Some((dead_ms, seq)) = parse_dlq_id(&inner.ids, id) else {
             return Ok(None);
         };
-        match self.inner.dlq.get(dlq_key(project, dead_ms, seq))? {
+        match inner.dlq.get(dlq_key(project, dead_ms, seq))? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -103,16 +103,13 @@ impl Store {
 
     /// Removes one dead letter of `project`; true if it existed.
     pub fn remove_dead_letter(&self, project: &[u8; 16], id: &str) -> Result<bool> {
-        let Some((dead_ms, seq)) = parse_dlq_id(id) else {
+        let inner = self.inner()?;
+        let Some((dead_ms, seq)) = parse_dlq_id(&inner.ids, id) else {
             return Ok(false);
         };
-        let removed = self
-            .inner
-            .dlq
-            .remove(dlq_key(project, dead_ms, seq))?
-            .is_some();
+        let removed = inner.dlq.remove(dlq_key(project, dead_ms, seq))?.is_some();
         if removed {
-            self.inner.dlq_count.fetch_sub(1, Ordering::Relaxed);
+            self.shared.dlq_count.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(removed)
     }
@@ -120,22 +117,22 @@ impl Store {
     /// Removes every dead letter (of every project) that died before `cutoff_ms`; returns
     /// how many. Keys lead with the project, so this walks each project's old range.
     pub fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
+        let inner = self.inner()?;
         let mut removed = 0;
         let mut project_start = Some([0u8; 16]);
         while let Some(from) = project_start {
-            let Some(kv) = self.inner.dlq.range(dlq_key(&from, 0, 0)..).next() else {
+            let Some(kv) = inner.dlq.range(dlq_key(&from, 0, 0)..).next() else {
                 break;
             };
             let (k, _) = kv?;
             let project: [u8; 16] = k[..16].try_into().unwrap_or([0xff; 16]);
-            for kv in self
-                .inner
+            for kv in inner
                 .dlq
                 .range(dlq_key(&project, 0, 0)..dlq_key(&project, cutoff_ms, 0))
             {
                 let (k, _) = kv?;
-                if self.inner.dlq.remove(k)?.is_some() {
-                    self.inner.dlq_count.fetch_sub(1, Ordering::Relaxed);
+                if inner.dlq.remove(k)?.is_some() {
+                    self.shared.dlq_count.fetch_sub(1, Ordering::Relaxed);
                     removed += 1;
                 }
             }

@@ -1,24 +1,69 @@
 //! The request log: an index that lists a project's requests newest first, by status, by
-//! workflow and by time, reading only the records it returns; and the retention sweep of
+//! workflow and by time, reading only what a list shows; and the retention sweep of
 //! terminal requests.
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash (8) |
+//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash (8) ‖ `[v][Summary]` |
 //!
 //! One key per request, in one of three phases: active (pending, generated, delivered,
-//! callback), completed, failed. The key moves only when a request finishes, so the four
-//! transitions in between cost the index nothing. A listing by a final status walks one
-//! phase's range; by an active status, the active range (the requests in flight), keeping
-//! the records in that state; of every status, the three ranges merged (each already newest
-//! first). The workflow filter compares the value. The index is derived from the records:
-//! `insert_request` adds the key, `update` moves it when the phase changes (under the
-//! record's stripe lock), `rebuild_indexes` recomputes it.
+//! callback), completed, failed. The key moves only when a request finishes; its value, the
+//! request's [`Summary`] (what a list shows: channel id, workflow, status, times, a few
+//! dozen bytes), is rewritten with every change of the record. So a listing never reads a
+//! record: a request of 1 MiB costs a list what one of 100 bytes costs. A listing by a final
+//! status walks one phase's range; by an active status, the active range, keeping the
+//! entries in that state; of every status, the three ranges merged (each already newest
+//! first). The workflow filter compares the hash. The index is derived from the records:
+//! `insert_request` adds the key, `update` rewrites or moves it (under the record's stripe
+//! lock), `rebuild_indexes` recomputes it. Counting requests by state at open reads only
+//! this tree.
 
 use sha2::{Digest, Sha256};
 
-use super::{Result, Store, request_key};
-use crate::job::{Request, State};
+use std::sync::atomic::Ordering;
+
+use bincode::{Decode, Encode};
+
+use super::ids::{pair, unpair};
+use super::open::Inner;
+use super::{CodecError, Result, Store, be_u64, codec, due_key, request_key};
+use crate::job::{Failure, Request, State};
+
+/// What a list shows of a request, kept beside its log key.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Summary {
+    pub channel_id: [u8; 16],
+    pub workflow: String,
+    pub event_name: Option<String>,
+    pub state: State,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Summary {
+    pub fn of(r: &Request) -> Summary {
+        Summary {
+            channel_id: r.channel_id,
+            workflow: r.workflow.name.clone(),
+            event_name: r.workflow.event_name.clone(),
+            state: r.state,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        match self.state {
+            State::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// The summary in a `log_state` value (after the 8-byte workflow hash).
+fn summary_of(value: &[u8]) -> std::result::Result<Summary, CodecError> {
+    codec::decode(value.get(8..).ok_or(CodecError::Empty)?)
+}
 
 /// The one-byte code of a state in `log_state` keys.
 pub fn state_code(state: State) -> u8 {
@@ -85,26 +130,10 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// `cur_<hex created_ms ‖ id>`.
-    pub fn encode(&self) -> String {
-        format!("cur_{:016x}{:016x}", self.created_ms, self.id)
-    }
-
-    pub fn decode(text: &str) -> Option<Cursor> {
-        let hex = text.strip_prefix("cur_")?;
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        Some(Cursor {
-            created_ms: u64::from_str_radix(&hex[..16], 16).ok()?,
-            id: u64::from_str_radix(&hex[16..], 16).ok()?,
-        })
-    }
-
-    pub fn of(record: &Request) -> Cursor {
+    pub fn of(summary: &Summary, id: u64) -> Cursor {
         Cursor {
-            created_ms: record.created_ms,
-            id: record.id,
+            created_ms: summary.created_ms,
+            id,
         }
     }
 }
@@ -129,56 +158,83 @@ fn id_of(key: &[u8]) -> Option<u64> {
     ))
 }
 
-impl Store {
-    pub(super) fn log_insert(&self, r: &Request) -> Result<()> {
-        let t = tail(r.created_ms, r.id);
-        self.inner.log_state.insert(
-            key(&[&r.project_id, &[phase(r.state)], &t]),
-            &workflow_hash(&r.workflow.name)[..],
-        )?;
-        Ok(())
-    }
-
-    pub(super) fn log_move(&self, r: &Request, from: State) -> Result<()> {
-        if phase(from) == phase(r.state) {
-            return Ok(());
-        }
-        let t = tail(r.created_ms, r.id);
-        let inner = &self.inner;
-        inner.log_state.insert(
-            key(&[&r.project_id, &[phase(r.state)], &t]),
-            &workflow_hash(&r.workflow.name)[..],
-        )?;
+/// Writes `r`'s log entry; `from`, when given, is the state it was listed under before
+/// (its key is removed if the phase changed).
+pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()> {
+    let t = tail(r.created_ms, r.id);
+    let mut value = workflow_hash(&r.workflow.name).to_vec();
+    value.extend_from_slice(&codec::encode(&Summary::of(r))?);
+    inner
+        .log_state
+        .insert(key(&[&r.project_id, &[phase(r.state)], &t]), value)?;
+    if let Some(from) = from.filter(|from| phase(*from) != phase(r.state)) {
         inner
             .log_state
             .remove(key(&[&r.project_id, &[phase(from)], &t]))?;
-        Ok(())
+    }
+    Ok(())
+}
+
+/// Counts every request by state (at open) from the log alone.
+pub(super) fn count_states(inner: &Inner) -> Result<[i64; 7]> {
+    let mut counts = [0i64; 7];
+    for kv in inner.log_state.iter() {
+        let (k, v) = kv?;
+        match k.get(16) {
+            // An active entry is told apart by its summary; a finished one by its key.
+            Some(&1) => counts[state_code(summary_of(&v)?.state) as usize] += 1,
+            Some(&code) => counts[(code as usize).min(6)] += 1,
+            None => {}
+        }
+    }
+    Ok(counts)
+}
+
+impl Store {
+    /// The text of a list cursor: `cur_` and the sealed `created_ms ‖ id` (see `ids`).
+    pub fn cursor_text(&self, cursor: Cursor) -> Result<String> {
+        Ok(format!(
+            "cur_{}",
+            self.inner()?.ids.seal(pair(cursor.created_ms, cursor.id))
+        ))
     }
 
-    fn log_remove(&self, r: &Request) -> Result<()> {
-        let t = tail(r.created_ms, r.id);
-        self.inner
-            .log_state
-            .remove(key(&[&r.project_id, &[phase(r.state)], &t]))?;
-        Ok(())
+    /// The inverse of [`Store::cursor_text`].
+    pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
+        let (created_ms, id) = unpair(self.inner().ok()?.ids.open(text.strip_prefix("cur_")?)?);
+        Some(Cursor { created_ms, id })
+    }
+
+    /// The summary of a request of `project` by its channel id, and its id, if any.
+    pub fn summary_by_channel(
+        &self,
+        project: &[u8; 16],
+        channel: &[u8; 16],
+    ) -> Result<Option<(u64, Summary)>> {
+        let inner = self.inner()?;
+        let id = inner.ids.request_of_channel(channel);
+        Ok(super::stored_record(&inner, id)?
+            .filter(|r| &r.project_id == project && &r.channel_id == channel)
+            .map(|r| (id, Summary::of(&r))))
     }
 
     /// A page of a project's requests, newest first, and the cursor of the next page.
+    /// Reads only the log (no record).
     pub fn list_requests(
         &self,
         project: &[u8; 16],
         query: &LogQuery<'_>,
-    ) -> Result<(Vec<Request>, Option<Cursor>)> {
+    ) -> Result<(Vec<Summary>, Option<String>)> {
+        let inner = self.inner()?;
         let wf = query.workflow.map(workflow_hash);
         let phases: Vec<u8> = match query.state {
             Some(code) => vec![phase_of_code(code)],
             None => vec![1, 5, 6],
         };
-        // An active state is told apart from the other active states by its record.
+        // An active state is told apart from the other active states by its summary.
         let exact = query.state.filter(|code| phase_of_code(*code) == 1);
-        let wanted = |r: &Request| exact.is_none_or(|code| state_code(r.state) == code);
         // The newest `limit` matching requests of each phase, then the newest `limit` of all.
-        let mut found: Vec<(sled::IVec, Request)> = Vec::new();
+        let mut found: Vec<(sled::IVec, Summary)> = Vec::new();
         for ph in phases {
             let prefix = key(&[project, &[ph]]);
             let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
@@ -190,19 +246,16 @@ impl Store {
                 continue;
             }
             let mut taken = 0;
-            for kv in self.inner.log_state.range(lower..upper).rev() {
+            for kv in inner.log_state.range(lower..upper).rev() {
                 let (k, v) = kv?;
-                if wf.is_some_and(|wf| v.as_ref() != wf) {
+                if wf.is_some_and(|wf| v.get(..8) != Some(&wf[..])) {
                     continue;
                 }
-                let Some(record) = id_of(&k).map(|id| self.request(id)).transpose()?.flatten()
-                else {
-                    continue;
-                };
-                if !wanted(&record) {
+                let summary = summary_of(&v)?;
+                if exact.is_some_and(|code| state_code(summary.state) != code) {
                     continue;
                 }
-                found.push((k, record));
+                found.push((k, summary));
                 taken += 1;
                 if taken >= query.limit {
                     break;
@@ -212,10 +265,13 @@ impl Store {
         // Sort by `created_ms ‖ id`, the 16 bytes after the project and phase.
         found.sort_by(|a, b| b.0[17..].cmp(&a.0[17..]));
         found.truncate(query.limit);
-        let next = (found.len() >= query.limit)
-            .then(|| found.last().map(|(_, r)| Cursor::of(r)))
-            .flatten();
-        Ok((found.into_iter().map(|(_, r)| r).collect(), next))
+        let next = match found.last() {
+            Some((k, s)) if found.len() >= query.limit => {
+                Some(self.cursor_text(Cursor::of(s, id_of(k).unwrap_or(0)))?)
+            }
+            _ => None,
+        };
+        Ok((found.into_iter().map(|(_, s)| s).collect(), next))
     }
 
     /// Deletes terminal requests of `project` (record, channel, timeline, log entries)
@@ -227,35 +283,36 @@ impl Store {
         cutoff_ms: u64,
         limit: usize,
     ) -> Result<usize> {
+        let inner = self.inner()?;
         let mut deleted = 0;
         for code in [phase(State::Completed), 6] {
             let prefix = key(&[project, &[code]]);
             let range = key(&[&prefix, &tail(0, 0)])..key(&[&prefix, &tail(cutoff_ms, 0)]);
-            for kv in self.inner.log_state.range(range) {
+            for kv in inner.log_state.range(range) {
                 if deleted >= limit {
                     return Ok(deleted);
                 }
                 let (k, _) = kv?;
                 let Some(id) = id_of(&k) else { continue };
                 let _guard = self.stripe(id);
-                match self.request(id)? {
+                match super::stored_record(&inner, id)? {
                     Some(r)
                         if r.state.is_terminal()
                             && r.due_ms.is_none()
                             && r.updated_ms < cutoff_ms =>
                     {
-                        for entry in self.inner.timeline.scan_prefix(id.to_be_bytes()).keys() {
-                            self.inner.timeline.remove(entry?)?;
-                        }
-                        self.inner.requests.remove(request_key(id))?;
-                        self.log_remove(&r)?;
+                        // The record first: a crash after it leaves only garbage.
+                        inner.requests.remove(request_key(id))?;
+                        inner.log_state.remove(&k)?;
+                        inner.timeline.remove(id.to_be_bytes())?;
+                        super::body::remove(&inner.bodies, id)?;
                         self.count_state(r.state, -1);
                         deleted += 1;
                     }
                     Some(_) => {}
                     // An index entry left by a crash mid-sweep.
                     None => {
-                        self.inner.log_state.remove(&k)?;
+                        inner.log_state.remove(&k)?;
                     }
                 }
             }
@@ -263,27 +320,32 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Counts every request by state (at open): finished ones by their index keys, active
-    /// ones (the requests in flight) by reading their records.
-    pub(super) fn count_states(&self) -> Result<[i64; 7]> {
-        let mut counts = [0i64; 7];
-        for kv in self.inner.log_state.iter() {
-            let (k, _) = kv?;
-            match k.get(16) {
-                Some(&1) => {
-                    if let Some(r) = id_of(&k).map(|id| self.request(id)).transpose()?.flatten() {
-                        counts[state_code(r.state) as usize] += 1;
-                    }
-                }
-                Some(&code) => counts[(code as usize).min(6)] += 1,
-                None => {}
+    /// Recomputes the `due` index and the request log from the records. Returns the number of
+    /// records scanned. Used on a store whose indexes are missing or suspect.
+    pub fn rebuild_indexes(&self) -> Result<usize> {
+        let inner = self.inner()?;
+        inner.due.clear()?;
+        inner.log_state.clear()?;
+        let mut scanned = 0;
+        for kv in inner.requests.iter() {
+            let (k, v) = kv?;
+            let Some(id) = be_u64(&k) else { continue };
+            let _guard = self.stripe(id);
+            let mut record: Request = codec::decode(&v)?;
+            let due = record.next_due();
+            if due != record.due_ms {
+                record.due_ms = due;
+                inner.requests.insert(&k, codec::encode(&record)?)?;
             }
+            if let Some(due) = due {
+                inner.due.insert(due_key(due, id), &[])?;
+            }
+            put(&inner, &record, None)?;
+            scanned += 1;
         }
-        Ok(counts)
-    }
-
-    pub(super) fn log_clear(&self) -> Result<()> {
-        self.inner.log_state.clear()?;
-        Ok(())
+        for (slot, n) in self.shared.state_counts.iter().zip(count_states(&inner)?) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        Ok(scanned)
     }
 }

@@ -3,13 +3,14 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `requests` | id `u64` BE | `[v][Request]`: the truth |
+//! | `bodies` | id BE ‖ field ‖ chunk BE | a record's big texts, in 6 KiB chunks (see `body`) |
 //! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
 //! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
 //! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
-//! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (id `dlq_<hex dead_ms ‖ seq>`) |
-//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash (see `log`) |
+//! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (public id: see `ids`) |
+//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash ‖ `[v][Summary]` (see `log`) |
 //! | `catalog` | kind byte ‖ … (see [`catalog`]) | `[v][Project/ApiKey/Workflow/…]` |
-//! | `meta` | name | value (`ws_token_key`, `channel_mask`, …) |
+//! | `meta` | name | value (`ws_token_key`, `id_key`, …) |
 //!
 //! Invariants:
 //! - Only this module touches sled; every state change of a request goes through
@@ -20,26 +21,37 @@
 //! - No multi-tree transaction: each record moves by `compare_and_swap`, and writers of the
 //!   same record in this process are serialized by a striped lock so that index
 //!   maintenance cannot interleave.
-//! - Nothing is acknowledged before [`Store::commit`] returns.
+//! - Nothing is acknowledged before [`Store::commit`] returns, and a commit covers every
+//!   file and directory entry the acknowledged data depends on (see `files`).
+//! - The sled database behind a `Store` may be replaced (see `open`): after a write error
+//!   sled refuses every later write, so the store closes it and opens the same directory
+//!   again once there is room. Every method reaches sled through [`Store::inner`] and
+//!   holds that one database for its whole run.
 
+mod body;
 pub mod catalog;
 mod codec;
 mod commit;
 mod dlq;
+mod files;
+mod idempotency;
+mod ids;
 mod log;
+mod open;
 mod space;
+mod timeline;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use sled::Tree;
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
-pub use log::{Cursor, LogQuery, state_code, state_code_of};
+pub use log::{Cursor, LogQuery, Summary, state_code, state_code_of};
+pub use open::Health;
 
-use crate::job::{Request, Step};
+use crate::job::Request;
+use open::Inner;
 
 /// Store failures. Expected outcomes (a refused update, a missing record) are values of
 /// [`Update`] instead.
@@ -55,6 +67,13 @@ pub enum StoreError {
     Commit(Arc<std::io::Error>),
     #[error("the disk is almost full: {free_mib} MiB free, {reserve_mib} MiB kept in reserve")]
     LowSpace { free_mib: u64, reserve_mib: u64 },
+    #[error(
+        "no room on the disk to open the store: {free_mib} MiB free, {need_mib} MiB needed \
+         (nothing was written; free some space and start again)"
+    )]
+    NoRoomToOpen { free_mib: u64, need_mib: u64 },
+    #[error("the store cannot write ({0}); it reopens by itself once the disk has room")]
+    Failed(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -87,22 +106,20 @@ pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// The store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
-    db: sled::Db,
-    requests: Tree,
-    due: Tree,
-    /// XORed into the request id hidden in each channel id (see [`Store::new_request_id`]).
-    channel_mask: u64,
-    idempotency: Tree,
-    timeline: Tree,
-    dlq: Tree,
-    catalog: Tree,
-    meta: Tree,
-    log_state: Tree,
-    committer: Committer,
+/// What outlives a reopen of the sled database.
+struct Shared {
+    dir: std::path::PathBuf,
+    cache_bytes: u64,
+    /// The open database; `None` only while it is being reopened.
+    current: RwLock<Option<Arc<Inner>>>,
+    /// Why the store cannot write, until it has been reopened.
+    failure: Mutex<Option<String>>,
+    /// Bumped by every reopen (the catalog reloads then).
+    generation: tokio::sync::watch::Sender<u64>,
+    stats: Arc<CommitStats>,
     /// Requests per state code (1–6), kept with every insert, transition and sweep.
     state_counts: [AtomicI64; 7],
     /// Entries in the dead-letter queue.
@@ -137,17 +154,18 @@ pub fn due_key(due_ms: u64, id: u64) -> [u8; 16] {
     k
 }
 
-/// The timeline's merge operator: appends the new frames to the old value.
-fn append(_key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Option<Vec<u8>> {
-    let mut value = old.map(<[u8]>::to_vec).unwrap_or_default();
-    value.extend_from_slice(new);
-    Some(value)
-}
-
 fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
     let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
     let id = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
     Some((due, id))
+}
+
+/// Record `id` as stored: big texts kept in `bodies` are empty (see `body`).
+fn stored_record(inner: &Inner, id: u64) -> Result<Option<Request>> {
+    match inner.requests.get(request_key(id))? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
 }
 
 fn be_u64(v: &[u8]) -> Option<u64> {
@@ -156,66 +174,60 @@ fn be_u64(v: &[u8]) -> Option<u64> {
 
 impl Store {
     /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`; new
-    /// work is refused while the filesystem has less than `reserve` bytes free.
+    /// work is refused while the filesystem has less than `reserve` bytes free. A snapshot
+    /// left incomplete by an interrupted start is removed first, and a disk without room
+    /// for sled's own writes is refused before sled writes anything.
     pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Store> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.join("db"))?;
-        let committer = Committer::start(db.clone(), file)?;
-        let meta = db.open_tree("meta")?;
-        let fresh: [u8; 8] = rand::random();
-        let mask =
-            match meta.compare_and_swap("channel_mask", None as Option<&[u8]>, Some(&fresh[..]))? {
-                Ok(()) => fresh.to_vec(),
-                Err(current) => current
-                    .current
-                    .map(|v| v.to_vec())
-                    .unwrap_or(fresh.to_vec()),
-            };
-        let inner = Inner {
-            requests: db.open_tree("requests")?,
-            due: db.open_tree("due")?,
-            channel_mask: be_u64(&mask).unwrap_or(0),
-            idempotency: db.open_tree("idempotency")?,
-            timeline: {
-                let tree = db.open_tree("timeline")?;
-                tree.set_merge_operator(append);
-                tree
-            },
-            dlq: db.open_tree("dlq")?,
-            catalog: db.open_tree("catalog")?,
-            meta,
-            log_state: db.open_tree("log_state")?,
-            committer,
+        let stats = Arc::new(CommitStats::default());
+        let inner = Inner::open(dir, cache_bytes, stats.clone())?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            current: RwLock::new(None),
+            failure: Mutex::new(None),
+            generation: tokio::sync::watch::Sender::new(0),
+            stats,
             state_counts: Default::default(),
             dlq_count: AtomicI64::new(0),
             space: space::Space::watch(dir.to_path_buf(), reserve),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            db,
-        };
-        let store = Store {
-            inner: Arc::new(inner),
-        };
-        for (slot, n) in store.inner.state_counts.iter().zip(store.count_states()?) {
-            slot.store(n, Ordering::Relaxed);
-        }
-        store
-            .inner
-            .dlq_count
-            .store(store.inner.dlq.len() as i64, Ordering::Relaxed);
+        });
+        let store = Store { shared };
+        store.install(inner)?;
+        open::watch_health(&store.shared);
         Ok(store)
     }
 
+    /// Makes `inner` the open database, with the counters recounted from it.
+    fn install(&self, inner: Inner) -> Result<()> {
+        let counts = log::count_states(&inner)?;
+        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        self.shared
+            .dlq_count
+            .store(inner.dlq.len() as i64, Ordering::Relaxed);
+        *self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        Ok(())
+    }
+
+    /// The open database, or an error while it is being reopened.
+    fn inner(&self) -> Result<Arc<Inner>> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Failed("reopening".into()))
+    }
+
     fn count_state(&self, state: crate::job::State, delta: i64) {
-        self.inner.state_counts[state_code(state) as usize].fetch_add(delta, Ordering::Relaxed);
+        self.shared.state_counts[state_code(state) as usize].fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Requests per state: `(state name, count)`.
@@ -233,7 +245,7 @@ impl Store {
         .map(|(i, name)| {
             (
                 *name,
-                self.inner.state_counts[i + 1].load(Ordering::Relaxed),
+                self.shared.state_counts[i + 1].load(Ordering::Relaxed),
             )
         })
         .collect()
@@ -241,15 +253,22 @@ impl Store {
 
     /// Entries in the dead-letter queue (all projects).
     pub fn dlq_len(&self) -> i64 {
-        self.inner.dlq_count.load(Ordering::Relaxed)
+        self.shared.dlq_count.load(Ordering::Relaxed)
     }
 
-    /// Resolves once every write made before the call is on disk (flush + fdatasync).
-    /// A commit that takes longer than [`COMMIT_TIMEOUT`] is an error (the write may still
-    /// land; the caller must not acknowledge it).
+    /// Resolves once every write made before the call is on disk (flush, the files and
+    /// directory entries it depends on, fdatasync). A commit that takes longer than
+    /// [`COMMIT_TIMEOUT`] is an error (the write may still land; the caller must not
+    /// acknowledge it). A commit that fails marks the store as unable to write until it
+    /// has been reopened.
     pub async fn commit(&self) -> Result<()> {
-        match tokio::time::timeout(COMMIT_TIMEOUT, self.inner.committer.wait()).await {
-            Ok(done) => done.map_err(StoreError::Commit),
+        let inner = self.inner()?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, inner.committer.wait()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.report_failure(&e.to_string());
+                Err(StoreError::Commit(e))
+            }
             Err(_) => Err(StoreError::Commit(Arc::new(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the disk did not confirm the write in time",
@@ -257,9 +276,13 @@ impl Store {
         }
     }
 
-    /// Refuses new work while the disk is almost full (see `space`).
+    /// Refuses new work while the store cannot write: the disk is almost full (see
+    /// `space`), or a write failed and the store has not been reopened yet.
     pub fn ensure_space(&self) -> Result<()> {
-        self.inner
+        if let Some(reason) = self.failure() {
+            return Err(StoreError::Failed(reason));
+        }
+        self.shared
             .space
             .check()
             .map_err(|(free, reserve)| StoreError::LowSpace {
@@ -269,82 +292,83 @@ impl Store {
     }
 
     pub fn commit_stats(&self) -> &CommitStats {
-        self.inner.committer.stats()
+        &self.shared.stats
     }
 
-    /// A new unique, increasing id (for requests and timeline entries).
+    /// A new unique id (for requests and dead letters).
     pub fn next_id(&self) -> Result<u64> {
-        Ok(self.inner.db.generate_id()?)
+        Ok(self.inner()?.db.generate_id()?)
     }
 
     fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, ()> {
-        let lock = &self.inner.stripes[(id as usize) % LOCK_STRIPES];
+        let lock = &self.shared.stripes[(id as usize) % LOCK_STRIPES];
         lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores a new request with its indexes. Not durable until [`Store::commit`].
     pub fn insert_request(&self, record: &mut Request) -> Result<()> {
+        let inner = self.inner()?;
         let _guard = self.stripe(record.id);
         record.due_ms = record.next_due();
         if let Some(due) = record.due_ms {
-            self.inner.due.insert(due_key(due, record.id), &[])?;
+            inner.due.insert(due_key(due, record.id), &[])?;
         }
-        self.inner
-            .requests
-            .insert(request_key(record.id), codec::encode(record)?)?;
-        self.log_insert(record)?;
+        let stored = body::encode(&inner.bodies, record, &Default::default())?;
+        inner.requests.insert(request_key(record.id), stored)?;
+        log::put(&inner, record, None)?;
         self.count_state(record.state, 1);
         Ok(())
     }
 
     pub fn request(&self, id: u64) -> Result<Option<Request>> {
-        match self.inner.requests.get(request_key(id))? {
-            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        let inner = self.inner()?;
+        let Some(mut record) = stored_record(&inner, id)? else {
+            return Ok(None);
+        };
+        body::fill(&inner.bodies, &mut record)?;
+        Ok(Some(record))
     }
 
-    /// A new request id and its public channel id: a UUID v4 that carries the id (XORed
-    /// with a per-store mask) in 64 of its bits and 58 random bits in the rest, so a channel
-    /// id leads to its record without an index, and cannot be guessed from another.
+    /// What a list shows of request `id` (its big texts are not read).
+    pub fn summary(&self, id: u64) -> Result<Option<Summary>> {
+        Ok(stored_record(&*self.inner()?, id)?.map(|r| Summary::of(&r)))
+    }
+
+    /// A new request id and its public channel id: a UUID v4 whose 122 free bits are a
+    /// keyed permutation of the id and 58 random bits (see `ids`), so a channel id leads
+    /// to its record without an index and says nothing about any other.
     pub fn new_request_id(&self) -> Result<(u64, [u8; 16])> {
-        let id = self.next_id()?;
-        let mut channel = *uuid::Uuid::new_v4().as_bytes();
-        let hidden = (id ^ self.inner.channel_mask).to_be_bytes();
-        channel[..6].copy_from_slice(&hidden[..6]);
-        channel[7] = hidden[6];
-        channel[9] = hidden[7];
-        Ok((id, channel))
+        let inner = self.inner()?;
+        let id = inner.db.generate_id()?;
+        Ok((id, inner.ids.channel_id(id, rand::random())))
     }
 
     /// The request whose channel id is `channel`, if any.
     pub fn request_by_channel(&self, channel: &[u8; 16]) -> Result<Option<Request>> {
-        let mut hidden = [0u8; 8];
-        hidden[..6].copy_from_slice(&channel[..6]);
-        hidden[6] = channel[7];
-        hidden[7] = channel[9];
-        let id = u64::from_be_bytes(hidden) ^ self.inner.channel_mask;
+        let id = self.inner()?.ids.request_of_channel(channel);
         Ok(self.request(id)?.filter(|r| &r.channel_id == channel))
     }
 
     /// Applies `change` to the record and swaps it in: read → change → CAS → move the due
-    /// key. `change` may refuse (nothing is written). `updated_ms` and `due_ms` are set
-    /// here, so the due index always follows [`Request::next_due`].
+    /// key and the log entry. `change` may refuse (nothing is written). `updated_ms` and
+    /// `due_ms` are set here, so the due index always follows [`Request::next_due`].
     pub fn update<T, R>(
         &self,
         id: u64,
         now_ms: u64,
         mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
+        let inner = self.inner()?;
         let _guard = self.stripe(id);
         let key = request_key(id);
         loop {
-            let Some(old) = self.inner.requests.get(key)? else {
+            let Some(old) = inner.requests.get(key)? else {
                 return Ok(Update::Missing);
             };
             let mut record: Request = codec::decode(&old)?;
+            let stored = body::fill(&inner.bodies, &mut record)?;
             let old_due = record.due_ms;
-            let old_state = record.state;
+            let before = Summary::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
                 Err(refusal) => return Ok(Update::Refused(refusal)),
@@ -354,14 +378,13 @@ impl Store {
             if record.due_ms != old_due
                 && let Some(due) = record.due_ms
             {
-                self.inner.due.insert(due_key(due, id), &[])?;
+                inner.due.insert(due_key(due, id), &[])?;
             }
-            let new = codec::encode(&record)?;
+            let new = body::encode(&inner.bodies, &mut record, &stored)?;
             // Another process cannot write this store (sled locks it), and this process
             // holds the stripe, so a conflict means a bug elsewhere; re-reading is still
             // the correct answer to it.
-            if self
-                .inner
+            if inner
                 .requests
                 .compare_and_swap(key, Some(old), Some(new))?
                 .is_err()
@@ -371,11 +394,13 @@ impl Store {
             if record.due_ms != old_due
                 && let Some(due) = old_due
             {
-                self.inner.due.remove(due_key(due, id))?;
+                inner.due.remove(due_key(due, id))?;
             }
-            if record.state != old_state {
-                self.log_move(&record, old_state)?;
-                self.count_state(old_state, -1);
+            if Summary::of(&record) != before {
+                log::put(&inner, &record, Some(before.state))?;
+            }
+            if record.state != before.state {
+                self.count_state(before.state, -1);
                 self.count_state(record.state, 1);
             }
             return Ok(Update::Done(Box::new(record), value));
@@ -385,7 +410,7 @@ impl Store {
     /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.
     pub fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
-        for kv in self.inner.due.range(..due_key(until_ms, 0)).take(limit) {
+        for kv in self.inner()?.due.range(..due_key(until_ms, 0)).take(limit) {
             let (k, _) = kv?;
             if let Some(entry) = split_due_key(&k) {
                 out.push(entry);
@@ -398,129 +423,20 @@ impl Store {
     /// crash between swapping a record and removing its old key). Returns true if removed.
     pub fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
         let _guard = self.stripe(id);
-        let owned = self.request(id)?.and_then(|r| r.due_ms) == Some(due_ms);
+        let owned = stored_record(&*self.inner()?, id)?.and_then(|r| r.due_ms) == Some(due_ms);
         if !owned {
-            self.inner.due.remove(due_key(due_ms, id))?;
+            self.inner()?.due.remove(due_key(due_ms, id))?;
         }
         Ok(!owned)
     }
 
+    /// Entries in the due index (0 while the store is being reopened).
     pub fn due_len(&self) -> usize {
-        self.inner.due.len()
-    }
-
-    /// Stores a new request unless `project ‖ key_hash` already names one that exists and
-    /// is younger than `ttl_ms`; then returns that request's id and stores nothing. The
-    /// check and the insert happen under one lock per key, so concurrent repeats of a key
-    /// create exactly one request; a claim whose request is missing (a crash between the
-    /// two writes) or expired is taken over.
-    pub fn insert_request_once(
-        &self,
-        record: &mut Request,
-        project: &[u8; 16],
-        key_hash: &[u8; 32],
-        ttl_ms: u64,
-    ) -> Result<Claim> {
-        let mut key = [0u8; 48];
-        key[..16].copy_from_slice(project);
-        key[16..].copy_from_slice(key_hash);
-        let stripe = u64::from_be_bytes(key_hash[..8].try_into().unwrap_or_default());
-        let _guard = self.inner.claim_stripes[(stripe as usize) % LOCK_STRIPES]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(current) = self.inner.idempotency.get(key)? {
-            let owner = be_u64(&current).unwrap_or(0);
-            let created = current.get(8..).and_then(be_u64).unwrap_or(0);
-            let fresh = record.created_ms.saturating_sub(created) < ttl_ms;
-            if fresh && self.inner.requests.contains_key(request_key(owner))? {
-                return Ok(Claim::Existing(owner));
-            }
-        }
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&record.id.to_be_bytes());
-        value[8..].copy_from_slice(&record.created_ms.to_be_bytes());
-        self.inner.idempotency.insert(key, &value[..])?;
-        self.insert_request(record)?;
-        Ok(Claim::New)
-    }
-
-    /// Appends a step to a request's timeline. Durable with the next commit.
-    pub fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
-        self.append_steps(id, std::slice::from_ref(&(at_ms, step.clone())))
-    }
-
-    /// Appends steps to a request's timeline in one write (one key per request, grown by
-    /// sled's merge operator, so timelines add no keys to split). Durable with the next
-    /// commit.
-    pub fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let mut framed = Vec::with_capacity(128 * steps.len());
-        for (at_ms, step) in steps {
-            let entry = codec::encode(&(*at_ms, step))?;
-            framed.extend_from_slice(&(entry.len() as u32).to_le_bytes());
-            framed.extend_from_slice(&entry);
-        }
-        self.inner.timeline.merge(id.to_be_bytes(), framed)?;
-        Ok(())
-    }
-
-    /// A request's timeline in time order (a webhook attempt is stamped with its start,
-    /// so it sorts before a callback that arrived while it was in flight).
-    pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
-        let mut out = Vec::new();
-        if let Some(value) = self.inner.timeline.get(id.to_be_bytes())? {
-            let mut rest: &[u8] = &value;
-            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                let len = u32::from_le_bytes(*len) as usize;
-                let entry = tail.get(..len).ok_or(CodecError::Empty)?;
-                out.push(codec::decode::<(u64, Step)>(entry)?);
-                rest = &tail[len..];
-            }
-        }
-        out.sort_by_key(|(at_ms, _)| *at_ms);
-        Ok(out)
+        self.inner().map_or(0, |inner| inner.due.len())
     }
 
     /// A value of the `meta` tree, created with `init` on first use.
     pub fn meta_or_init(&self, name: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
-        let fresh = init();
-        match self.inner.meta.compare_and_swap(
-            name,
-            None as Option<&[u8]>,
-            Some(fresh.as_slice()),
-        )? {
-            Ok(()) => Ok(fresh),
-            Err(conflict) => Ok(conflict.current.map(|v| v.to_vec()).unwrap_or_default()),
-        }
-    }
-
-    /// Recomputes the `due` index and the request log from the records. Returns the number of
-    /// records scanned. Used on a store whose indexes are missing or suspect.
-    pub fn rebuild_indexes(&self) -> Result<usize> {
-        self.inner.due.clear()?;
-        self.log_clear()?;
-        let mut scanned = 0;
-        for kv in self.inner.requests.iter() {
-            let (k, v) = kv?;
-            let Some(id) = be_u64(&k) else { continue };
-            let _guard = self.stripe(id);
-            let mut record: Request = codec::decode(&v)?;
-            let due = record.next_due();
-            if due != record.due_ms {
-                record.due_ms = due;
-                self.inner.requests.insert(&k, codec::encode(&record)?)?;
-            }
-            if let Some(due) = due {
-                self.inner.due.insert(due_key(due, id), &[])?;
-            }
-            self.log_insert(&record)?;
-            scanned += 1;
-        }
-        for (slot, n) in self.inner.state_counts.iter().zip(self.count_states()?) {
-            slot.store(n, Ordering::Relaxed);
-        }
-        Ok(scanned)
+        open::meta_or_init(&self.inner()?.meta, name, init)
     }
 }

@@ -19,8 +19,13 @@ pub struct Space {
     free: AtomicU64,
 }
 
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+pub(super) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
+    // A filesystem that reports no size at all (some FUSE file systems) says nothing
+    // about its free space.
+    if stat.f_blocks == 0 {
+        return None;
+    }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 

@@ -176,3 +176,65 @@ async fn webhook_secret_is_shown_once() {
         assert!(!shown.contains(&secret), "secret shown again: {shown}");
     }
 }
+
+/// `VmRSS` or `VmHWM` of process `pid`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The request list reads only what it shows: with 60 stored requests of about 900 KB,
+/// four concurrent `GET /console/requests?limit=1000`, three times over, raise the
+/// server's peak RSS by less than 32 MiB, and show every request. (On 22a75b8 each call
+/// decoded every whole record: the peak rose by hundreds of MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_big_requests_reads_only_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let eddy = crate::support::Eddy::spawn(dir.path(), "0s");
+    let api = eddy.api();
+    let (status, body) = api
+        .post(
+            "/console/workflow",
+            json!({"name": "w", "provider": "testing", "model": "test-mode",
+                   "mode": "testing", "response_delay_ms": 600_000}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let big = "x".repeat(900_000);
+    for _ in 0..60 {
+        api.send_async(json!({"workflow": "w", "messages": [{"role": "user", "content": big}]}))
+            .await;
+    }
+    let pid = eddy.child.id();
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("peak RSS resets");
+    let before = status_kib(pid, "VmRSS:");
+    for _ in 0..3 {
+        let lists: Vec<_> = (0..4)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.get("/console/requests?limit=1000").await })
+            })
+            .collect();
+        for list in lists {
+            let (status, list) = list.await.unwrap();
+            assert_eq!(status, 200, "{list}");
+            assert_eq!(list["data"].as_array().unwrap().len(), 60);
+        }
+    }
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) >> 10;
+    eprintln!("peak RSS growth while listing: {growth_mib} MiB");
+    assert!(
+        growth_mib < 32,
+        "listing raised the peak RSS by {growth_mib} MiB"
+    );
+}

@@ -10,6 +10,7 @@ pub mod binary;
 pub mod browser;
 pub mod log;
 pub mod phoenix;
+pub mod powerfs;
 pub mod provider;
 pub mod raw;
 pub mod receiver;
@@ -167,6 +168,11 @@ impl TestServer {
         self.api.base = format!("http://{addr}");
         self.stop = Some(stop);
         self.task = Some(task);
+    }
+
+    /// The store directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.config.data.clone()
     }
 
     /// Stops the server the way SIGTERM does and waits until it has closed its store.
