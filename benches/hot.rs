@@ -6,15 +6,17 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use eddy::job::{AiResult, Delivery, DeliveryOutcome, Request, State, WorkflowSnapshot};
+use eddy::job::{
+    AiResult, ChannelId, Delivery, DeliveryOutcome, ProjectId, Request, State, WorkflowSnapshot,
+};
 use eddy::store::Store;
 use eddy::{payload, signature, ws};
 
 fn record(id: u64) -> Request {
     Request {
         id,
-        channel_id: [7; 16],
-        project_id: [9; 16],
+        channel_id: ChannelId::from_bytes([7; 16]),
+        project_id: ProjectId::from_bytes([9; 16]),
         workflow: WorkflowSnapshot {
             name: "content_generator".into(),
             event_name: Some("content_ready".into()),

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bincode::{Decode, Encode};
 
+use crate::job::ProjectId;
 use crate::secret;
 use crate::store::catalog::Kind;
 use crate::store::{Store, StoreError};
@@ -26,7 +27,7 @@ pub const DEFAULT_PROJECT: &str = "default";
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Project {
-    pub id: [u8; 16],
+    pub id: ProjectId,
     pub name: String,
     pub created_ms: u64,
     /// Signs deliveries to a request's own `webhook_url`, which has no endpoint secret.
@@ -36,7 +37,7 @@ pub struct Project {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct ApiKey {
     pub id: String,
-    pub project: [u8; 16],
+    pub project: ProjectId,
     pub name: Option<String>,
     /// SHA-256 of the key: the key itself is never stored.
     pub hash: [u8; 32],
@@ -61,7 +62,7 @@ impl ApiKey {
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Workflow {
-    pub project: [u8; 16],
+    pub project: ProjectId,
     pub name: String,
     pub event_name: Option<String>,
     pub provider: String,
@@ -82,7 +83,7 @@ pub struct Workflow {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct StructuredOutput {
     pub id: String,
-    pub project: [u8; 16],
+    pub project: ProjectId,
     pub name: String,
     /// The JSON Schema, as JSON text.
     pub schema: String,
@@ -95,7 +96,7 @@ pub struct StructuredOutput {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Endpoint {
     pub id: String,
-    pub project: [u8; 16],
+    pub project: ProjectId,
     pub url: String,
     pub description: Option<String>,
     /// Event names this endpoint receives; empty means all.
@@ -140,11 +141,11 @@ pub enum CatalogError {
     Store(#[from] StoreError),
 }
 
-type ByProject<T> = HashMap<[u8; 16], BTreeMap<String, Arc<T>>>;
+type ByProject<T> = HashMap<ProjectId, BTreeMap<String, Arc<T>>>;
 
 #[derive(Default)]
 struct Cache {
-    projects: HashMap<[u8; 16], Arc<Project>>,
+    projects: HashMap<ProjectId, Arc<Project>>,
     keys: HashMap<[u8; 32], Arc<ApiKey>>,
     workflows: ByProject<Workflow>,
     outputs: ByProject<StructuredOutput>,
@@ -158,13 +159,13 @@ pub struct Catalog {
     cache: RwLock<Cache>,
 }
 
-fn listed<T>(map: &ByProject<T>, project: &[u8; 16]) -> Vec<Arc<T>> {
+fn listed<T>(map: &ByProject<T>, project: &ProjectId) -> Vec<Arc<T>> {
     map.get(project)
         .map(|m| m.values().cloned().collect())
         .unwrap_or_default()
 }
 
-fn found<T>(map: &ByProject<T>, project: &[u8; 16], name: &str) -> Option<Arc<T>> {
+fn found<T>(map: &ByProject<T>, project: &ProjectId, name: &str) -> Option<Arc<T>> {
     map.get(project).and_then(|m| m.get(name)).cloned()
 }
 
@@ -222,7 +223,7 @@ impl Catalog {
 
     // ---- projects ----
 
-    pub fn project(&self, id: &[u8; 16]) -> Option<Arc<Project>> {
+    pub fn project(&self, id: &ProjectId) -> Option<Arc<Project>> {
         self.read().projects.get(id).cloned()
     }
 
@@ -254,7 +255,7 @@ impl Catalog {
             return Err(CatalogError::Conflict(format!("project '{name}'")));
         }
         let project = Project {
-            id: *uuid::Uuid::new_v4().as_bytes(),
+            id: ProjectId::random(),
             name: name.to_string(),
             created_ms: now_ms,
             signing_secret: secret::new_webhook_secret(),
@@ -286,7 +287,7 @@ impl Catalog {
     /// Stores `key` for `project` unless it exists (idempotent bootstrap of `--api-key`).
     pub fn ensure_key(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         key: &str,
         name: &str,
         now_ms: u64,
@@ -302,7 +303,7 @@ impl Catalog {
     /// Creates a new key; returns its record and the key itself (shown once).
     pub fn create_key(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         name: Option<String>,
         expires_ms: Option<u64>,
         now_ms: u64,
@@ -314,7 +315,7 @@ impl Catalog {
 
     fn insert_key(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         key: &str,
         name: Option<String>,
         expires_ms: Option<u64>,
@@ -337,7 +338,7 @@ impl Catalog {
         Ok(record)
     }
 
-    pub fn keys(&self, project: &[u8; 16]) -> Vec<Arc<ApiKey>> {
+    pub fn keys(&self, project: &ProjectId) -> Vec<Arc<ApiKey>> {
         let mut keys: Vec<_> = self
             .read()
             .keys
@@ -350,7 +351,7 @@ impl Catalog {
     }
 
     /// A key of `project` by id.
-    pub fn key(&self, project: &[u8; 16], id: &str) -> Option<Arc<ApiKey>> {
+    pub fn key(&self, project: &ProjectId, id: &str) -> Option<Arc<ApiKey>> {
         self.read()
             .keys
             .values()
@@ -359,7 +360,7 @@ impl Catalog {
     }
 
     /// Revokes a key of `project` by id; false if there is none.
-    pub fn delete_key(&self, project: &[u8; 16], id: &str) -> Result<bool, StoreError> {
+    pub fn delete_key(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
         let mut cache = self.write();
         let Some(hash) = cache
             .keys
@@ -376,11 +377,11 @@ impl Catalog {
 
     // ---- workflows ----
 
-    pub fn workflow(&self, project: &[u8; 16], name: &str) -> Option<Arc<Workflow>> {
+    pub fn workflow(&self, project: &ProjectId, name: &str) -> Option<Arc<Workflow>> {
         found(&self.read().workflows, project, name)
     }
 
-    pub fn workflows(&self, project: &[u8; 16]) -> Vec<Arc<Workflow>> {
+    pub fn workflows(&self, project: &ProjectId) -> Vec<Arc<Workflow>> {
         listed(&self.read().workflows, project)
     }
 
@@ -429,7 +430,7 @@ impl Catalog {
         Ok(workflow)
     }
 
-    pub fn delete_workflow(&self, project: &[u8; 16], name: &str) -> Result<bool, StoreError> {
+    pub fn delete_workflow(&self, project: &ProjectId, name: &str) -> Result<bool, StoreError> {
         let mut cache = self.write();
         let removed = cache
             .workflows
@@ -445,11 +446,15 @@ impl Catalog {
 
     // ---- structured outputs ----
 
-    pub fn structured_output(&self, project: &[u8; 16], id: &str) -> Option<Arc<StructuredOutput>> {
+    pub fn structured_output(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Option<Arc<StructuredOutput>> {
         found(&self.read().outputs, project, id)
     }
 
-    pub fn structured_outputs(&self, project: &[u8; 16]) -> Vec<Arc<StructuredOutput>> {
+    pub fn structured_outputs(&self, project: &ProjectId) -> Vec<Arc<StructuredOutput>> {
         listed(&self.read().outputs, project)
     }
 
@@ -485,7 +490,7 @@ impl Catalog {
     /// Deletes a structured output unless a workflow still uses it.
     pub fn delete_structured_output(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         id: &str,
     ) -> Result<bool, CatalogError> {
         let mut cache = self.write();
@@ -511,11 +516,11 @@ impl Catalog {
 
     // ---- webhook endpoints ----
 
-    pub fn endpoint(&self, project: &[u8; 16], id: &str) -> Option<Arc<Endpoint>> {
+    pub fn endpoint(&self, project: &ProjectId, id: &str) -> Option<Arc<Endpoint>> {
         found(&self.read().endpoints, project, id)
     }
 
-    pub fn endpoints(&self, project: &[u8; 16]) -> Vec<Arc<Endpoint>> {
+    pub fn endpoints(&self, project: &ProjectId) -> Vec<Arc<Endpoint>> {
         let mut all = listed(&self.read().endpoints, project);
         all.sort_by_key(|e| e.created_ms);
         all
@@ -524,7 +529,7 @@ impl Catalog {
     /// The endpoints a workflow with `event_name` delivers to.
     pub fn endpoints_for(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         event_name: Option<&str>,
     ) -> Vec<Arc<Endpoint>> {
         let mut all: Vec<_> = self
@@ -557,7 +562,7 @@ impl Catalog {
     /// (returns true). `None` if there is no such endpoint.
     pub fn update_endpoint(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         id: &str,
         change: impl FnOnce(&mut Endpoint) -> bool,
     ) -> Result<Option<Arc<Endpoint>>, StoreError> {
@@ -585,7 +590,7 @@ impl Catalog {
     /// `gone` answer, 410) disables the endpoint. Writes only when something changes.
     pub fn note_attempt(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         id: &str,
         delivered: bool,
         gone: bool,
@@ -614,7 +619,7 @@ impl Catalog {
         })
     }
 
-    pub fn delete_endpoint(&self, project: &[u8; 16], id: &str) -> Result<bool, StoreError> {
+    pub fn delete_endpoint(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
         let mut cache = self.write();
         let removed = cache
             .endpoints

@@ -8,7 +8,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags, env and TOML merged and validated into one `Config`.
-//! - [`job`]: the request record, its states and events, the pure transition rules.
+//! - [`job`]: the request record, its states and events, the pure transition rules, the
+//!   `ProjectId` and `ChannelId` types.
 //! - [`store`]: sled trees, key encoding, record codec, CAS updates, the group commit (and
 //!   the files it syncs), public ids, opening and reopening after a write error.
 //! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider

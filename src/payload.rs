@@ -19,16 +19,6 @@ use serde_json::value::RawValue;
 use crate::clock::rfc3339_ms;
 use crate::job::{Failure, Request, State};
 
-/// The public form of a channel id: a hyphenated UUID.
-pub fn channel_str(id: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*id).hyphenated().to_string()
-}
-
-/// The public form of a project id.
-pub fn project_str(id: &[u8; 16]) -> String {
-    channel_str(id)
-}
-
 /// Stored JSON text as JavaScript prints it; stored text is always valid JSON, `null`
 /// otherwise.
 fn raw(text: &str) -> Box<RawValue> {
@@ -186,7 +176,7 @@ struct CompletedHook<'a> {
 /// The webhook body for `record`: `task.ai_generated` for workflows with an `event_name`,
 /// `task.completed` otherwise. `public_url` is the base of `callback_url`.
 pub fn webhook_body(record: &Request, public_url: &str) -> String {
-    let channel_id = channel_str(&record.channel_id);
+    let channel_id = record.channel_id.to_string();
     let customer_data = raw(&record.customer_data);
     match (&record.workflow.event_name, &record.ai) {
         (Some(event), Some(ai)) => {
@@ -278,7 +268,7 @@ struct ErrorPush<'a> {
 /// browser's final result, and a webhook that later runs out of attempts is an operator's
 /// concern (dead-letter queue), not the browser's.
 pub fn latest_push(record: &Request) -> Option<String> {
-    let channel_id = channel_str(&record.channel_id);
+    let channel_id = record.channel_id.to_string();
     let customer_data = raw(&record.customer_data);
     let ai = record.ai.as_ref();
     let event_name = record.workflow.event_name.as_deref();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{Catalog, found, listed};
+use crate::job::ProjectId;
 use crate::store::StoreError;
 use crate::store::catalog::Kind;
 
@@ -38,7 +39,7 @@ impl ProviderKind {
 /// and in `fallbacks`.
 #[derive(Clone, PartialEq, Encode, Decode)]
 pub struct ProviderCredential {
-    pub project: [u8; 16],
+    pub project: ProjectId,
     /// `openai`, `anthropic`, another preset, or any name for a server at `base_url`.
     pub name: String,
     pub kind: ProviderKind,
@@ -88,11 +89,11 @@ impl fmt::Debug for ProviderCredential {
 }
 
 impl Catalog {
-    pub fn provider(&self, project: &[u8; 16], name: &str) -> Option<Arc<ProviderCredential>> {
+    pub fn provider(&self, project: &ProjectId, name: &str) -> Option<Arc<ProviderCredential>> {
         found(&self.read().providers, project, name)
     }
 
-    pub fn providers(&self, project: &[u8; 16]) -> Vec<Arc<ProviderCredential>> {
+    pub fn providers(&self, project: &ProjectId) -> Vec<Arc<ProviderCredential>> {
         listed(&self.read().providers, project)
     }
 
@@ -122,7 +123,7 @@ impl Catalog {
         Ok((credential, existing.is_none()))
     }
 
-    pub fn delete_provider(&self, project: &[u8; 16], name: &str) -> Result<bool, StoreError> {
+    pub fn delete_provider(&self, project: &ProjectId, name: &str) -> Result<bool, StoreError> {
         let mut cache = self.write();
         let removed = cache
             .providers
@@ -148,7 +149,7 @@ mod tests {
         assert_eq!(mask("short-key"), "…ey");
         assert_eq!(mask(""), "…");
         let credential = ProviderCredential {
-            project: [0; 16],
+            project: ProjectId::from_bytes([0; 16]),
             name: "openai".into(),
             kind: ProviderKind::OpenAi,
             api_key: Some("sk-secret-0123456789abcdefXYZW".into()),

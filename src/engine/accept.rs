@@ -7,7 +7,6 @@ use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::job::{Request, WorkflowSnapshot};
-use crate::payload;
 use crate::secret;
 use crate::store::Claim;
 
@@ -148,7 +147,7 @@ impl Engine {
         self.store.commit().await?;
         self.metrics.accepted(&record.workflow.name);
         self.scheduler.schedule(id, record.due_ms);
-        tracing::debug!(channel_id = %payload::channel_str(&record.channel_id), "accepted");
+        tracing::debug!(channel_id = %record.channel_id, "accepted");
         Ok(self.ticket(&record))
     }
 }

@@ -10,7 +10,7 @@
 use super::Engine;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::{DeadLetter, Step};
+use crate::job::{DeadLetter, ProjectId, Step};
 use crate::store::Update;
 
 /// What a range re-drive did.
@@ -23,7 +23,7 @@ pub struct Redrive {
 
 impl Engine {
     /// One dead letter of `project`.
-    pub fn dead_letter(&self, project: &[u8; 16], id: &str) -> Result<DeadLetter> {
+    pub fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<DeadLetter> {
         self.store
             .dead_letter(project, id)?
             .ok_or_else(|| Error::NotFound(format!("dead letter '{id}'")))
@@ -43,7 +43,7 @@ impl Engine {
     }
 
     /// Re-drives one dead letter; the request re-enters the flow.
-    pub async fn redrive(&self, project: &[u8; 16], id: &str) -> Result<()> {
+    pub async fn redrive(&self, project: &ProjectId, id: &str) -> Result<()> {
         let entry = self.dead_letter(project, id)?;
         if let Some(why) = self.blocked(&entry) {
             return Err(Error::Conflict(why));
@@ -57,7 +57,7 @@ impl Engine {
     /// if given, went to `endpoint`.
     pub async fn redrive_range(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         since_ms: u64,
         until_ms: u64,
         endpoint: Option<&str>,
@@ -83,7 +83,7 @@ impl Engine {
     }
 
     /// Re-arms the delivery on its record and removes the entry (not yet durable).
-    fn rearm(&self, project: &[u8; 16], id: &str, entry: &DeadLetter) -> Result<()> {
+    fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<()> {
         let now = now_ms();
         let update = self
             .store
@@ -115,7 +115,7 @@ impl Engine {
     }
 
     /// Deletes one dead letter of `project`.
-    pub async fn purge_dead_letter(&self, project: &[u8; 16], id: &str) -> Result<()> {
+    pub async fn purge_dead_letter(&self, project: &ProjectId, id: &str) -> Result<()> {
         if !self.store.remove_dead_letter(project, id)? {
             return Err(Error::NotFound(format!("dead letter '{id}'")));
         }

@@ -77,7 +77,7 @@ impl Engine {
         }
         let span = tracing::info_span!(
             "request",
-            channel_id = %payload::channel_str(&record.channel_id)
+            channel_id = %record.channel_id
         );
         self.rounds(record).instrument(span).await
     }
@@ -279,7 +279,7 @@ impl Engine {
                         body,
                         webhook_id: &d.webhook_id,
                         endpoint_id: &d.endpoint_id,
-                        channel_id: &payload::channel_str(&record.channel_id),
+                        channel_id: &record.channel_id.to_string(),
                         secrets: &secrets,
                         timestamp: started / 1000,
                     })
@@ -429,7 +429,7 @@ impl Engine {
             },
         )?;
         tracing::warn!(
-            channel_id = %payload::channel_str(&record.channel_id),
+            channel_id = %record.channel_id,
             webhook_id = %d.webhook_id,
             "delivery dead-lettered"
         );

@@ -35,7 +35,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::{Deliverer, Outcome};
 use crate::error::{Error, Result};
-use crate::job::{CallbackData, Event, Request, State, Step};
+use crate::job::{CallbackData, ChannelId, Event, ProjectId, Request, State, Step};
 use crate::metrics::{Gauges, Metrics};
 use crate::payload;
 use crate::scheduler::SchedulerHandle;
@@ -161,8 +161,8 @@ impl Engine {
             expires_s,
         });
         Ticket {
-            channel_id: payload::channel_str(&record.channel_id),
-            project_id: payload::project_str(&record.project_id),
+            channel_id: record.channel_id.to_string(),
+            project_id: record.project_id.to_string(),
             ws_token,
             websocket_url: self.websocket_url.clone(),
             websocket_channel: ws::topic(&record.project_id, &record.channel_id),
@@ -171,18 +171,15 @@ impl Engine {
     }
 
     /// The request on `channel` if it belongs to `project` (another project's is not found).
-    pub fn request_of(&self, project: &[u8; 16], channel: &[u8; 16]) -> Result<Request> {
+    pub fn request_of(&self, project: &ProjectId, channel: &ChannelId) -> Result<Request> {
         match self.store.request_by_channel(channel)? {
             Some(r) if &r.project_id == project => Ok(r),
-            _ => Err(Error::NotFound(format!(
-                "request '{}'",
-                payload::channel_str(channel)
-            ))),
+            _ => Err(Error::NotFound(format!("request '{channel}'"))),
         }
     }
 
     /// A fresh WebSocket token for an existing request of `project`.
-    pub fn reconnect(&self, project: &[u8; 16], channel: &[u8; 16]) -> Result<Ticket> {
+    pub fn reconnect(&self, project: &ProjectId, channel: &ChannelId) -> Result<Ticket> {
         let record = self.request_of(project, channel)?;
         Ok(self.ticket(&record))
     }
@@ -192,8 +189,8 @@ impl Engine {
     /// recorded the webhook's 2xx.
     pub async fn callback(
         &self,
-        project: &[u8; 16],
-        channel: &[u8; 16],
+        project: &ProjectId,
+        channel: &ChannelId,
         input: CallbackInput,
     ) -> Result<()> {
         let record = self.request_of(project, channel)?;
@@ -343,7 +340,7 @@ pub fn jittered(delay: Duration) -> Duration {
 }
 
 impl Replay for Engine {
-    fn latest(&self, channel: &[u8; 16]) -> Result<Option<String>> {
+    fn latest(&self, channel: &ChannelId) -> Result<Option<String>> {
         let record = self.store.request_by_channel(channel)?;
         Ok(record.as_ref().and_then(payload::latest_push))
     }

@@ -6,14 +6,14 @@ use serde_json::Value;
 use super::Engine;
 use crate::ai::{AiError, AiOutput, AttemptReport, Deltas};
 
-use crate::job::{AiAttemptLog, AiResult, Step, WorkflowSnapshot};
+use crate::job::{AiAttemptLog, AiResult, ProjectId, Step, WorkflowSnapshot};
 
 impl Engine {
     /// Runs `workflow`'s models for a request of `project`; with `deltas`, streams the
     /// answer's text there.
     pub(crate) async fn call_models(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         workflow: &WorkflowSnapshot,
         messages: &Value,
         test_mode: bool,

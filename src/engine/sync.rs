@@ -20,7 +20,7 @@ use crate::ai::{AiError, AiOutput, Deltas};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::Request;
+use crate::job::{ChannelId, ProjectId, Request};
 
 /// A validated sync request.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct SyncInput {
     /// The request id and channel id it is recorded under, taken by the caller
     /// ([`crate::store::Store::new_request_id`]) so it can name the request before the
     /// answer is known (a streamed response's headers).
-    pub id: (u64, [u8; 16]),
+    pub id: (u64, ChannelId),
 }
 
 /// A sync request's outcome: the stored record and the model's result.
@@ -46,7 +46,7 @@ pub struct SyncAnswer {
 impl Engine {
     /// The workflow a sync call runs: not found, or `model_not_supported` when it is
     /// event-driven.
-    pub fn sync_workflow(&self, project: &[u8; 16], name: &str) -> Result<Arc<Workflow>> {
+    pub fn sync_workflow(&self, project: &ProjectId, name: &str) -> Result<Arc<Workflow>> {
         let workflow = self
             .catalog
             .workflow(project, name)

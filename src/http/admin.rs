@@ -13,7 +13,6 @@ use super::error::ApiError;
 use super::json::{Response, json_response, parse, read_body};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::error::Error;
-use crate::payload::project_str;
 use crate::secret::ct_eq;
 
 #[derive(Deserialize)]
@@ -52,7 +51,7 @@ pub async fn route(
             let data: Vec<_> = catalog
                 .projects()
                 .iter()
-                .map(|p| json!({"project_id": project_str(&p.id), "name": p.name, "created_at": rfc3339_ms(p.created_ms)}))
+                .map(|p| json!({"project_id": p.id.to_string(), "name": p.name, "created_at": rfc3339_ms(p.created_ms)}))
                 .collect();
             Ok(json_response(StatusCode::OK, &json!({ "data": data })))
         }
@@ -71,7 +70,7 @@ pub async fn route(
             app.engine.store().commit().await.map_err(Error::from)?;
             Ok(json_response(
                 StatusCode::CREATED,
-                &json!({"project_id": project_str(&project.id), "name": project.name, "api_key": key}),
+                &json!({"project_id": project.id.to_string(), "name": project.name, "api_key": key}),
             ))
         }
         (_, ["projects"]) => Err(ApiError::method_not_allowed()),

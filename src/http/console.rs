@@ -17,7 +17,6 @@ use crate::catalog::{ApiKey, Endpoint, Project, StructuredOutput, Workflow};
 use crate::clock::now_ms;
 use crate::egress;
 use crate::error::Error;
-use crate::payload::project_str;
 use crate::secret;
 use crate::store::{Cursor, LogQuery, state_code_of};
 
@@ -35,7 +34,7 @@ pub async fn route(
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     match (&method, rest.as_slice()) {
         (&Method::GET, ["project"]) => Ok(ok(json!({
-            "project_id": project_str(&project.id),
+            "project_id": project.id.to_string(),
             "name": project.name,
             "request_webhook_secret": project.signing_secret,
         }))),

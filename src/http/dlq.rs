@@ -80,7 +80,7 @@ pub async fn route(
                 "retried": true,
                 "id": id,
                 "webhook_id": d.webhook_id,
-                "channel_id": crate::payload::channel_str(&d.channel_id),
+                "channel_id": d.channel_id.to_string(),
             })))
         }
         (Method::DELETE, [id]) => {

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use super::error::ApiError;
+use crate::job::ProjectId;
 
 /// A token bucket per project: `rate` tokens a second, holding at most one second's worth.
 pub struct RateLimiter {
     rate: f64,
-    buckets: Mutex<HashMap<[u8; 16], (f64, Instant)>>,
+    buckets: Mutex<HashMap<ProjectId, (f64, Instant)>>,
 }
 
 impl RateLimiter {
@@ -25,7 +26,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for `project`, or says how many seconds until one is available.
-    pub fn take(&self, project: &[u8; 16]) -> Result<(), ApiError> {
+    pub fn take(&self, project: &ProjectId) -> Result<(), ApiError> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = buckets.entry(*project).or_insert((self.rate, now));
@@ -160,13 +161,13 @@ mod tests {
     fn bucket() {
         let limiter = RateLimiter::new(3);
         for _ in 0..3 {
-            assert!(limiter.take(&[1; 16]).is_ok());
+            assert!(limiter.take(&ProjectId::from_bytes([1; 16])).is_ok());
         }
-        let refused = limiter.take(&[1; 16]).unwrap_err();
+        let refused = limiter.take(&ProjectId::from_bytes([1; 16])).unwrap_err();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.retry_after, Some(1));
         assert!(
-            limiter.take(&[2; 16]).is_ok(),
+            limiter.take(&ProjectId::from_bytes([2; 16])).is_ok(),
             "other projects have their own bucket"
         );
     }

@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::json::{Response, json_response, parse, read_body};
 use crate::egress;
 use crate::engine::{AcceptInput, CallbackInput, Ticket};
+use crate::job::ChannelId;
 
 pub async fn route(
     app: &App,
@@ -48,9 +49,8 @@ pub async fn route(
 }
 
 /// A channel id from a URL or body: a UUID.
-pub fn parse_channel(text: &str) -> Result<[u8; 16], ApiError> {
-    uuid::Uuid::try_parse(text)
-        .map(|u| *u.as_bytes())
+pub fn parse_channel(text: &str) -> Result<ChannelId, ApiError> {
+    text.parse()
         .map_err(|_| ApiError::not_found(format!("request '{text}' not found")))
 }
 

@@ -27,8 +27,8 @@ use super::runtime::check_messages;
 use crate::ai::{AiError, AiOutput, Deltas};
 use crate::engine::{SyncAnswer, SyncInput};
 use crate::error::Error;
-use crate::job::Request as Record;
-use crate::payload::{self, Usage, channel_str};
+use crate::job::{ChannelId, Request as Record};
+use crate::payload::{self, Usage};
 
 /// 502 `ai_failed`: every model attempt failed.
 fn ai_failed(e: &AiError) -> ApiError {
@@ -122,7 +122,7 @@ fn meta(record: &Record, status: &str) -> Value {
     });
     json!({
         "status": status,
-        "channel_id": channel_str(&record.channel_id),
+        "channel_id": record.channel_id.to_string(),
         "workflow": record.workflow.name,
         "requested_provider": record.workflow.provider,
         "requested_model": record.workflow.model,
@@ -138,7 +138,7 @@ fn meta(record: &Record, status: &str) -> Value {
 fn with_headers(mut response: Response, record: &Record) -> Response {
     let ai = record.ai.as_ref();
     let pairs = [
-        ("x-modelriver-channel-id", channel_str(&record.channel_id)),
+        ("x-modelriver-channel-id", record.channel_id.to_string()),
         ("x-modelriver-workflow", record.workflow.name.clone()),
         (
             "x-modelriver-requested-provider",
@@ -208,8 +208,11 @@ fn completion(record: &Record, model: &str, out: &AiOutput) -> Value {
     })
 }
 
-fn completion_id(channel: &[u8; 16]) -> String {
-    format!("chatcmpl-{}", uuid::Uuid::from_bytes(*channel).simple())
+fn completion_id(channel: &ChannelId) -> String {
+    format!(
+        "chatcmpl-{}",
+        uuid::Uuid::from_bytes(*channel.as_bytes()).simple()
+    )
 }
 
 #[derive(Deserialize)]
@@ -302,7 +305,7 @@ pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<R
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&channel_str(&channel_id)) {
+    if let Ok(v) = HeaderValue::from_str(&channel_id.to_string()) {
         headers.insert("x-modelriver-channel-id", v);
     }
     Ok(response)

@@ -6,7 +6,6 @@ use serde_json::{Map, Value, json};
 use crate::catalog::{ApiKey, Endpoint, StructuredOutput, Workflow};
 use crate::clock::rfc3339_ms;
 use crate::job::{DeadLetter, DeliveryOutcome, Request, Step};
-use crate::payload::{channel_str, project_str};
 use crate::store::Summary;
 
 /// Stored JSON text as a value (`null` if it is not JSON, which stored text always is).
@@ -178,7 +177,7 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
 /// A request in the log (no timeline).
 pub fn request_summary(r: &Summary) -> Value {
     json!({
-        "channel_id": channel_str(&r.channel_id),
+        "channel_id": r.channel_id.to_string(),
         "workflow": r.workflow,
         "event_name": r.event_name,
         "status": r.state.as_str(),
@@ -192,7 +191,7 @@ pub fn request_summary(r: &Summary) -> Value {
 pub fn request(r: &Request, timeline: &[(u64, Step)]) -> Value {
     let mut v = request_summary(&Summary::of(r));
     let extra: Map<String, Value> = json!({
-        "project_id": project_str(&r.project_id),
+        "project_id": r.project_id.to_string(),
         "error": r.error_message,
         "provider": r.workflow.provider,
         "model": r.workflow.model,
@@ -259,7 +258,7 @@ pub fn request(r: &Request, timeline: &[(u64, Step)]) -> Value {
 pub fn dead_letter(d: &DeadLetter) -> Value {
     json!({
         "webhook_id": d.webhook_id,
-        "channel_id": channel_str(&d.channel_id),
+        "channel_id": d.channel_id.to_string(),
         "endpoint_id": d.endpoint_id,
         "url": d.url,
         "reason": d.reason,

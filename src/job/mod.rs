@@ -11,11 +11,13 @@
 //! may move it, and persists the answer. Keeping the rules in one table makes them testable
 //! pair by pair and keeps "what may happen" apart from "how it is made durable".
 
+mod id;
 #[cfg(test)]
 mod props;
 mod record;
 mod rules;
 
+pub use id::{ChannelId, InvalidId, ProjectId};
 pub use record::{
     AiAttemptLog, AiResult, AttemptLog, CallbackData, DeadLetter, Delivery, DeliveryOutcome,
     Request, Step, WorkflowSnapshot,

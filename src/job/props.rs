@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::tests::{EVENTS, STATES, allowed};
 use super::{
-    AiResult, AttemptResult, CallbackData, Delivery, DeliveryOutcome, Event, Failure,
-    InvalidTransition, Request, State, WorkflowSnapshot,
+    AiResult, AttemptResult, CallbackData, ChannelId, Delivery, DeliveryOutcome, Event, Failure,
+    InvalidTransition, ProjectId, Request, State, WorkflowSnapshot,
 };
 
 /// The states the table reaches from `from`, found without calling [`State::on`].
@@ -38,8 +38,8 @@ fn event() -> impl Strategy<Value = Event> {
 /// A request as `accept` stores it; `event_driven` gives its workflow an `event_name`.
 fn accepted(event_driven: bool) -> Request {
     let mut r = Request::pending(
-        (1, [7; 16]),
-        [9; 16],
+        (1, ChannelId::from_bytes([7; 16])),
+        ProjectId::from_bytes([9; 16]),
         WorkflowSnapshot {
             name: "content_generator".into(),
             event_name: event_driven.then(|| "content_ready".into()),

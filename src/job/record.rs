@@ -8,7 +8,7 @@
 
 use bincode::{Decode, Encode};
 
-use super::{Failure, State};
+use super::{ChannelId, Failure, ProjectId, State};
 
 /// One asynchronous request: the truth that every index and timer is derived from.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -16,8 +16,8 @@ pub struct Request {
     /// Store-assigned, monotonic; the key of the record.
     pub id: u64,
     /// The public id (UUID v4) used in URLs, frames and payloads.
-    pub channel_id: [u8; 16],
-    pub project_id: [u8; 16],
+    pub channel_id: ChannelId,
+    pub project_id: ProjectId,
     /// The workflow as it was when the request was accepted, so edits and deletes of the
     /// workflow never change a request in flight.
     pub workflow: WorkflowSnapshot,
@@ -201,8 +201,8 @@ impl Request {
     /// JSON text.
     #[allow(clippy::too_many_arguments)]
     pub fn pending(
-        (id, channel_id): (u64, [u8; 16]),
-        project_id: [u8; 16],
+        (id, channel_id): (u64, ChannelId),
+        project_id: ProjectId,
         workflow: WorkflowSnapshot,
         messages: String,
         customer_data: String,
@@ -291,8 +291,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct DeadLetter {
     pub request_id: u64,
-    pub channel_id: [u8; 16],
-    pub project_id: [u8; 16],
+    pub channel_id: ChannelId,
+    pub project_id: ProjectId,
     pub webhook_id: String,
     pub endpoint_id: String,
     pub url: String,

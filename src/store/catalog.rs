@@ -8,6 +8,7 @@
 use bincode::{Decode, Encode};
 
 use super::{Result, Store, codec};
+use crate::job::ProjectId;
 
 /// What a catalog entry is; the first byte of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +22,10 @@ pub enum Kind {
     Provider = b'v',
 }
 
-fn key(kind: Kind, project: &[u8; 16], name: &[u8]) -> Vec<u8> {
+fn key(kind: Kind, project: &ProjectId, name: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(17 + name.len());
     k.push(kind as u8);
-    k.extend_from_slice(project);
+    k.extend_from_slice(project.as_bytes());
     k.extend_from_slice(name);
     k
 }
@@ -34,7 +35,7 @@ impl Store {
     pub fn catalog_put<T: Encode>(
         &self,
         kind: Kind,
-        project: &[u8; 16],
+        project: &ProjectId,
         name: &[u8],
         value: &T,
     ) -> Result<()> {
@@ -45,7 +46,7 @@ impl Store {
     }
 
     /// Deletes one entry; true if it existed.
-    pub fn catalog_delete(&self, kind: Kind, project: &[u8; 16], name: &[u8]) -> Result<bool> {
+    pub fn catalog_delete(&self, kind: Kind, project: &ProjectId, name: &[u8]) -> Result<bool> {
         Ok(self
             .inner()?
             .catalog

@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 
 use super::ids::{IdKey, unpair};
 use super::{Result, Store, codec};
-use crate::job::DeadLetter;
+use crate::job::{DeadLetter, ProjectId};
 
 /// `project ‖ dead_ms BE ‖ seq BE`: one project's dead letters are a contiguous range in
 /// time order.
-fn dlq_key(project: &[u8; 16], dead_ms: u64, seq: u64) -> [u8; 32] {
+fn dlq_key(project: &ProjectId, dead_ms: u64, seq: u64) -> [u8; 32] {
     let mut k = [0u8; 32];
-    k[..16].copy_from_slice(project);
+    k[..16].copy_from_slice(project.as_bytes());
     k[16..24].copy_from_slice(&dead_ms.to_be_bytes());
     k[24..].copy_from_slice(&seq.to_be_bytes());
     k
@@ -33,9 +33,9 @@ fn parse_dlq_id(ids: &IdKey, id: &str) -> Option<(u64, u64)> {
 }
 
 /// The smallest project id greater than `project`, if any.
-fn next_project(project: &[u8; 16]) -> Option<[u8; 16]> {
-    let n = u128::from_be_bytes(*project).checked_add(1)?;
-    Some(n.to_be_bytes())
+fn next_project(project: &ProjectId) -> Option<ProjectId> {
+    let n = u128::from_be_bytes(*project.as_bytes()).checked_add(1)?;
+    Some(ProjectId::from_bytes(n.to_be_bytes()))
 }
 
 impl Store {
@@ -54,7 +54,7 @@ impl Store {
     /// `before` (an id) when given.
     pub fn dead_letters(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, DeadLetter)>> {
@@ -75,7 +75,7 @@ impl Store {
     /// A project's dead letters with `since_ms <= dead_ms < until_ms`, oldest first.
     pub fn dead_letters_between(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         since_ms: u64,
         until_ms: u64,
     ) -> Result<Vec<(String, DeadLetter)>> {
@@ -90,7 +90,7 @@ impl Store {
     }
 
     /// One dead letter of `project` by id.
-    pub fn dead_letter(&self, project: &[u8; 16], id: &str) -> Result<Option<DeadLetter>> {
+    pub fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
         let inner = self.inner()?;
         let Some((dead_ms, seq)) = parse_dlq_id(&inner.ids, id) else {
             return Ok(None);
@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// Removes one dead letter of `project`; true if it existed.
-    pub fn remove_dead_letter(&self, project: &[u8; 16], id: &str) -> Result<bool> {
+    pub fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
         let inner = self.inner()?;
         let Some((dead_ms, seq)) = parse_dlq_id(&inner.ids, id) else {
             return Ok(false);
@@ -119,13 +119,13 @@ impl Store {
     pub fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
         let inner = self.inner()?;
         let mut removed = 0;
-        let mut project_start = Some([0u8; 16]);
+        let mut project_start = Some(ProjectId::from_bytes([0; 16]));
         while let Some(from) = project_start {
             let Some(kv) = inner.dlq.range(dlq_key(&from, 0, 0)..).next() else {
                 break;
             };
             let (k, _) = kv?;
-            let project: [u8; 16] = k[..16].try_into().unwrap_or([0xff; 16]);
+            let project = ProjectId::from_bytes(k[..16].try_into().unwrap_or([0xff; 16]));
             for kv in inner
                 .dlq
                 .range(dlq_key(&project, 0, 0)..dlq_key(&project, cutoff_ms, 0))

@@ -2,7 +2,7 @@
 //! repeated `Idempotency-Key` gets the first request's answer.
 
 use super::{Claim, LOCK_STRIPES, Result, Store, be_u64, request_key};
-use crate::job::Request;
+use crate::job::{ProjectId, Request};
 
 impl Store {
     /// Stores a new request unless `project ‖ key_hash` already names one that exists and
@@ -13,13 +13,13 @@ impl Store {
     pub fn insert_request_once(
         &self,
         record: &mut Request,
-        project: &[u8; 16],
+        project: &ProjectId,
         key_hash: &[u8; 32],
         ttl_ms: u64,
     ) -> Result<Claim> {
         let inner = self.inner()?;
         let mut key = [0u8; 48];
-        key[..16].copy_from_slice(project);
+        key[..16].copy_from_slice(project.as_bytes());
         key[16..].copy_from_slice(key_hash);
         let stripe = u64::from_be_bytes(key_hash[..8].try_into().unwrap_or_default());
         let _guard = self.shared.claim_stripes[(stripe as usize) % LOCK_STRIPES]

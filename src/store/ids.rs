@@ -19,6 +19,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::job::ChannelId;
+
 const ROUNDS: u8 = 6;
 
 /// The keyed permutations of one store.
@@ -58,7 +60,7 @@ impl IdKey {
 
     /// A channel id for request `id`: a UUID v4 (version and variant bits set) carrying
     /// the permutation of `id ‖ noise` (the low 58 bits of `noise`).
-    pub fn channel_id(&self, id: u64, noise: u64) -> [u8; 16] {
+    pub fn channel_id(&self, id: u64, noise: u64) -> ChannelId {
         let plain = (u128::from(id) << 58) | u128::from(noise & mask(58));
         let (left, right) = self.encrypt(61, split(plain, 61));
         let bits = (u128::from(left) << 61) | u128::from(right);
@@ -67,12 +69,12 @@ impl IdKey {
         let middle = ((bits >> 62) & 0xfff) << 64; // 12 bits
         let low = bits & ((1u128 << 62) - 1); // 62 bits
         let uuid = high | (0x4u128 << 76) | middle | (0b10u128 << 62) | low;
-        uuid.to_be_bytes()
+        ChannelId::from_bytes(uuid.to_be_bytes())
     }
 
     /// The request id a channel id was made from (not yet checked against the record).
-    pub fn request_of_channel(&self, channel: &[u8; 16]) -> u64 {
-        let uuid = u128::from_be_bytes(*channel);
+    pub fn request_of_channel(&self, channel: &ChannelId) -> u64 {
+        let uuid = u128::from_be_bytes(*channel.as_bytes());
         let high = uuid >> 80;
         let middle = (uuid >> 64) & 0xfff;
         let low = uuid & ((1u128 << 62) - 1);
@@ -150,7 +152,7 @@ mod tests {
         ] {
             for noise in [0, 1, u64::MAX] {
                 let channel = k.channel_id(id, noise);
-                let uuid = uuid::Uuid::from_bytes(channel);
+                let uuid = uuid::Uuid::from_bytes(*channel.as_bytes());
                 assert_eq!(uuid.get_version_num(), 4, "{uuid}");
                 assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{uuid}");
                 assert_eq!(k.request_of_channel(&channel), id);
@@ -183,7 +185,7 @@ mod tests {
         let mut ones = [0u32; 128];
         let mut sealed_ones = [0u32; 128];
         for id in 1000..1000 + n {
-            let bits = u128::from_be_bytes(k.channel_id(id, 0));
+            let bits = u128::from_be_bytes(*k.channel_id(id, 0).as_bytes());
             let sealed = u128::from_str_radix(&k.seal(pair(1_700_000_000_000, id)), 16).unwrap();
             for (i, (o, s)) in ones.iter_mut().zip(sealed_ones.iter_mut()).enumerate() {
                 *o += ((bits >> i) & 1) as u32;

@@ -27,12 +27,12 @@ use bincode::{Decode, Encode};
 use super::ids::{pair, unpair};
 use super::open::Inner;
 use super::{CodecError, Result, Store, be_u64, codec, due_key, request_key};
-use crate::job::{Failure, Request, State};
+use crate::job::{ChannelId, Failure, ProjectId, Request, State};
 
 /// What a list shows of a request, kept beside its log key.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Summary {
-    pub channel_id: [u8; 16],
+    pub channel_id: ChannelId,
     pub workflow: String,
     pub event_name: Option<String>,
     pub state: State,
@@ -164,13 +164,14 @@ pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()>
     let t = tail(r.created_ms, r.id);
     let mut value = workflow_hash(&r.workflow.name).to_vec();
     value.extend_from_slice(&codec::encode(&Summary::of(r))?);
-    inner
-        .log_state
-        .insert(key(&[&r.project_id, &[phase(r.state)], &t]), value)?;
+    inner.log_state.insert(
+        key(&[r.project_id.as_bytes(), &[phase(r.state)], &t]),
+        value,
+    )?;
     if let Some(from) = from.filter(|from| phase(*from) != phase(r.state)) {
         inner
             .log_state
-            .remove(key(&[&r.project_id, &[phase(from)], &t]))?;
+            .remove(key(&[r.project_id.as_bytes(), &[phase(from)], &t]))?;
     }
     Ok(())
 }
@@ -208,8 +209,8 @@ impl Store {
     /// The summary of a request of `project` by its channel id, and its id, if any.
     pub fn summary_by_channel(
         &self,
-        project: &[u8; 16],
-        channel: &[u8; 16],
+        project: &ProjectId,
+        channel: &ChannelId,
     ) -> Result<Option<(u64, Summary)>> {
         let inner = self.inner()?;
         let id = inner.ids.request_of_channel(channel);
@@ -222,7 +223,7 @@ impl Store {
     /// Reads only the log (no record).
     pub fn list_requests(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         query: &LogQuery<'_>,
     ) -> Result<(Vec<Summary>, Option<String>)> {
         let inner = self.inner()?;
@@ -236,7 +237,7 @@ impl Store {
         // The newest `limit` matching requests of each phase, then the newest `limit` of all.
         let mut found: Vec<(sled::IVec, Summary)> = Vec::new();
         for ph in phases {
-            let prefix = key(&[project, &[ph]]);
+            let prefix = key(&[project.as_bytes(), &[ph]]);
             let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
             let mut upper = key(&[&prefix, &tail(query.until_ms.unwrap_or(u64::MAX), 0)]);
             if let Some(c) = query.before {
@@ -279,14 +280,14 @@ impl Store {
     /// at most `limit`. Returns how many were deleted.
     pub fn sweep_requests(
         &self,
-        project: &[u8; 16],
+        project: &ProjectId,
         cutoff_ms: u64,
         limit: usize,
     ) -> Result<usize> {
         let inner = self.inner()?;
         let mut deleted = 0;
         for code in [phase(State::Completed), 6] {
-            let prefix = key(&[project, &[code]]);
+            let prefix = key(&[project.as_bytes(), &[code]]);
             let range = key(&[&prefix, &tail(0, 0)])..key(&[&prefix, &tail(cutoff_ms, 0)]);
             for kv in inner.log_state.range(range) {
                 if deleted >= limit {

@@ -50,7 +50,7 @@ pub use commit::{CommitResult, CommitStats, Committer};
 pub use log::{Cursor, LogQuery, Summary, state_code, state_code_of};
 pub use open::Health;
 
-use crate::job::Request;
+use crate::job::{ChannelId, Request};
 use open::Inner;
 
 /// Store failures. Expected outcomes (a refused update, a missing record) are values of
@@ -337,14 +337,14 @@ impl Store {
     /// A new request id and its public channel id: a UUID v4 whose 122 free bits are a
     /// keyed permutation of the id and 58 random bits (see `ids`), so a channel id leads
     /// to its record without an index and says nothing about any other.
-    pub fn new_request_id(&self) -> Result<(u64, [u8; 16])> {
+    pub fn new_request_id(&self) -> Result<(u64, ChannelId)> {
         let inner = self.inner()?;
         let id = inner.db.generate_id()?;
         Ok((id, inner.ids.channel_id(id, rand::random())))
     }
 
     /// The request whose channel id is `channel`, if any.
-    pub fn request_by_channel(&self, channel: &[u8; 16]) -> Result<Option<Request>> {
+    pub fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
         let id = self.inner()?.ids.request_of_channel(channel);
         Ok(self.request(id)?.filter(|r| &r.channel_id == channel))
     }

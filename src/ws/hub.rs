@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
+use crate::job::ChannelId;
 
 /// One socket's subscription to one channel.
 struct Subscriber {
@@ -26,7 +27,7 @@ struct Subscriber {
 
 #[derive(Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<[u8; 16], Vec<Subscriber>>>,
+    channels: Mutex<HashMap<ChannelId, Vec<Subscriber>>>,
     next_socket: AtomicU64,
     open_sockets: AtomicUsize,
     pushes: AtomicU64,
@@ -61,13 +62,13 @@ impl Hub {
         self.slow_readers.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Vec<Subscriber>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Vec<Subscriber>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn subscribe(
         &self,
-        channel: [u8; 16],
+        channel: ChannelId,
         socket: u64,
         outbox: mpsc::Sender<Utf8Bytes>,
         lagged: CancellationToken,
@@ -82,7 +83,7 @@ impl Hub {
         });
     }
 
-    pub fn unsubscribe(&self, channel: &[u8; 16], socket: u64) {
+    pub fn unsubscribe(&self, channel: &ChannelId, socket: u64) {
         let mut channels = self.lock();
         if let Some(subs) = channels.get_mut(channel) {
             subs.retain(|s| s.socket != socket);
@@ -94,7 +95,7 @@ impl Hub {
 
     /// Pushes `event` with `payload` (JSON text) on `topic` to every socket joined on
     /// `channel`. Returns how many sockets got it. No socket is not an error.
-    pub fn push(&self, channel: &[u8; 16], topic: &str, event: &str, payload: &str) -> usize {
+    pub fn push(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
         let mut channels = self.lock();
         let Some(subs) = channels.get_mut(channel) else {
             return 0;
@@ -134,7 +135,7 @@ mod tests {
     #[test]
     fn fan_out_and_slow_readers() {
         let hub = Hub::new();
-        let channel = [1; 16];
+        let channel = ChannelId::from_bytes([1; 16]);
         assert_eq!(hub.push(&channel, "t", "response", "{}"), 0);
 
         let (fast_tx, mut fast_rx) = subscriber(4);

@@ -14,20 +14,18 @@ pub mod socket;
 pub mod token;
 
 pub use hub::Hub;
+
+use crate::job::{ChannelId, ProjectId};
 pub use token::{Claims, TokenError, TokenKey};
 
 /// The latest `response` payload of a channel, for a socket that joins late or rejoins.
 pub trait Replay: Send + Sync {
     /// The payload the request on `channel` would push now; `None` when there is no such
     /// request or it has nothing to say yet; an error when the store cannot be read.
-    fn latest(&self, channel: &[u8; 16]) -> crate::Result<Option<String>>;
+    fn latest(&self, channel: &ChannelId) -> crate::Result<Option<String>>;
 }
 
 /// `ai_response:<project_id>:<channel_id>`.
-pub fn topic(project: &[u8; 16], channel: &[u8; 16]) -> String {
-    format!(
-        "ai_response:{}:{}",
-        crate::payload::project_str(project),
-        crate::payload::channel_str(channel)
-    )
+pub fn topic(project: &ProjectId, channel: &ChannelId) -> String {
+    format!("ai_response:{project}:{channel}")
 }

@@ -18,6 +18,7 @@
 //!   frame or not UTF-8), 1003 (binary), 1009 (over [`MAX_CLIENT_MESSAGE`]), 1002
 //!   (WebSocket protocol error).
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame};
 use super::{Claims, Hub, Replay};
+use crate::job::{ChannelId, ProjectId};
 
 /// Pushes a socket may have queued before it counts as a slow reader. A socket joins one
 /// channel, which sees a handful of pushes in its life, so only a stuck client fills it.
@@ -74,16 +76,15 @@ pub fn config() -> WebSocketConfig {
 /// A UUID in the lowercase hyphenated form eddy hands out. Pushes are framed with that
 /// topic and the phoenix client matches topics as exact strings, so another spelling of
 /// the same UUID would join a topic that never gets a push.
-fn canonical_uuid(text: &str) -> Option<[u8; 16]> {
-    let uuid = uuid::Uuid::try_parse(text).ok()?;
-    let mut buffer = uuid::Uuid::encode_buffer();
-    (uuid.hyphenated().encode_lower(&mut buffer) == text).then(|| *uuid.as_bytes())
+fn canonical<Id: FromStr + ToString>(text: &str) -> Option<Id> {
+    let id: Id = text.parse().ok()?;
+    (id.to_string() == text).then_some(id)
 }
 
 /// The channel a join may subscribe to at `now_s`, or why it is refused (the `reason` of
 /// the error reply). The token is checked again here, not only on the upgrade: a socket
 /// kept open by heartbeats outlives its token, and joins after that are refused.
-fn check_join(topic: &str, claims: &Claims, now_s: u64) -> Result<[u8; 16], &'static str> {
+fn check_join(topic: &str, claims: &Claims, now_s: u64) -> Result<ChannelId, &'static str> {
     if now_s >= claims.expires_s {
         return Err("token_expired");
     }
@@ -94,8 +95,8 @@ fn check_join(topic: &str, claims: &Claims, now_s: u64) -> Result<[u8; 16], &'st
     if channel.contains(':') {
         return Err("invalid_channel_format");
     }
-    let project = canonical_uuid(project).ok_or("invalid_project_uuid")?;
-    let channel = canonical_uuid(channel).ok_or("invalid_channel_uuid")?;
+    let project: ProjectId = canonical(project).ok_or("invalid_project_uuid")?;
+    let channel: ChannelId = canonical(channel).ok_or("invalid_channel_uuid")?;
     if project != claims.project || channel != claims.channel {
         return Err("unauthorized_project_access");
     }
@@ -105,7 +106,7 @@ fn check_join(topic: &str, claims: &Claims, now_s: u64) -> Result<[u8; 16], &'st
 /// A topic this socket has joined.
 struct Joined {
     topic: String,
-    channel: [u8; 16],
+    channel: ChannelId,
     /// The ref of the join, echoed in `phx_close` and `phx_error`.
     join_ref: Value,
 }
@@ -354,8 +355,8 @@ mod tests {
         let project = uuid::Uuid::new_v4();
         let channel = uuid::Uuid::new_v4();
         let claims = Claims {
-            project: *project.as_bytes(),
-            channel: *channel.as_bytes(),
+            project: ProjectId::from_bytes(*project.as_bytes()),
+            channel: ChannelId::from_bytes(*channel.as_bytes()),
             expires_s: u64::MAX,
         };
         let upper = channel.hyphenated().to_string().to_uppercase();

@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::job::{ChannelId, ProjectId};
 use crate::secret::ct_eq;
 
 /// `base64url({"alg":"HS256","typ":"JWT"})`.
@@ -25,8 +26,8 @@ const MAX_LEN: usize = 1024;
 /// What a valid token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claims {
-    pub project: [u8; 16],
-    pub channel: [u8; 16],
+    pub project: ProjectId,
+    pub channel: ChannelId,
     pub expires_s: u64,
 }
 
@@ -55,12 +56,6 @@ pub struct TokenKey {
     secret: [u8; 32],
 }
 
-fn uuid_bytes(text: &str) -> Result<[u8; 16], TokenError> {
-    uuid::Uuid::try_parse(text)
-        .map(|u| *u.as_bytes())
-        .map_err(|_| TokenError::Malformed)
-}
-
 impl TokenKey {
     pub fn new(secret: [u8; 32]) -> TokenKey {
         TokenKey { secret }
@@ -74,8 +69,8 @@ impl TokenKey {
     }
 
     pub fn issue(&self, claims: Claims) -> String {
-        let project_id = crate::payload::project_str(&claims.project);
-        let channel_id = crate::payload::channel_str(&claims.channel);
+        let project_id = claims.project.to_string();
+        let channel_id = claims.channel.to_string();
         let payload = Payload {
             topic: crate::ws::topic(&claims.project, &claims.channel),
             project_id,
@@ -109,8 +104,14 @@ impl TokenKey {
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or(TokenError::Malformed)?;
         let claims = Claims {
-            project: uuid_bytes(&payload.project_id)?,
-            channel: uuid_bytes(&payload.channel_id)?,
+            project: payload
+                .project_id
+                .parse()
+                .map_err(|_| TokenError::Malformed)?,
+            channel: payload
+                .channel_id
+                .parse()
+                .map_err(|_| TokenError::Malformed)?,
             expires_s: payload.exp,
         };
         if now_s >= claims.expires_s {
@@ -127,8 +128,8 @@ mod tests {
 
     fn claims() -> Claims {
         Claims {
-            project: [1; 16],
-            channel: [2; 16],
+            project: ProjectId::from_bytes([1; 16]),
+            channel: ChannelId::from_bytes([2; 16]),
             expires_s: 1000,
         }
     }
