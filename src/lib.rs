@@ -10,8 +10,9 @@
 //! - [`config`]: flags, env and TOML merged and validated into one `Config`.
 //! - [`job`]: the request record, its states and events, the pure transition rules, the
 //!   `ProjectId` and `ChannelId` types.
-//! - [`store`]: sled trees, key encoding, record codec, CAS updates, the group commit (and
-//!   the files it syncs), public ids, opening and reopening after a write error.
+//! - [`store`]: sled trees (one file each), key encoding, record codec, CAS updates, the
+//!   group commit (and the files it syncs), public ids, opening and reopening after a write
+//!   error.
 //! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider
 //!   credentials (in memory, written through to the store).
 //! - [`scheduler`]: the timer wheel over the persistent due index.

@@ -1,8 +1,17 @@
 //! Idempotency keys: `project ‖ sha256(key)` → the request created with the key, so a
 //! repeated `Idempotency-Key` gets the first request's answer.
 
-use super::{Claim, LOCK_STRIPES, Result, Store, be_u64, request_key};
+use super::{LOCK_STRIPES, Result, Store, be_u64, request_key};
 use crate::job::{ProjectId, Request};
+
+/// What [`Store::insert_request_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The request was stored under the key.
+    New,
+    /// A request was already created with this key.
+    Existing(u64),
+}
 
 impl Store {
     /// Stores a new request unless `project ‖ key_hash` already names one that exists and

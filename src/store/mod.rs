@@ -1,16 +1,22 @@
 //! The durable store: sled trees, key encoding, record CAS transitions and group commit.
 //!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `requests` | id `u64` BE | `[v][Request]`: the truth |
-//! | `bodies` | id BE ‖ field ‖ chunk BE | a record's big texts, in 6 KiB chunks (see `body`) |
-//! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record |
-//! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE |
-//! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge |
-//! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (public id: see `ids`) |
-//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash ‖ `[v][Summary]` (see `log`) |
-//! | `catalog` | kind byte ‖ … (see [`catalog`]) | `[v][Project/ApiKey/Workflow/…]` |
-//! | `meta` | name | value (`ws_token_key`, `id_key`, …) |
+//! | tree | key | value | file |
+//! |---|---|---|---|
+//! | `requests` | id `u64` BE | `[v][Request]`: the truth | `requests` |
+//! | `bodies` | id BE ‖ field ‖ chunk BE | a record's big texts, in 6 KiB chunks | `body` |
+//! | `due` | `due_ms u64 BE ‖ id u64 BE` | empty; what is due is in the record | `due` |
+//! | `idempotency` | `project ‖ sha256(key)` | id BE ‖ created_ms BE | `idempotency` |
+//! | `timeline` | id BE | frames `[len u32 LE][v][at_ms, Step]`, appended by merge | `timeline` |
+//! | `dlq` | `project ‖ dead_ms BE ‖ seq BE` | `[v][DeadLetter]` (public id: see `ids`) | `dlq` |
+//! | `log_state` | `project ‖ phase ‖ created_ms ‖ id` | workflow hash ‖ `[v][Summary]` | `log` |
+//! | `catalog` | kind byte ‖ … | `[v][Project/ApiKey/Workflow/…]` | [`catalog`] |
+//! | `meta` | name | value (`ws_token_key`, `id_key`, …) | `open` |
+//!
+//! Each tree's keys and methods live in the file named in the table. This file holds the
+//! [`Store`] handle, its opening, and what the trees share: the error type, the striped
+//! locks, the counters, the group commit and the free-space check. The other files:
+//! `codec` (the value format), `commit` and `files` (the group commit and what it syncs),
+//! `ids` (public ids), `open` (opening, health, reopening), `space` (free disk space).
 //!
 //! Invariants:
 //! - Only this module touches sled; every state change of a request goes through
@@ -33,11 +39,13 @@ pub mod catalog;
 mod codec;
 mod commit;
 mod dlq;
+mod due;
 mod files;
 mod idempotency;
 mod ids;
 mod log;
 mod open;
+mod requests;
 mod space;
 mod timeline;
 
@@ -47,11 +55,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
+pub use idempotency::Claim;
 pub use log::{Cursor, LogQuery, Summary, state_code, state_code_of};
 pub use open::Health;
+pub use requests::{Update, decode_request, encode_request};
 
-use crate::job::{ChannelId, Request};
+use due::due_key;
 use open::Inner;
+use requests::{request_key, stored_record};
 
 /// Store failures. Expected outcomes (a refused update, a missing record) are values of
 /// [`Update`] instead.
@@ -77,26 +88,6 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// What [`Store::update`] did.
-#[derive(Debug)]
-pub enum Update<T, R> {
-    /// The closure accepted the change; the record as stored now and the closure's value.
-    Done(Box<Request>, T),
-    /// The closure refused; nothing was written.
-    Refused(R),
-    /// No record has this id.
-    Missing,
-}
-
-/// What [`Store::insert_request_once`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The request was stored under the key.
-    New,
-    /// A request was already created with this key.
-    Existing(u64),
-}
 
 const LOCK_STRIPES: usize = 256;
 
@@ -130,42 +121,6 @@ struct Shared {
     stripes: Vec<Mutex<()>>,
     /// Serializes "check idempotency claim → insert request" per key (by key hash).
     claim_stripes: Vec<Mutex<()>>,
-}
-
-/// Decodes a stored request record (`[version][bincode]`). Public for the fuzz target;
-/// corrupt bytes are an error, never a panic or a huge allocation.
-pub fn decode_request(bytes: &[u8]) -> std::result::Result<Request, CodecError> {
-    codec::decode(bytes)
-}
-
-/// Encodes a request record as stored.
-pub fn encode_request(record: &Request) -> std::result::Result<Vec<u8>, CodecError> {
-    codec::encode(record)
-}
-
-pub fn request_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
-
-pub fn due_key(due_ms: u64, id: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&due_ms.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
-    let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let id = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
-    Some((due, id))
-}
-
-/// Record `id` as stored: big texts kept in `bodies` are empty (see `body`).
-fn stored_record(inner: &Inner, id: u64) -> Result<Option<Request>> {
-    match inner.requests.get(request_key(id))? {
-        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
-        None => Ok(None),
-    }
 }
 
 fn be_u64(v: &[u8]) -> Option<u64> {
@@ -303,136 +258,6 @@ impl Store {
     fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, ()> {
         let lock = &self.shared.stripes[(id as usize) % LOCK_STRIPES];
         lock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stores a new request with its indexes. Not durable until [`Store::commit`].
-    pub fn insert_request(&self, record: &mut Request) -> Result<()> {
-        let inner = self.inner()?;
-        let _guard = self.stripe(record.id);
-        record.due_ms = record.next_due();
-        if let Some(due) = record.due_ms {
-            inner.due.insert(due_key(due, record.id), &[])?;
-        }
-        let stored = body::encode(&inner.bodies, record, &Default::default())?;
-        inner.requests.insert(request_key(record.id), stored)?;
-        log::put(&inner, record, None)?;
-        self.count_state(record.state, 1);
-        Ok(())
-    }
-
-    pub fn request(&self, id: u64) -> Result<Option<Request>> {
-        let inner = self.inner()?;
-        let Some(mut record) = stored_record(&inner, id)? else {
-            return Ok(None);
-        };
-        body::fill(&inner.bodies, &mut record)?;
-        Ok(Some(record))
-    }
-
-    /// What a list shows of request `id` (its big texts are not read).
-    pub fn summary(&self, id: u64) -> Result<Option<Summary>> {
-        Ok(stored_record(&*self.inner()?, id)?.map(|r| Summary::of(&r)))
-    }
-
-    /// A new request id and its public channel id: a UUID v4 whose 122 free bits are a
-    /// keyed permutation of the id and 58 random bits (see `ids`), so a channel id leads
-    /// to its record without an index and says nothing about any other.
-    pub fn new_request_id(&self) -> Result<(u64, ChannelId)> {
-        let inner = self.inner()?;
-        let id = inner.db.generate_id()?;
-        Ok((id, inner.ids.channel_id(id, rand::random())))
-    }
-
-    /// The request whose channel id is `channel`, if any.
-    pub fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
-        let id = self.inner()?.ids.request_of_channel(channel);
-        Ok(self.request(id)?.filter(|r| &r.channel_id == channel))
-    }
-
-    /// Applies `change` to the record and swaps it in: read → change → CAS → move the due
-    /// key and the log entry. `change` may refuse (nothing is written). `updated_ms` and
-    /// `due_ms` are set here, so the due index always follows [`Request::next_due`].
-    pub fn update<T, R>(
-        &self,
-        id: u64,
-        now_ms: u64,
-        mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
-    ) -> Result<Update<T, R>> {
-        let inner = self.inner()?;
-        let _guard = self.stripe(id);
-        let key = request_key(id);
-        loop {
-            let Some(old) = inner.requests.get(key)? else {
-                return Ok(Update::Missing);
-            };
-            let mut record: Request = codec::decode(&old)?;
-            let stored = body::fill(&inner.bodies, &mut record)?;
-            let old_due = record.due_ms;
-            let before = Summary::of(&record);
-            let value = match change(&mut record) {
-                Ok(v) => v,
-                Err(refusal) => return Ok(Update::Refused(refusal)),
-            };
-            record.updated_ms = now_ms.max(record.updated_ms);
-            record.due_ms = record.next_due();
-            if record.due_ms != old_due
-                && let Some(due) = record.due_ms
-            {
-                inner.due.insert(due_key(due, id), &[])?;
-            }
-            let new = body::encode(&inner.bodies, &mut record, &stored)?;
-            // Another process cannot write this store (sled locks it), and this process
-            // holds the stripe, so a conflict means a bug elsewhere; re-reading is still
-            // the correct answer to it.
-            if inner
-                .requests
-                .compare_and_swap(key, Some(old), Some(new))?
-                .is_err()
-            {
-                continue;
-            }
-            if record.due_ms != old_due
-                && let Some(due) = old_due
-            {
-                inner.due.remove(due_key(due, id))?;
-            }
-            if Summary::of(&record) != before {
-                log::put(&inner, &record, Some(before.state))?;
-            }
-            if record.state != before.state {
-                self.count_state(before.state, -1);
-                self.count_state(record.state, 1);
-            }
-            return Ok(Update::Done(Box::new(record), value));
-        }
-    }
-
-    /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.
-    pub fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
-        for kv in self.inner()?.due.range(..due_key(until_ms, 0)).take(limit) {
-            let (k, _) = kv?;
-            if let Some(entry) = split_due_key(&k) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes the due entry `(due_ms, id)` if the record no longer owns it (a leftover of a
-    /// crash between swapping a record and removing its old key). Returns true if removed.
-    pub fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
-        let _guard = self.stripe(id);
-        let owned = stored_record(&*self.inner()?, id)?.and_then(|r| r.due_ms) == Some(due_ms);
-        if !owned {
-            self.inner()?.due.remove(due_key(due_ms, id))?;
-        }
-        Ok(!owned)
-    }
-
-    /// Entries in the due index (0 while the store is being reopened).
-    pub fn due_len(&self) -> usize {
-        self.inner().map_or(0, |inner| inner.due.len())
     }
 
     /// A value of the `meta` tree, created with `init` on first use.
