@@ -9,8 +9,8 @@ use std::path::Path;
 use bincode::Encode;
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use eddy::job::{
-    AiAttemptLog, AiResult, AttemptLog, AttemptResult, CallbackData, DeadLetter, Delivery,
-    DeliveryOutcome, Event, Request, State, Step, WorkflowSnapshot,
+    AiAttemptLog, AiResult, AttemptLog, AttemptResult, CallbackData, ChannelId, DeadLetter,
+    Delivery, DeliveryOutcome, Event, ProjectId, Request, State, Step, WorkflowSnapshot,
 };
 use eddy::store::{FORMAT_V1, encode_request};
 
@@ -173,8 +173,13 @@ fn encode<T: Encode>(value: &T) -> Vec<u8> {
 /// A request as `accept` stores it.
 fn accepted() -> Request {
     let mut record = Request::pending(
-        (42, *b"\x5e\x6f\x7a\x8b\x9c\x0d\x4e\x1f\x8a\x2b\x3c\x4d\x5e\x6f\x7a\x8b"),
-        *b"\x1b\x0d\x4c\x3e\x6c\x1f\x4b\x8a\x9d\x3e\x2f\x6a\x7b\x8c\x9d\x0e",
+        (
+            42,
+            ChannelId::from_bytes(
+                *b"\x5e\x6f\x7a\x8b\x9c\x0d\x4e\x1f\x8a\x2b\x3c\x4d\x5e\x6f\x7a\x8b",
+            ),
+        ),
+        ProjectId::from_bytes(*b"\x1b\x0d\x4c\x3e\x6c\x1f\x4b\x8a\x9d\x3e\x2f\x6a\x7b\x8c\x9d\x0e"),
         WorkflowSnapshot {
             name: "content_generator".into(),
             event_name: Some("content_ready".into()),
