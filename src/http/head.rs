@@ -10,8 +10,6 @@
 
 use std::mem::MaybeUninit;
 
-use hyper::StatusCode;
-
 use super::error::ApiError;
 
 /// Largest request head (request line and headers).
@@ -41,21 +39,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 fn too_large(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "invalid_request_error",
-        "headers_too_large",
-        message,
-    )
+    ApiError::headers_too_large(message)
 }
 
 fn uri_too_long() -> ApiError {
-    ApiError::new(
-        StatusCode::URI_TOO_LONG,
-        "invalid_request_error",
-        "uri_too_long",
-        format!("the request target is longer than {MAX_TARGET} bytes"),
-    )
+    ApiError::uri_too_long(MAX_TARGET)
 }
 
 /// The answer to a TLS handshake on the plain-HTTP port.

@@ -267,6 +267,26 @@ async fn a_full_disk_error_heals_once_space_returns() {
         let ticket = server.send_async(hold_request(1000)).await;
         accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
     }
+    let filler = fill_until_the_store_fails(&server, &disk, &mut accepted).await;
+
+    std::fs::remove_file(filler).unwrap();
+    wait_for_health(&server, 200).await;
+    let ticket = server.send_async(hold_request(1000)).await;
+    accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
+    for channel in &accepted {
+        let (status, body) = server.get(&format!("/console/requests/{channel}")).await;
+        assert_eq!(status, 200, "{channel} was acknowledged: {body}");
+    }
+}
+
+/// Fills the disk, then sends requests (each one accepted is added to `accepted`) until
+/// the store meets a real "no space left" error: the request is refused with 503 and
+/// `/healthz` says the store cannot write. Returns the filler, to delete.
+async fn fill_until_the_store_fails(
+    server: &crate::support::TestServer,
+    disk: &SmallDisk,
+    accepted: &mut Vec<String>,
+) -> PathBuf {
     let filler = disk.fill(0);
     let deadline = Instant::now() + WAIT;
     let refusal = loop {
@@ -279,16 +299,51 @@ async fn a_full_disk_error_heals_once_space_returns() {
         assert!(Instant::now() < deadline, "never refused on a full disk");
     };
     assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");
-    let health = wait_for_health(&server, 503).await;
+    let health = wait_for_health(server, 503).await;
     assert_eq!(health["store"]["writable"], false, "{health}");
+    filler
+}
+
+/// Regression (issue 13): a delete took the workflow, endpoint or provider out of memory
+/// before writing the store, so when the write failed the client got 503 and yet the
+/// resource was gone (until a restart brought it back). Now a delete the store refuses
+/// leaves the resource in place, and the same delete works once space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_store_refused_leaves_the_resource_in_place() {
+    let disk = SmallDisk::mount(64);
+    let data = disk.path().join("store");
+    let server = start(|c| {
+        c.data = data.clone();
+        c.min_free_bytes = 0;
+        c.allow_private_providers = true;
+    })
+    .await;
+    holding_workflow(&server).await;
+    let (endpoint, _) = server.register_webhook("http://127.0.0.1:9/hook").await;
+    let provider = json!({"provider": "local", "base_url": "http://127.0.0.1:9/v1"});
+    assert_eq!(server.post("/console/providers", provider).await.0, 201);
+    let resources = [
+        "/console/workflow/hold".to_string(),
+        format!("/console/webhooks/{endpoint}"),
+        "/console/providers/local".to_string(),
+    ];
+    let filler = fill_until_the_store_fails(&server, &disk, &mut Vec::new()).await;
+    let mut gone = Vec::new();
+    for path in &resources {
+        let (status, body) = server.delete(path).await;
+        assert_eq!(status, 503, "DELETE {path}: {body}");
+        if server.get(path).await.0 != 200 {
+            gone.push(path);
+        }
+    }
+    assert!(gone.is_empty(), "gone after a refused delete: {gone:?}");
 
     std::fs::remove_file(filler).unwrap();
     wait_for_health(&server, 200).await;
-    let ticket = server.send_async(hold_request(1000)).await;
-    accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
-    for channel in &accepted {
-        let (status, body) = server.get(&format!("/console/requests/{channel}")).await;
-        assert_eq!(status, 200, "{channel} was acknowledged: {body}");
+    for path in &resources {
+        let (status, body) = server.delete(path).await;
+        assert_eq!(status, 200, "DELETE {path}: {body}");
+        assert_eq!(server.get(path).await.0, 404, "{path}");
     }
 }
 
