@@ -6,7 +6,7 @@ use hyper::{Method, Request};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Cx;
+use super::context::Cx;
 use crate::http::error::{Answer, ApiError};
 use crate::http::input::{Query, time_ms};
 use crate::http::json::read_json_or_default;

@@ -6,7 +6,7 @@ use hyper::{Method, Request};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Cx;
+use super::context::Cx;
 use crate::catalog::CatalogError;
 use crate::clock::now_ms;
 use crate::http::error::{Answer, ApiError};

@@ -3,6 +3,7 @@
 //! route authenticates (and takes a rate-limit token) first; a known path asked with a
 //! method it does not take is 405, an unknown one 404.
 
+mod context;
 mod dlq;
 mod keys;
 mod outputs;
@@ -11,8 +12,6 @@ mod requests;
 mod webhooks;
 mod workflows;
 
-use std::sync::Arc;
-
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::json;
@@ -20,37 +19,7 @@ use serde_json::json;
 use super::app::{App, Caller};
 use super::error::{Answer, ApiError};
 use super::response::ok;
-use crate::catalog::{ApiKey, Catalog, Project};
-use crate::engine::Engine;
-
-/// A `/console` request whose caller is known: what each resource's routes get.
-pub(super) struct Cx<'a> {
-    app: &'a App,
-    method: Method,
-    /// The path after `/console/`, for a 404's message.
-    path: String,
-    key: Arc<ApiKey>,
-    project: Arc<Project>,
-}
-
-impl Cx<'_> {
-    fn engine(&self) -> &Engine {
-        &self.app.engine
-    }
-
-    fn catalog(&self) -> &Catalog {
-        self.app.engine.catalog()
-    }
-
-    fn config(&self) -> &crate::Config {
-        self.app.engine.config()
-    }
-
-    /// The 404 for a path that is no route.
-    fn no_route(&self) -> ApiError {
-        ApiError::no_route(&self.method, &format!("/console/{}", self.path))
-    }
-}
+use context::Cx;
 
 pub async fn route(app: &App, request: Request<Incoming>, rest: &[&str]) -> Answer {
     let Caller { key, project } = app.admit(&request)?;

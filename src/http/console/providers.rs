@@ -7,7 +7,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Cx;
+use super::context::Cx;
 use crate::ai::{preset, testing};
 use crate::catalog::{CatalogError, ProviderCredential, ProviderKind, Resource};
 use crate::clock::now_ms;

@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Value, json};
 
-use super::Cx;
+use super::context::Cx;
 use crate::http::error::{Answer, ApiError};
 use crate::http::input::{Query, parse_channel};
 use crate::http::response::ok;

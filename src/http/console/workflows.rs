@@ -5,7 +5,7 @@ use hyper::{Method, Request};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Cx;
+use super::context::Cx;
 use crate::catalog::{CatalogError, Resource, Workflow};
 use crate::clock::now_ms;
 use crate::http::error::{Answer, ApiError};
