@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::app::{App, presents_one_of};
 use super::error::{Answer, ApiError};
+use super::input::check_text;
 use super::json::read_json;
 use super::response::{created, ok};
 use crate::clock::{now_ms, rfc3339_ms};
@@ -41,9 +42,7 @@ pub async fn route(app: &App, request: Request<Incoming>, rest: &[&str]) -> Answ
         (&Method::POST, ["projects"]) => {
             let body: ProjectBody = read_json(request, app.engine.config()).await?;
             let name = body.name.trim();
-            if name.is_empty() || name.len() > 128 {
-                return Err(ApiError::invalid("name: must be 1 to 128 characters"));
-            }
+            check_text("name", name, 128)?;
             let (project, key) = catalog.create_project(name, now_ms()).await?;
             Ok(created(&json!({
                 "project_id": project.id.to_string(),

@@ -18,15 +18,15 @@ use crate::store::StoreError;
 /// What a handler returns: its answer, or the error the client gets instead.
 pub type Answer = Result<Response, ApiError>;
 
-/// An error as a client sees it.
+/// An error as a client sees it. Built only by the constructors below.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub message: String,
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
     /// Seconds, for a `Retry-After` header.
-    pub retry_after: Option<u64>,
+    retry_after: Option<u64>,
 }
 
 const INVALID: &str = "invalid_request_error";
@@ -47,9 +47,22 @@ impl ApiError {
         }
     }
 
-    fn retry_after(mut self, secs: u64) -> ApiError {
+    fn retrying_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs);
         self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Seconds after which the client may try again, if it may.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     /// 400 `invalid_request`; the message names the field.
@@ -172,7 +185,7 @@ impl ApiError {
             "rate_limited",
             message,
         )
-        .retry_after(secs)
+        .retrying_after(secs)
     }
 
     /// 503, to be retried in a second: the store cannot take the request, or a cap is
@@ -184,7 +197,7 @@ impl ApiError {
             "unavailable",
             message,
         )
-        .retry_after(1)
+        .retrying_after(1)
     }
 
     /// 502 `ai_failed`: every model attempt failed.

@@ -215,7 +215,7 @@ mod tests {
         let bytes = head.as_bytes();
         let end = end_of_head(bytes, 0).expect("a complete head");
         assert_eq!(end, bytes.len(), "{head:?}");
-        check(bytes).map_err(|e| (e.status.as_u16(), e.message))
+        check(bytes).map_err(|e| (e.status().as_u16(), e.message().to_string()))
     }
 
     /// Well-formed heads pass with their framing; each malformed head the issue lists is
@@ -295,11 +295,11 @@ mod tests {
         assert!(check_partial(b"GET / HTTP/1.1\r\nHost: x\r\n").is_ok());
         let long_target = format!("GET /{}", "a".repeat(MAX_TARGET + 64));
         assert_eq!(
-            check_partial(long_target.as_bytes()).unwrap_err().status,
+            check_partial(long_target.as_bytes()).unwrap_err().status(),
             414
         );
         let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert_eq!(check_partial(big.as_bytes()).unwrap_err().status, 431);
+        assert_eq!(check_partial(big.as_bytes()).unwrap_err().status(), 431);
         assert_eq!(end_of_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
         let whole = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext";
         assert_eq!(end_of_head(whole, 20), Some(whole.len() - 4));

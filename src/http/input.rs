@@ -1,5 +1,6 @@
-//! Checks of what clients send, in one place: names, URLs (with the SSRF guard), chat
-//! messages, channel ids, query strings (`limit`, times) and the `Idempotency-Key` header.
+//! Checks of what clients send, in one place: names and texts, URLs (with the SSRF guard),
+//! chat messages, channel ids, query strings (`limit`, times) and the `Idempotency-Key`
+//! header.
 //! Each refusal is a 400 whose message starts with the field it is about (a channel id
 //! that is not one is a 404: there is no such request). The rules about resources (names
 //! taken, references, expiry) are the catalog's; these only say whether input is well
@@ -32,6 +33,28 @@ pub fn check_provider_name(field: &str, name: &str) -> Result<(), ApiError> {
     }
     Err(ApiError::invalid(format!(
         "{field}: must be 1 to 64 characters of letters, digits, '_', '-' or '.'"
+    )))
+}
+
+/// Free text that must say something: 1 to `max` bytes, not only spaces (project names,
+/// a workflow's provider and model).
+pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
+    if text.trim().is_empty() || text.len() > max {
+        return Err(ApiError::invalid(format!(
+            "{field}: must be 1 to {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A key someone else issued: 1 to `max` visible ASCII characters, no spaces (a
+/// provider's API key).
+pub fn check_visible(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
+    if (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "{field}: must be 1 to {max} visible ASCII characters"
     )))
 }
 
@@ -181,14 +204,13 @@ pub fn idempotency_key<B>(request: &Request<B>) -> Result<Option<String>, ApiErr
     let Some(value) = request.headers().get("idempotency-key") else {
         return Ok(None);
     };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .map(|k| Some(k.to_string()))
-        .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key: must be 1 to 255 visible ASCII characters")
-        })
+    // `to_str` takes visible ASCII, spaces and tabs: what a header value may be.
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key.to_string())),
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key: must be 1 to 255 visible ASCII characters",
+        )),
+    }
 }
 
 /// A time as Unix milliseconds or an RFC 3339 string.

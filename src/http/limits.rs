@@ -147,8 +147,8 @@ mod tests {
             assert!(limiter.take(&ProjectId::from_bytes([1; 16])).is_ok());
         }
         let refused = limiter.take(&ProjectId::from_bytes([1; 16])).unwrap_err();
-        assert_eq!(refused.status, hyper::StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.retry_after, Some(1));
+        assert_eq!(refused.status(), hyper::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after(), Some(1));
         assert!(
             limiter.take(&ProjectId::from_bytes([2; 16])).is_ok(),
             "other projects have their own bucket"

@@ -12,7 +12,7 @@ use crate::ai::{preset, testing};
 use crate::catalog::{CatalogError, ProviderCredential, ProviderKind, Resource};
 use crate::clock::now_ms;
 use crate::http::error::{Answer, ApiError};
-use crate::http::input::{Guard, check_provider_name, check_url_resolving};
+use crate::http::input::{Guard, check_provider_name, check_url_resolving, check_visible};
 use crate::http::json::read_json;
 use crate::http::response::{json_response, ok};
 use crate::http::views;
@@ -104,12 +104,7 @@ async fn upsert(cx: &Cx<'_>, request: Request<Incoming>) -> Answer {
         }
     };
     if let Some(key) = &body.api_key {
-        let printable = key.bytes().all(|b| b.is_ascii_graphic());
-        if key.is_empty() || key.len() > 1024 || !printable {
-            return Err(ApiError::invalid(
-                "api_key: must be 1 to 1024 visible ASCII characters",
-            ));
-        }
+        check_visible("api_key", key, 1024)?;
     }
     if body
         .timeout_ms

@@ -9,7 +9,7 @@ use super::context::Cx;
 use crate::catalog::{CatalogError, Resource, Workflow};
 use crate::clock::now_ms;
 use crate::http::error::{Answer, ApiError};
-use crate::http::input::check_name;
+use crate::http::input::{check_name, check_text};
 use crate::http::json::read_json;
 use crate::http::response::{created, ok};
 use crate::http::views;
@@ -89,13 +89,8 @@ async fn put(cx: &Cx<'_>, request: Request<Incoming>, path_name: Option<&str>) -
     if let Some(event) = &body.event_name {
         check_name("event_name", event)?;
     }
-    for (field, value) in [("provider", &body.provider), ("model", &body.model)] {
-        if value.trim().is_empty() || value.len() > 200 {
-            return Err(ApiError::invalid(format!(
-                "{field}: must be 1 to 200 characters"
-            )));
-        }
-    }
+    check_text("provider", &body.provider, 200)?;
+    check_text("model", &body.model, 200)?;
     for (i, f) in body.fallbacks.iter().enumerate() {
         if f.provider.trim().is_empty() || f.model.trim().is_empty() {
             return Err(ApiError::invalid(format!(
