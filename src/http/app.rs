@@ -70,3 +70,29 @@ pub fn presents_one_of<B>(request: &Request<B>, tokens: &[&str]) -> bool {
         ct_eq(presented.as_bytes(), token.as_bytes()) | any
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scheme is read in any case and spaces around the token are dropped; anything
+    /// else (another scheme, no token, no space after the scheme) is no bearer token.
+    #[test]
+    fn bearer_tokens() {
+        let read = |value: &str| {
+            let request = Request::builder()
+                .header(AUTHORIZATION, value)
+                .body(())
+                .unwrap();
+            bearer(&request).map(str::to_string)
+        };
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "Bearer   tok  "] {
+            assert_eq!(read(value).as_deref(), Some("tok"), "{value:?}");
+        }
+        for value in ["Basic tok", "Bearer", "Bearer   ", "Bearertok", "tok"] {
+            assert_eq!(read(value), None, "{value:?}");
+        }
+        let none = Request::builder().body(()).unwrap();
+        assert_eq!(bearer(&none), None);
+    }
+}

@@ -276,3 +276,44 @@ impl Query {
             .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names, texts, page sizes and times: what passes, and that each refusal starts with
+    /// its field.
+    #[test]
+    fn checks_name_their_field() {
+        assert!(check_name("name", "content_generator:v1.2").is_ok());
+        assert!(check_provider_name("provider", "my-vllm_1.0").is_ok());
+        assert!(check_text("model", "gpt-4o", 200).is_ok());
+        assert!(check_visible("api_key", "sk-123", 1024).is_ok());
+        let refused = [
+            check_name("name", ""),
+            check_name("name", &"n".repeat(129)),
+            check_name("name", "two words"),
+            check_provider_name("provider", "a:b"),
+            check_text("model", "   ", 200),
+            check_visible("api_key", "sk 123", 1024),
+        ];
+        for (error, field) in refused
+            .into_iter()
+            .zip(["name", "name", "name", "provider", "model", "api_key"])
+        {
+            let message = error.unwrap_err().message().to_string();
+            assert!(message.starts_with(&format!("{field}: ")), "{message}");
+        }
+
+        let query = |q: &str| Query::of(&Request::get(format!("/x?{q}")).body(()).unwrap());
+        assert_eq!(query("").limit().unwrap(), 50);
+        assert_eq!(query("limit=1000").limit().unwrap(), 1000);
+        assert!(query("limit=0").limit().is_err());
+        assert_eq!(query("since=1000").time("since").unwrap(), Some(1000));
+        let at = query("until=1970-01-01T00:00:01.5Z").time("until").unwrap();
+        assert_eq!(at, Some(1500));
+        assert!(query("until=tomorrow").time("until").is_err());
+        let far = time_ms("expires_at", &Value::from(u64::MAX)).unwrap();
+        assert_eq!(far, u64::MAX, "times are not capped: callers bound them");
+    }
+}
