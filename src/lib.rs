@@ -7,14 +7,14 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags, env and TOML merged and validated into one `Config`.
+//! - [`config`]: flags, env and TOML (the options) merged and validated into one `Config`.
 //! - [`job`]: the request record, its states and events, the pure transition rules, the
 //!   `ProjectId` and `ChannelId` types.
 //! - [`store`]: sled trees (one file each), key encoding, record codec, CAS updates, the
 //!   group commit (and the files it syncs), public ids, opening and reopening after a write
 //!   error.
 //! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider
-//!   credentials (in memory, written through to the store).
+//!   credentials, and their rules (in memory, written through to the store, committed).
 //! - [`scheduler`]: the timer wheel over the persistent due index.
 //! - [`engine`]: the flow's business rules: accept, drive (model, webhooks, timeouts),
 //!   callbacks, sync requests.
@@ -29,7 +29,8 @@
 //! - [`payload`]: the JSON bodies sent to webhooks and sockets, built from a record and
 //!   written as JavaScript prints JSON ([`payload::js`]).
 //! - [`http`]: the hyper server, connection clocks and caps, request heads checked before
-//!   hyper, routing, auth, the error envelope, handlers.
+//!   hyper, routing, auth, input checks, the error envelope, handlers (`/v1`, `/console`
+//!   per resource, `/admin`).
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`ws`]: Phoenix Channels v2: frames, tokens, the channel hub, socket tasks.
 //! - [`server`]: wiring of all the above around a bound listener.

@@ -2,6 +2,8 @@
 //! secret rotation, and how timeouts, redirects and `Retry-After` are treated.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -326,4 +328,107 @@ async fn delete(api: &Api, path: &str) -> (u16, Value) {
         .call(reqwest::Method::DELETE, path, Some(&api.key), None, &[])
         .await;
     (reply.status, reply.json)
+}
+
+/// How many times the rotation races below are run.
+const ROUNDS: usize = 100;
+
+/// An endpoint for 40,000 events: copying it takes long enough that, before the fix, a
+/// rotation's read and its write were often far enough apart for the races below.
+async fn big_endpoint(server: &TestServer, url: &str) -> String {
+    let mut events: Vec<String> = (0..10_000).map(|i| format!("e{i}")).collect();
+    events.push("content_ready".into());
+    let body = json!({"url": url, "events": events});
+    let (status, body) = server.post("/console/webhooks", body).await;
+    assert_eq!(status, 201, "{}", body["error"]);
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// Rotates the secret of `endpoint` with `n` requests at once; returns the new secrets.
+async fn rotate_at_once(server: &TestServer, endpoint: &str, n: usize) -> Vec<String> {
+    let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (api, path) = ((**server).clone(), path.clone());
+            tokio::spawn(async move { api.post(&path, json!({})).await })
+        })
+        .collect();
+    let mut secrets = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        secrets.push(body["secret"].as_str().unwrap().to_string());
+    }
+    secrets
+}
+
+/// Regression (issue 13): two rotations at once both read the endpoint before either
+/// wrote, so the later write dropped the earlier one's new secret, which then never signed
+/// anything although its caller had been told to use it. Now, round after round, both
+/// secrets two concurrent rotations hand out sign the next delivery (one as the current
+/// secret, the other as the previous one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_both_sign() {
+    let server = start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    server.event_workflow("content_generator", json!({})).await;
+    let endpoint = big_endpoint(&server, &receiver.url).await;
+    for round in 0..ROUNDS {
+        let secrets = rotate_at_once(&server, &endpoint, 2).await;
+        server.send_async(seed_request("content_generator")).await;
+        let hook = receiver.wait_for(round + 1).await.swap_remove(round);
+        let (id, ts) = (hook.header("webhook-id"), hook.header("webhook-timestamp"));
+        let signatures: Vec<&str> = hook.header("webhook-signature").split(' ').collect();
+        for secret in &secrets {
+            let expected = standard_signature(secret, id, ts, &hook.body);
+            assert!(
+                signatures.contains(&expected.as_str()),
+                "round {round}: a secret a rotation handed out does not sign"
+            );
+        }
+    }
+}
+
+/// Regression (issue 13): a rotation read the endpoint, a delivery answered 410 Gone
+/// disabled it, and the rotation wrote back what it had read: the endpoint was enabled
+/// again. Now a disable made while rotations run stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_keeps_a_disable_made_meanwhile() {
+    let server = start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(410);
+    server.event_workflow("content_generator", json!({})).await;
+    let endpoint = big_endpoint(&server, &receiver.url).await;
+    for trial in 0..ROUNDS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rotators: Vec<_> = (0..4)
+            .map(|_| {
+                let (api, stop) = ((*server).clone(), stop.clone());
+                let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = api.post(&path, json!({})).await;
+                        assert_eq!(status, 200, "{body}");
+                    }
+                })
+            })
+            .collect();
+        let ticket = server.send_async(seed_request("content_generator")).await;
+        // Failed (webhook_exhausted) once the 410 is recorded, after the endpoint noted it.
+        let channel = ticket["channel_id"].as_str().unwrap();
+        server.wait_for_status(channel, "failed").await;
+        stop.store(true, Ordering::Relaxed);
+        for rotator in rotators {
+            rotator.await.unwrap();
+        }
+        let (_, view) = server.get(&format!("/console/webhooks/{endpoint}")).await;
+        assert_eq!(
+            view["status"], "disabled",
+            "trial {trial}: a rotation enabled the endpoint again"
+        );
+        let (status, view) = server
+            .post(&format!("/console/webhooks/{endpoint}/enable"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{}", view["error"]);
+    }
 }

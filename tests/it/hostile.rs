@@ -419,3 +419,58 @@ async fn huge_receiver_answers_are_cut() {
         &excerpt[excerpt.len() - 60..]
     );
 }
+
+/// Regression (issue 13): an `expires_at` more than a year ahead was silently cut to one
+/// year, while `expires_in_days` allows ten years. Now a key expires when asked, in either
+/// form, up to 3650 days ahead, and a later `expires_at` is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_when_asked_or_is_refused() {
+    let server = start(|_| {}).await;
+    const DAY: u64 = 24 * 3600 * 1000;
+    let now = eddy::clock::now_ms();
+    for at in [now + 2 * 365 * DAY, now + 3649 * DAY] {
+        let as_text = eddy::clock::rfc3339_ms(at);
+        for given in [json!(at), json!(as_text)] {
+            let (status, key) = server
+                .post("/console/keys", json!({"expires_at": given}))
+                .await;
+            assert_eq!(status, 201, "{key}");
+            assert_eq!(key["expires_at"], as_text, "asked for {given}");
+        }
+    }
+    let (status, body) = server
+        .post("/console/keys", json!({"expires_at": now + 3651 * DAY}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("expires_at: "), "{message}");
+}
+
+/// Regression (issue 13): `/admin` read its token only after `Bearer ` to the letter, while
+/// API keys could also be sent after `bearer` or with more spaces. Now one parser reads
+/// every bearer token: API keys, the admin token and the metrics token alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bearer_token_is_read_alike() {
+    const ADMIN: &str = "admin-token-0123456789";
+    let server = start(|c| c.admin_token = Some(ADMIN.into())).await;
+    let routes = [
+        ("/admin/projects", ADMIN),
+        ("/console/project", KEY),
+        ("/metrics", crate::support::METRICS_TOKEN),
+    ];
+    for (path, token) in routes {
+        for scheme in ["Bearer ", "bearer ", "BEARER ", "Bearer    "] {
+            let authorization = format!("{scheme}{token}");
+            let reply = server
+                .call(
+                    reqwest::Method::GET,
+                    path,
+                    None,
+                    None,
+                    &[("authorization", &authorization)],
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{path} with {scheme:?}: {}", reply.json);
+        }
+    }
+}

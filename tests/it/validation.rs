@@ -531,3 +531,40 @@ async fn another_projects_resources_are_404() {
     let (status, _) = server.get(&format!("/console/webhooks/{endpoint}")).await;
     assert_eq!(status, 200);
 }
+
+/// Regression (issue 13): a `/console` path that exists, asked with a method it does not
+/// take, was 404 `no route` (the other routes answer 405). Now it is 405
+/// `method_not_allowed`, and a path that does not exist is still 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_on_a_console_path_is_405() {
+    let server = start(|_| {}).await;
+    let wrong = [
+        (Method::DELETE, "/console/project"),
+        (Method::PUT, "/console/workflow"),
+        (Method::PATCH, "/console/workflow/w"),
+        (Method::PUT, "/console/structured-outputs/schema_x"),
+        (Method::PUT, "/console/webhooks"),
+        (Method::GET, "/console/webhooks/wh_x/rotate-secret"),
+        (Method::DELETE, "/console/webhooks/wh_x/enable"),
+        (Method::DELETE, "/console/keys"),
+        (Method::GET, "/console/keys/key_x"),
+        (Method::POST, "/console/requests"),
+        (Method::DELETE, "/console/requests/x"),
+    ];
+    for (method, path) in wrong {
+        let reply = server
+            .call(method, path, Some(&server.key), None, &[])
+            .await;
+        assert_error(&reply, 405, "method_not_allowed");
+    }
+    let reply = server
+        .call(
+            Method::GET,
+            "/console/nothing",
+            Some(&server.key),
+            None,
+            &[],
+        )
+        .await;
+    assert_error(&reply, 404, "not_found");
+}

@@ -9,36 +9,29 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
+use hyper::Request;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
-use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::App;
-use super::error::ApiError;
-use super::json::{Response, json_response, parse, read_body};
-use super::runtime::check_messages;
-use crate::ai::{AiError, AiOutput, Deltas};
+use crate::ai::{AiOutput, Deltas};
+use crate::catalog::Project;
 use crate::engine::{SyncAnswer, SyncInput};
 use crate::error::Error;
+use crate::http::app::App;
+use crate::http::error::{Answer, ApiError};
+use crate::http::input::check_messages;
+use crate::http::json::read_json;
+use crate::http::response::{Response, ok};
 use crate::job::{ChannelId, Request as Record};
 use crate::payload::{self, Usage};
-
-/// 502 `ai_failed`: every model attempt failed.
-fn ai_failed(e: &AiError) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "api_error",
-        "ai_failed",
-        e.message.clone(),
-    )
-}
 
 fn messages_value(messages: Vec<Map<String, Value>>) -> Value {
     Value::Array(messages.into_iter().map(Value::Object).collect())
@@ -57,10 +50,8 @@ struct AiBody {
 }
 
 /// `POST /v1/ai`.
-pub async fn ai(app: &App, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let project = app.authenticate(&request)?;
-    let bytes = read_body(request, app.engine.config()).await?;
-    let body: AiBody = parse(&bytes)?;
+pub async fn ai(app: &App, project: Arc<Project>, request: Request<Incoming>) -> Answer {
+    let body: AiBody = read_json(request, app.engine.config()).await?;
     if body.workflow.trim().is_empty() {
         return Err(ApiError::invalid("workflow: must not be empty"));
     }
@@ -80,36 +71,29 @@ pub async fn ai(app: &App, request: Request<Incoming>) -> Result<Response, ApiEr
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        id: app.engine.store().new_request_id().map_err(Error::from)?,
+        id: app.engine.store().new_request_id()?,
     };
     let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;
     let customer_data: Value = serde_json::from_str(&record.customer_data).unwrap_or_default();
     let response = match (result, wrapped) {
-        (Ok(out), true) => json_response(
-            StatusCode::OK,
-            &json!({
-                "data": out.data,
-                "customer_data": customer_data,
-                "meta": meta(&record, "success"),
-            }),
-        ),
+        (Ok(out), true) => ok(&json!({
+            "data": out.data,
+            "customer_data": customer_data,
+            "meta": meta(&record, "success"),
+        })),
         (Ok(out), false) => {
             let raw = out
                 .raw
                 .clone()
                 .unwrap_or_else(|| completion(&record, &record.workflow.model, &out));
-            json_response(StatusCode::OK, &raw)
+            ok(&raw)
         }
         // The error envelope, with what a wrapped answer would carry beside it.
-        (Err(e), true) => json_response(
-            StatusCode::BAD_GATEWAY,
-            &json!({
-                "error": {"message": e.message, "type": "api_error", "code": "ai_failed"},
-                "customer_data": customer_data,
-                "meta": meta(&record, "error"),
-            }),
-        ),
-        (Err(e), false) => ai_failed(&e).into_response(),
+        (Err(e), true) => ApiError::ai_failed(e.message).into_response_beside(Map::from_iter([
+            ("customer_data".to_string(), customer_data),
+            ("meta".to_string(), meta(&record, "error")),
+        ])),
+        (Err(e), false) => ApiError::ai_failed(e.message).into_response(),
     };
     Ok(with_headers(response, &record))
 }
@@ -237,10 +221,12 @@ struct StreamOptions {
 
 /// `POST /v1/chat/completions`. Other OpenAI parameters (`temperature`, `max_tokens`, …)
 /// are accepted and ignored: the workflow decides how its models are called.
-pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let project = app.authenticate(&request)?;
-    let bytes = read_body(request, app.engine.config()).await?;
-    let body: ChatBody = parse(&bytes)?;
+pub async fn chat_completions(
+    app: &App,
+    project: Arc<Project>,
+    request: Request<Incoming>,
+) -> Answer {
+    let body: ChatBody = read_json(request, app.engine.config()).await?;
     if body.model.trim().is_empty() {
         return Err(ApiError::invalid("model: must name a workflow"));
     }
@@ -255,12 +241,12 @@ pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<R
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        id: app.engine.store().new_request_id().map_err(Error::from)?,
+        id: app.engine.store().new_request_id()?,
     };
     if body.stream != Some(true) {
         let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;
-        let out = result.map_err(|e| ai_failed(&e))?;
-        let response = json_response(StatusCode::OK, &completion(&record, &body.model, &out));
+        let out = result.map_err(|e| ApiError::ai_failed(e.message))?;
+        let response = ok(&completion(&record, &body.model, &out));
         return Ok(with_headers(response, &record));
     }
 
@@ -286,8 +272,8 @@ pub async fn chat_completions(app: &App, request: Request<Incoming>) -> Result<R
         // The run ended without any text: a failure is still a plain error response.
         None => {
             let answer = joined(task.await)?;
-            if let Err(e) = &answer.result {
-                return Err(ai_failed(e));
+            if let Err(e) = answer.result {
+                return Err(ApiError::ai_failed(e.message));
             }
             pending.extend(chunks.ending(Ok(answer), include_usage));
             None
@@ -360,12 +346,8 @@ impl Chunks {
                     })));
                 }
             }
-            Ok(Err(e)) => out.push(event(&json!({
-                "error": {"message": e.message, "type": "api_error", "code": "ai_failed"}
-            }))),
-            Err(e) => out.push(event(&json!({
-                "error": {"message": e.message, "type": e.kind, "code": e.code}
-            }))),
+            Ok(Err(e)) => out.push(event(&ApiError::ai_failed(e.message).envelope())),
+            Err(e) => out.push(event(&e.envelope())),
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out
