@@ -1,11 +1,10 @@
-//! Sending one webhook attempt and classifying its outcome. The only user of reqwest.
+//! Sending one webhook attempt and classifying its outcome, with the client `egress` builds.
 //!
 //! Stages: prepare (headers and signatures for this attempt's timestamp) → call (with the
 //! per-attempt timeout, no redirects) → classify (2xx delivered; anything else, a timeout
 //! or a connection error is retried) → report (status, error, duration, response excerpt).
 //! Recording the outcome is the engine's job.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
@@ -88,25 +87,12 @@ pub struct Deliverer {
     guarded: bool,
 }
 
-/// Installs ring as rustls' process-wide crypto provider (once; later calls are no-ops).
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Deliverer {
     /// A deliverer with a per-attempt `timeout`; `guarded` turns the SSRF guard on.
     pub fn new(timeout: Duration, guarded: bool) -> Deliverer {
-        install_crypto();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+        let client = egress::client(guarded, timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32);
-        if guarded {
-            builder = builder.dns_resolver(Arc::new(egress::GuardedResolver));
-        }
-        let client = builder
+            .pool_max_idle_per_host(32)
             .build()
             .expect("reqwest client builds with static settings");
         Deliverer {
