@@ -13,6 +13,7 @@
 //! unrecorded result, no push for an unrecorded callback.
 
 mod accept;
+mod attempt;
 mod dlq;
 mod drive;
 mod lanes;
@@ -21,8 +22,8 @@ mod retention;
 mod sync;
 
 pub use accept::AcceptInput;
+pub use attempt::REQUEST_ENDPOINT;
 pub use dlq::Redrive;
-pub use drive::REQUEST_ENDPOINT;
 pub use retention::Swept;
 pub use sync::{SyncAnswer, SyncInput};
 
@@ -33,7 +34,7 @@ use crate::ai::Models;
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::delivery::{Deliverer, Outcome};
+use crate::delivery::Deliverer;
 use crate::error::{Error, Result};
 use crate::job::{CallbackData, ChannelId, Event, ProjectId, Request, State, Step};
 use crate::metrics::{Gauges, Metrics};
@@ -296,10 +297,7 @@ impl Engine {
 
     /// The callback timeout of a request: its workflow's, else the server's.
     fn callback_timeout_ms(&self, record: &Request) -> u64 {
-        record
-            .workflow
-            .callback_timeout_ms
-            .unwrap_or(self.config.callback_timeout.as_millis() as u64)
+        callback_timeout_ms(&self.config, record)
     }
 
     /// When the first attempt of a new delivery is due.
@@ -313,24 +311,37 @@ impl Engine {
         now + jittered(delay).as_millis() as u64
     }
 
-    /// When attempt number `made + 1` of a delivery is due after `outcome`, or `None` when
-    /// the schedule is used up or retrying cannot help. The scheduled delay (±20% jitter)
-    /// stretches to the receiver's `Retry-After`, clamped to [delay, 2×delay], and to at
-    /// least the throttle delay after a 429 or a timeout.
-    fn retry_at(&self, made: u32, now: u64, outcome: &Outcome) -> Option<u64> {
-        if outcome.permanent {
-            return None;
+    /// What a webhook attempt depends on, borrowed for one attempt.
+    fn attempts(&self) -> attempt::Ctx<'_> {
+        attempt::Ctx {
+            store: &self.store,
+            catalog: &self.catalog,
+            deliverer: &self.deliverer,
+            metrics: &self.metrics,
+            config: &self.config,
         }
-        let scheduled = jittered(*self.config.retry_schedule.get(made as usize)?);
-        let mut delay = match outcome.retry_after {
-            Some(asked) => asked.clamp(scheduled, scheduled * 2),
-            None => scheduled,
-        };
-        if outcome.slow_down() {
-            delay = delay.max(self.config.webhook_throttle_delay);
-        }
-        Some(now + delay.as_millis() as u64)
     }
+}
+
+/// The callback timeout of `record`: its workflow's, else the server's.
+fn callback_timeout_ms(config: &Config, record: &Request) -> u64 {
+    record
+        .workflow
+        .callback_timeout_ms
+        .unwrap_or(config.callback_timeout.as_millis() as u64)
+}
+
+/// The timeline step of a state `record` entered at `now`; finished requests are counted.
+fn transition(metrics: &Metrics, record: &Request, state: State, now: u64) -> (u64, Step) {
+    let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
+    match state {
+        State::Completed => {
+            metrics.finished(&record.workflow.name, "completed", "", Some(since_accept))
+        }
+        State::Failed(f) => metrics.finished(&record.workflow.name, "failed", f.as_str(), None),
+        _ => {}
+    }
+    (now, Step::Transition { state })
 }
 
 /// `delay` scaled by a random factor in [0.8, 1.2].
