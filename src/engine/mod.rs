@@ -281,15 +281,14 @@ impl Engine {
     /// Pushes the record's latest message to its channel; the timeline step saying so
     /// (with how many sockets got it) is for the caller to write.
     fn push_latest(&self, record: &Request) -> Option<(u64, Step)> {
-        let message = payload::latest_push(record)?;
+        let push = payload::latest_push(record)?;
         let topic = ws::topic(&record.project_id, &record.channel_id);
         let sockets = self
             .hub
-            .push(&record.channel_id, &topic, "response", &message);
-        let status = payload::push_status(&message);
-        self.metrics.pushed(status);
+            .push(&record.channel_id, &topic, "response", &push.payload);
+        self.metrics.pushed(push.status.as_str());
         let step = Step::Pushed {
-            status: status.to_string(),
+            status: push.status.as_str().to_string(),
             sockets: sockets as u32,
         };
         Some((now_ms(), step))
@@ -353,6 +352,9 @@ pub fn jittered(delay: Duration) -> Duration {
 impl Replay for Engine {
     fn latest(&self, channel: &ChannelId) -> Result<Option<String>> {
         let record = self.store.request_by_channel(channel)?;
-        Ok(record.as_ref().and_then(payload::latest_push))
+        Ok(record
+            .as_ref()
+            .and_then(payload::latest_push)
+            .map(|push| push.payload))
     }
 }

@@ -13,7 +13,7 @@
 
 mod id;
 #[cfg(test)]
-mod props;
+pub(crate) mod props;
 mod record;
 mod rules;
 

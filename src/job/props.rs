@@ -36,7 +36,7 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 /// A request as `accept` stores it; `event_driven` gives its workflow an `event_name`.
-fn accepted(event_driven: bool) -> Request {
+pub(crate) fn accepted(event_driven: bool) -> Request {
     let mut r = Request::pending(
         (1, ChannelId::from_bytes([7; 16])),
         ProjectId::from_bytes([9; 16]),
