@@ -332,13 +332,9 @@ fn callback_timeout_ms(config: &Config, record: &Request) -> u64 {
 
 /// The timeline step of a state `record` entered at `now`; finished requests are counted.
 fn transition(metrics: &Metrics, record: &Request, state: State, now: u64) -> (u64, Step) {
-    let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
-    match state {
-        State::Completed => {
-            metrics.finished(&record.workflow.name, "completed", "", Some(since_accept))
-        }
-        State::Failed(f) => metrics.finished(&record.workflow.name, "failed", f.as_str(), None),
-        _ => {}
+    if state.is_terminal() {
+        let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
+        metrics.finished(&record.workflow.name, state, since_accept);
     }
     (now, Step::Transition { state })
 }

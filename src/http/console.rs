@@ -17,8 +17,9 @@ use crate::catalog::{ApiKey, Endpoint, Project, StructuredOutput, Workflow};
 use crate::clock::now_ms;
 use crate::egress;
 use crate::error::Error;
+use crate::job::Status;
 use crate::secret;
-use crate::store::{Cursor, LogQuery, state_code_of};
+use crate::store::{Cursor, LogQuery};
 
 pub async fn route(
     app: &App,
@@ -556,14 +557,10 @@ fn list_requests(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let state = match get("status") {
-        Some(s) => Some(state_code_of(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "status: '{s}' is not one of pending, generated, delivered, callback, completed, failed"
-            ))
-        })?),
-        None => None,
-    };
+    let status = get("status")
+        .map(str::parse::<Status>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("status: {e}")))?;
     let time = |name: &str| {
         get(name)
             .map(|v| {
@@ -595,7 +592,7 @@ fn list_requests(
         }
     };
     let log_query = LogQuery {
-        state,
+        status,
         workflow: get("workflow"),
         since_ms: time("since")?.unwrap_or(0),
         until_ms: time("until")?,

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
-use super::tests::{EVENTS, STATES, allowed};
+use super::tests::{EVENTS, allowed};
 use super::{
     AiResult, AttemptResult, CallbackData, ChannelId, Delivery, DeliveryOutcome, Event, Failure,
     InvalidTransition, ProjectId, Request, State, WorkflowSnapshot,
@@ -369,5 +369,5 @@ proptest! {
 /// them all.
 #[test]
 fn every_state_is_reachable_from_pending() {
-    assert_eq!(reachable(State::Pending), STATES.into_iter().collect());
+    assert_eq!(reachable(State::Pending), State::ALL.into_iter().collect());
 }
