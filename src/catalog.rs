@@ -137,6 +137,9 @@ pub enum CatalogError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// `field` names a resource that does not exist (a workflow's structured output).
+    #[error("{field}: {what} not found")]
+    Missing { field: &'static str, what: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -396,7 +399,10 @@ impl Catalog {
         if let Some(id) = &workflow.structured_output_id
             && found(&cache.outputs, &workflow.project, id).is_none()
         {
-            return Err(CatalogError::NotFound(format!("structured output '{id}'")));
+            return Err(CatalogError::Missing {
+                field: "structured_output_id",
+                what: format!("structured output '{id}'"),
+            });
         }
         let existing = found(&cache.workflows, &workflow.project, &workflow.name);
         match (&existing, replace) {

@@ -40,6 +40,7 @@ impl From<CatalogError> for Error {
         match e {
             CatalogError::Conflict(what) => Error::Conflict(format!("{what} already exists")),
             CatalogError::NotFound(what) => Error::NotFound(what),
+            missing @ CatalogError::Missing { .. } => Error::Invalid(missing.to_string()),
             CatalogError::Store(e) => e.into(),
         }
     }

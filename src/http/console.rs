@@ -340,13 +340,10 @@ async fn put_workflow(
         .catalog()
         .put_workflow(workflow, replace)
         .map_err(|e| match e {
-            crate::catalog::CatalogError::NotFound(what) if what.starts_with("structured") => {
-                ApiError::invalid(format!("structured_output_id: {what} not found"))
-            }
             crate::catalog::CatalogError::NotFound(_) => {
-                Error::WorkflowNotFound(path_name.clone().unwrap_or_default()).into()
+                Error::WorkflowNotFound(path_name.clone().unwrap_or_default())
             }
-            other => Error::from(other).into(),
+            other => Error::from(other),
         })?;
     app.engine.store().commit().await.map_err(Error::from)?;
     let view = views::workflow(&saved);
