@@ -288,7 +288,6 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// The Messages endpoint is `/v1/messages` under a root given as Anthropic's SDKs take
     /// it, and under one that already names `/v1`.
@@ -387,16 +386,8 @@ mod tests {
             {"role": "user", "content": "merci"}
         ]);
         let schema = json!({"type": "object"});
-        let request = AiRequest {
-            model: "claude-sonnet-4-5",
-            messages: &messages,
-            system_prompt: Some("be brief"),
-            schema: Some(&schema),
-            sample_data: None,
-            response_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            exchange: &crate::ai::Exchange::default(),
-        };
+        let exchange = crate::ai::Exchange::default();
+        let request = AiRequest::sample("claude-sonnet-4-5", &messages, Some(&schema), &exchange);
         let b = body(&request, false);
         assert_eq!(b["system"], "be brief\n\nin French");
         assert_eq!(b["max_tokens"], MAX_TOKENS);

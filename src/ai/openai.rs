@@ -154,7 +154,6 @@ impl Wire for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// The system prompt goes first, the schema as a json_schema response format, and a
     /// stream asks for usage.
@@ -162,16 +161,8 @@ mod tests {
     fn request_body() {
         let messages = json!([{"role": "user", "content": "hi"}]);
         let schema = json!({"type": "object"});
-        let request = AiRequest {
-            model: "gpt-4o",
-            messages: &messages,
-            system_prompt: Some("be brief"),
-            schema: Some(&schema),
-            sample_data: None,
-            response_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            exchange: &crate::ai::Exchange::default(),
-        };
+        let exchange = crate::ai::Exchange::default();
+        let request = AiRequest::sample("gpt-4o", &messages, Some(&schema), &exchange);
         let b = body(&request, true);
         assert_eq!(b["model"], "gpt-4o");
         assert_eq!(
