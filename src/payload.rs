@@ -39,15 +39,28 @@ pub struct Meta<'a> {
     pub workflow_name: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
-    /// The model's time for the answer, every attempt included (the SDK shows it as the
-    /// processing step's duration); absent before the model answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// The answer's tokens; absent before the model answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
+    /// The answer's time, every attempt included (the SDK shows it as the processing
+    /// step's duration), and its tokens; absent before the model answered.
+    #[serde(flatten)]
+    pub spent: Option<Spent>,
     /// Every model attempt, retries and fallbacks included.
     pub attempts: Vec<AttemptMeta<'a>>,
+}
+
+/// What model calls spent: `duration_ms` and `usage`.
+#[derive(Serialize)]
+pub struct Spent {
+    pub duration_ms: u64,
+    pub usage: Usage,
+}
+
+impl Spent {
+    fn new(duration_ms: u64, prompt_tokens: u64, completion_tokens: u64) -> Spent {
+        Spent {
+            duration_ms,
+            usage: Usage::new(prompt_tokens, completion_tokens),
+        }
+    }
 }
 
 /// Token counts in OpenAI's shape.
@@ -79,8 +92,8 @@ pub struct AttemptMeta<'a> {
     pub http_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
-    pub duration_ms: u64,
-    pub usage: Usage,
+    #[serde(flatten)]
+    pub spent: Spent,
 }
 
 /// `meta.attempts` of `record`.
@@ -98,8 +111,7 @@ pub fn attempt_metas(record: &Request) -> Vec<AttemptMeta<'_>> {
             },
             http_status: a.http_status,
             reason: a.error.as_deref(),
-            duration_ms: a.duration_ms,
-            usage: Usage::new(a.prompt_tokens, a.completion_tokens),
+            spent: Spent::new(a.duration_ms, a.prompt_tokens, a.completion_tokens),
         })
         .collect()
 }
@@ -121,11 +133,10 @@ fn meta(record: &Request) -> Meta<'_> {
         workflow_name: &record.workflow.name,
         provider,
         model,
-        duration_ms: record.ai.as_ref().map(|ai| ai.duration_ms),
-        usage: record
+        spent: record
             .ai
             .as_ref()
-            .map(|ai| Usage::new(ai.prompt_tokens, ai.completion_tokens)),
+            .map(|ai| Spent::new(ai.duration_ms, ai.prompt_tokens, ai.completion_tokens)),
         attempts: attempt_metas(record),
     }
 }
