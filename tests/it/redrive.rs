@@ -6,25 +6,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::powerfs::PowerFs;
-use crate::support::{Api, Eddy, Receiver, WAIT, seed_request, start};
+use crate::support::{Api, Eddy, Receiver, WAIT, start};
 
-/// Sends one request to the event-driven workflow `content_generator`, whose endpoint
-/// fails, and waits until its delivery is dead-lettered; returns `(channel_id, dlq id)`.
+/// A dead letter of the workflow `content_generator`, whose endpoint fails: its request's
+/// channel id and its own id.
 async fn dead_letter(api: &Api) -> (String, String) {
-    let ticket = api.send_async(seed_request("content_generator")).await;
-    let channel = ticket["channel_id"].as_str().unwrap().to_string();
-    api.wait_for_status(&channel, "failed").await;
-    let (status, list) = api.get("/console/dlq?limit=1000").await;
-    assert_eq!(status, 200, "{list}");
-    let id = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["channel_id"] == channel.as_str())
-        .and_then(|e| e["id"].as_str())
-        .unwrap_or_else(|| panic!("no dead letter for {channel}: {list:#}"))
-        .to_string();
-    (channel, id)
+    let (channel, entry) = crate::dlq::dead_letter(api, "content_generator").await;
+    (channel, entry["id"].as_str().unwrap().to_string())
 }
 
 /// A range re-drive skips a stale entry (its request was swept) and re-drives the rest:
