@@ -42,7 +42,7 @@ impl Server {
     /// Opens the store under `config.data` and makes sure project `default` exists with
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
-        crate::delivery::install_crypto();
+        crate::egress::install_crypto();
         let store = Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?;
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let new_key = catalog

@@ -179,7 +179,7 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
         Step::Transition { state } => json!({
             "type": "state",
             "state": state.as_str(),
-            "failure": match state { crate::job::State::Failed(f) => Value::from(f.as_str()), _ => Value::Null },
+            "failure": state.failure().map(|f| f.as_str()),
         }),
     };
     v["at"] = at(at_ms);

@@ -12,7 +12,7 @@ use crate::support::{Api, Callback, KEY, Receiver, WAIT, seed_request, start};
 
 /// Sends one request to an event-driven workflow whose only endpoint always fails, and
 /// waits until its delivery is dead-lettered; returns `(channel_id, dlq entry)`.
-async fn dead_letter(server: &Api, workflow: &str) -> (String, Value) {
+pub(crate) async fn dead_letter(server: &Api, workflow: &str) -> (String, Value) {
     let ticket = server.send_async(seed_request(workflow)).await;
     let channel = ticket["channel_id"].as_str().unwrap().to_string();
     server.wait_for_status(&channel, "failed").await;

@@ -19,6 +19,7 @@ mod observe;
 mod openai_client;
 mod power;
 mod providers;
+mod redrive;
 mod socket;
 mod ssrf;
 mod streaming;

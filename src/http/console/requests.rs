@@ -11,7 +11,8 @@ use crate::http::error::{Answer, ApiError};
 use crate::http::input::{Query, parse_channel};
 use crate::http::response::ok;
 use crate::http::views;
-use crate::store::{Cursor, LogQuery, state_code_of};
+use crate::job::Status;
+use crate::store::{Cursor, LogQuery};
 
 pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]) -> Answer {
     match (&cx.method, tail) {
@@ -29,14 +30,11 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
 
 fn list(cx: &Cx<'_>, query: &Query) -> Answer {
     let store = cx.engine().store();
-    let state = match query.get("status") {
-        Some(s) => Some(state_code_of(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "status: '{s}' is not one of pending, generated, delivered, callback, completed, failed"
-            ))
-        })?),
-        None => None,
-    };
+    let status = query
+        .get("status")
+        .map(str::parse::<Status>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("status: {e}")))?;
     let before = match query.get("before") {
         None => None,
         Some(text) => {
@@ -55,7 +53,7 @@ fn list(cx: &Cx<'_>, query: &Query) -> Answer {
         }
     };
     let log_query = LogQuery {
-        state,
+        status,
         workflow: query.get("workflow"),
         since_ms: query.time("since")?.unwrap_or(0),
         until_ms: query.time("until")?,

@@ -66,7 +66,7 @@ pub fn seed_request(workflow: &str) -> Value {
 
 /// A reqwest client for plain-HTTP test traffic.
 pub fn http_client() -> reqwest::Client {
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
     reqwest::Client::builder()
         .timeout(WAIT)
         .build()
