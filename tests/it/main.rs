@@ -12,6 +12,7 @@ mod disk;
 mod dlq;
 mod examples;
 mod flow;
+mod golden;
 mod hostile;
 mod ids;
 mod isolation;

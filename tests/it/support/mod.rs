@@ -16,6 +16,7 @@ pub mod raw;
 pub mod receiver;
 pub mod sign;
 pub mod tools;
+pub mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ pub use binary::Eddy;
 pub use browser::Browser;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
+pub use wait::eventually;
 
 /// The bootstrap API key of every test server: `mr_live_` and 40 alphanumerics.
 pub const KEY: &str = "mr_live_0123456789abcdefghijABCDEFGHIJ0123456789";
