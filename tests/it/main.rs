@@ -25,5 +25,6 @@ mod ssrf;
 mod streaming;
 mod support;
 mod sync;
+mod tidy;
 mod validation;
 mod wire;
