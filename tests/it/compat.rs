@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::support::receiver::Received;
 use crate::support::tools::node_json;
-use crate::support::{Browser, Callback, KEY, Phoenix, Receiver, WAIT, headphones, start};
+use crate::support::{
+    Browser, Callback, KEY, Phoenix, Receiver, eventually, headphones, ok_if, start,
+};
 
 /// Data that JavaScript prints back differently from how Rust, Python or a model write
 /// it: integer-like keys out of order, `1.0`, tiny, huge and big numbers, `-0`, a double
@@ -345,18 +347,11 @@ async fn ws_token_decodes_as_the_sdk_decodes_it() {
         .await;
     assert_eq!(status, 200, "{fresh}");
     let short = text(&fresh, "ws_token");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually("the SDK to see the token expired", async || {
         let decoded = node_json("modelriver.mjs", "token", &json!({ "token": short })).await;
-        if decoded["expired"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never expired: {decoded}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        ok_if(decoded["expired"] == true, decoded)
+    })
+    .await;
     let refused = Phoenix::connect(&text(&fresh, "websocket_url"), &short).await;
     assert!(refused.is_err(), "an expired token is refused");
 }

@@ -2,7 +2,7 @@
 //! secret rotation, and how timeouts, redirects and `Retry-After` are treated.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -68,20 +68,16 @@ async fn endpoints_receive_only_their_events() {
         second[0].header("webhook-id"),
         "each endpoint has its own delivery"
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let view = server.request(channel).await;
-        let deliveries = view["deliveries"].as_array().unwrap();
-        assert_eq!(deliveries.len(), 2, "{view:#}");
-        if deliveries.iter().all(|d| d["status"] == "delivered") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries never settled: {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let view = server
+        .wait_for_view(channel, "both deliveries delivered", |view| {
+            view["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "delivered")
+        })
+        .await;
+    assert_eq!(view["deliveries"].as_array().unwrap().len(), 2, "{view:#}");
     assert!(
         other.received().is_empty(),
         "review_complete endpoint got a delivery"
@@ -295,20 +291,15 @@ async fn private_webhook_urls_are_refused_by_default() {
     }
     // Requests that were accepted must settle without the receiver hearing of them.
     for channel in &channels {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let view = server.request(channel).await;
-            let settled = view["deliveries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|d| d["status"] != "pending");
-            if settled && view["status"] != "pending" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never settled: {view:#}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let settled = |view: &Value| {
+            view["status"] != "pending"
+                && view["deliveries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["status"] != "pending")
+        };
+        server.wait_for_view(channel, "settled", settled).await;
     }
     let hit: BTreeSet<String> = receiver
         .received()

@@ -6,11 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, WAIT, seed_request, start};
+use crate::support::{Callback, KEY, Receiver, TestServer, eventually, ok_if, seed_request, start};
 
 /// A tmpfs of `mib` MiB mounted on a new temporary directory, unmounted on drop.
 struct SmallDisk {
@@ -92,19 +91,8 @@ async fn full_disk_refuses_new_work_and_recovers() {
     receiver.wait_for(5).await;
 
     let filler = disk.fill(8 << 20);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server
-            .post("/v1/ai/async", seed_request("content_generator"))
-            .await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refusal =
+        refused_on_a_full_disk(&server, &mut accepted, || seed_request("content_generator")).await;
     assert_eq!(refusal["error"]["code"], "unavailable");
     assert!(
         refusal["error"]["message"]
@@ -124,21 +112,36 @@ async fn full_disk_refuses_new_work_and_recovers() {
     }
 
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let accepted = eventually("requests to be accepted again", async || {
         let (status, body) = server
             .post("/v1/ai/async", seed_request("content_generator"))
             .await;
-        if status == 200 {
-            server
-                .wait_for_status(body["channel_id"].as_str().unwrap(), "completed")
-                .await;
-            break;
+        assert!(status == 200 || status == 503, "{status} {body}");
+        ok_if(status == 200, body)
+    })
+    .await;
+    server
+        .wait_for_status(accepted["channel_id"].as_str().unwrap(), "completed")
+        .await;
+}
+
+/// Sends `request()` until the server refuses one with 503 (the disk is full); returns
+/// that refusal. The requests accepted until then go into `accepted`.
+async fn refused_on_a_full_disk(
+    server: &TestServer,
+    accepted: &mut Vec<String>,
+    request: impl Fn() -> Value,
+) -> Value {
+    eventually("a request refused on a full disk", async || {
+        let (status, body) = server.post("/v1/ai/async", request()).await;
+        if status == 503 {
+            return Ok(body);
         }
-        assert_eq!(status, 503, "{body}");
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert_eq!(status, 200, "{body}");
+        accepted.push(body["channel_id"].as_str().unwrap().to_string());
+        Err(accepted.len())
+    })
+    .await
 }
 
 /// A workflow in test mode that answers after 10 minutes: its requests stay pending, so
@@ -268,16 +271,7 @@ async fn a_full_disk_error_heals_once_space_returns() {
         accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
     }
     let filler = disk.fill(0);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server.post("/v1/ai/async", hold_request(100_000)).await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-    };
+    let refusal = refused_on_a_full_disk(&server, &mut accepted, || hold_request(100_000)).await;
     assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");
     let health = wait_for_health(&server, 503).await;
     assert_eq!(health["store"]["writable"], false, "{health}");
@@ -293,21 +287,16 @@ async fn a_full_disk_error_heals_once_space_returns() {
 }
 
 /// Polls `/healthz` until it answers `status`; returns its body.
-async fn wait_for_health(server: &crate::support::TestServer, status: u16) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+async fn wait_for_health(server: &TestServer, status: u16) -> Value {
+    eventually(&format!("/healthz to answer {status}"), async || {
         let reply = server
             .call(reqwest::Method::GET, "/healthz", None, None, &[])
             .await;
         if reply.status == status {
-            return reply.json;
+            Ok(reply.json)
+        } else {
+            Err((reply.status, reply.json))
         }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz stayed {} {}",
-            reply.status,
-            reply.json
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }

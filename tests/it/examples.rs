@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::compat::awkward;
 use crate::support::tools::{npm_ci, pip_install, venv_python};
-use crate::support::{Browser, KEY, TestServer, WAIT, http_client, start};
+use crate::support::{Api, Browser, KEY, TestServer, WAIT, http_client, start};
 
 #[derive(Clone, Copy)]
 enum Example {
@@ -155,21 +155,22 @@ async fn drive(example: Example, name: &str) {
 
     // The backend calls back before it answers the webhook, so the attempt may be
     // recorded after the request completed.
-    let deadline = std::time::Instant::now() + WAIT;
-    let (view, attempts) = loop {
-        let view = server.wait_for_status(&channel, "completed").await;
-        let attempts: Vec<Value> = view["timeline"]
-            .as_array()
-            .expect("timeline")
+    let attempted = |view: &Value| {
+        Api::timeline_types(view)
             .iter()
-            .filter(|s| s["type"] == "webhook_attempt")
-            .cloned()
-            .collect();
-        if !attempts.is_empty() || std::time::Instant::now() > deadline {
-            break (view, attempts);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            .any(|t| t == "webhook_attempt")
     };
+    let view = server
+        .wait_for_view(&channel, "completed, its attempt recorded", |view| {
+            view["status"] == "completed" && attempted(view)
+        })
+        .await;
+    let attempts: Vec<&Value> = view["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter(|s| s["type"] == "webhook_attempt")
+        .collect();
     assert_eq!(attempts.len(), 1, "verified the first time: {attempts:?}");
     assert_eq!(attempts[0]["http_status"], 200);
     assert_eq!(view["event_name"], "webhook_received");

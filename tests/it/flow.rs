@@ -556,15 +556,11 @@ async fn callback_before_the_webhook_answer_is_accepted() {
     assert_eq!(status, 200, "{reply}");
     server.wait_for_status(&channel_id, "completed").await;
     // Once the delayed 2xx is recorded, the request is still completed.
-    let deadline = std::time::Instant::now() + WAIT;
-    let view = loop {
-        let view = server.request(&channel_id).await;
-        if view["deliveries"][0]["status"] == "delivered" {
-            break view;
-        }
-        assert!(std::time::Instant::now() < deadline, "{view:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let view = server
+        .wait_for_view(&channel_id, "the delayed 2xx recorded", |view| {
+            view["deliveries"][0]["status"] == "delivered"
+        })
+        .await;
     assert_eq!(view["status"], "completed", "{view:#}");
     let mut socket = server.join(&ticket).await;
     let push = socket.next_push(WAIT).await;

@@ -1,12 +1,10 @@
 //! A client of eddy's HTTP API with the helpers tests share: authorized JSON calls,
 //! setting up the seed's resources, polling a request's status, joining its channel.
 
-use std::time::{Duration, Instant};
-
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Phoenix, Reply, WAIT, headphones, merge};
+use super::{Phoenix, Reply, eventually, headphones, merge};
 
 /// Talks to one eddy at `base` with bearer `key`.
 #[derive(Clone)]
@@ -148,18 +146,23 @@ impl Api {
     /// Polls the request until its status is `status`; panics with the last view after
     /// the wait.
     pub async fn wait_for_status(&self, channel: &str, status: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        self.wait_for_view(channel, status, |view| view["status"] == status)
+            .await
+    }
+
+    /// Polls the request's console view until `done(view)`; returns that view, or panics
+    /// with `what` and the last view after the wait.
+    pub async fn wait_for_view(
+        &self,
+        channel: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(&format!("request {channel}: {what}"), async || {
             let view = self.request(channel).await;
-            if view["status"] == status {
-                return view;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "request {channel} never reached {status}: {view:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if done(&view) { Ok(view) } else { Err(view) }
+        })
+        .await
     }
 
     /// A Phoenix client joined on the ticket's channel with the ticket's token.

@@ -19,7 +19,7 @@ pub mod tools;
 pub mod wait;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ pub use binary::Eddy;
 pub use browser::Browser;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
-pub use wait::eventually;
+pub use wait::{eventually, ok_if, poll};
 
 /// The bootstrap API key of every test server: `mr_live_` and 40 alphanumerics.
 pub const KEY: &str = "mr_live_0123456789abcdefghijABCDEFGHIJ0123456789";
@@ -143,17 +143,10 @@ impl TestServer {
     async fn launch_on(&mut self, listener: TcpListener) {
         let addr = listener.local_addr().expect("local addr");
         // sled releases its lock on drop; a store just closed may hold it for a moment.
-        let deadline = Instant::now() + WAIT;
-        let server = loop {
-            match eddy::Server::open(self.config.clone()).await {
-                Ok(server) => break server,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("store not ready yet ({e}), retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot open the store: {e}"),
-            }
-        };
+        let server = eventually("the store to open", async || {
+            eddy::Server::open(self.config.clone()).await
+        })
+        .await;
         let server = match self.config.metrics_listen {
             Some(addr) => {
                 let metrics = TcpListener::bind(addr).await.expect("bind metrics");
@@ -216,17 +209,10 @@ impl TestServer {
             .expect("base is http://IP:PORT");
         self.shutdown().await;
         self.api.http = http_client();
-        let deadline = Instant::now() + WAIT;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("port {addr} not free yet ({e}), retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot bind {addr} again: {e}"),
-            }
-        };
+        let listener = eventually(&format!("port {addr} to be free again"), async || {
+            TcpListener::bind(addr).await
+        })
+        .await;
         self.launch_on(listener).await;
     }
 }

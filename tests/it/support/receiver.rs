@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::WAIT;
 use super::log::Log;
+use super::{WAIT, poll};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -311,31 +311,26 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .unwrap_or_default()
         .to_string();
     // Like a real backend, keep calling back while eddy cannot be reached (restarting).
-    let deadline = Instant::now() + WAIT;
-    let (status, reply) = loop {
-        let result = inner
-            .http
+    let body = serde_json::to_vec(&sent).expect("json");
+    // The probe owns what it uses (a task spawned with a borrowing probe is not `Send`).
+    let http = inner.http.clone();
+    let answered = poll(WAIT, move || {
+        let request = http
             .post(&url)
             .bearer_auth(&key)
             .header("content-type", "application/json")
-            .body(serde_json::to_vec(&sent).expect("json"))
-            .send()
-            .await;
-        match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap_or_default();
-                break (
-                    status,
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                );
-            }
-            Err(e) if Instant::now() > deadline => {
-                break (0, json!({"transport_error": e.to_string()}));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            .body(body.clone());
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let reply = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Ok::<_, reqwest::Error>((status, reply))
         }
-    };
+    })
+    .await;
+    let (status, reply) =
+        answered.unwrap_or_else(|e| (0, json!({"transport_error": e.to_string()})));
     inner.callbacks.push(CallbackResult {
         channel_id,
         sent,

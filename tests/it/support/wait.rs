@@ -42,18 +42,14 @@ pub async fn poll<T, S>(
 /// Waits up to [`WAIT`] for `probe` to answer `Ok`; returns its value. Panics naming
 /// `what` and showing the last thing seen.
 pub async fn eventually<T, S: Debug>(what: &str, probe: impl AsyncFnMut() -> Result<T, S>) -> T {
-    eventually_within(what, WAIT, probe).await
+    match poll(WAIT, probe).await {
+        Ok(value) => value,
+        Err(seen) => panic!("timed out after {WAIT:?} waiting for {what}; last seen: {seen:#?}"),
+    }
 }
 
-/// [`eventually`] with its own deadline, for waits that are long by design (a crash
-/// loop's recovery).
-pub async fn eventually_within<T, S: Debug>(
-    what: &str,
-    within: Duration,
-    probe: impl AsyncFnMut() -> Result<T, S>,
-) -> T {
-    match poll(within, probe).await {
-        Ok(value) => value,
-        Err(seen) => panic!("timed out after {within:?} waiting for {what}; last seen: {seen:#?}"),
-    }
+/// A probe's answer from a condition: `Ok(value)` when `done`, else `Err(value)`, what
+/// was seen instead.
+pub fn ok_if<T>(done: bool, value: T) -> Result<T, T> {
+    if done { Ok(value) } else { Err(value) }
 }
