@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::sign::{assert_signed, seed_signature, standard_signature};
-use crate::support::{Api, Receiver, TestServer, WAIT, seed_request, start};
+use crate::support::{Api, Receiver, TestServer, WAIT, seed_request, start, start_with_receiver};
 
 /// A standard (no `event_name`) testing workflow called `summarizer`.
 async fn standard_workflow(server: &TestServer) {
@@ -19,12 +19,12 @@ async fn standard_workflow(server: &TestServer) {
 }
 
 /// The `(attempt, http_status, error)` of every webhook attempt on a request's timeline.
-fn attempts(view: &Value) -> Vec<(u64, Option<u64>, Option<String>)> {
-    view["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["type"] == "webhook_attempt")
+type Attempts = Vec<(u64, Option<u64>, Option<String>)>;
+
+/// The [`Attempts`] on a request view's timeline.
+fn attempts(view: &Value) -> Attempts {
+    Api::steps(view, "webhook_attempt")
+        .into_iter()
         .map(|s| {
             (
                 s["attempt"].as_u64().unwrap(),
@@ -33,6 +33,19 @@ fn attempts(view: &Value) -> Vec<(u64, Option<u64>, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// Sends one request of a standard workflow delivering to `receiver` and waits until it
+/// completes; returns its view and its webhook attempts.
+async fn one_standard_request(server: &TestServer, receiver: &Receiver) -> (Value, Attempts) {
+    standard_workflow(server).await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("summarizer")).await;
+    let view = server
+        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
+        .await;
+    let attempts = attempts(&view);
+    (view, attempts)
 }
 
 /// An endpoint receives a workflow's deliveries only if its `events` is empty or names the
@@ -120,14 +133,7 @@ async fn rotated_secret_signs_with_both() {
     let receiver = Receiver::start().await;
     standard_workflow(&server).await;
     let (endpoint, old) = server.register_webhook(&receiver.url).await;
-    let (status, rotated) = server
-        .post(
-            &format!("/console/webhooks/{endpoint}/rotate-secret"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["secret"].as_str().unwrap().to_string();
+    let new = server.rotate_secret(&endpoint).await;
     assert_ne!(new, old);
     let ticket = server.send_async(seed_request("summarizer")).await;
     let hooks = receiver.wait_for(1).await;
@@ -156,13 +162,7 @@ async fn slow_receiver_times_out_and_is_retried() {
     let server = start(|c| c.webhook_timeout = Duration::from_millis(300)).await;
     let receiver = Receiver::start().await;
     receiver.script_delays(&[Duration::from_secs(3)]);
-    standard_workflow(&server).await;
-    server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("summarizer")).await;
-    let view = server
-        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
-        .await;
-    let attempts = attempts(&view);
+    let (view, attempts) = one_standard_request(&server, &receiver).await;
     assert_eq!(attempts.len(), 2, "{view:#}");
     assert_eq!(attempts[0].0, 1);
     assert_eq!(attempts[0].1, None, "{view:#}");
@@ -185,13 +185,7 @@ async fn redirects_are_not_followed() {
     let elsewhere = Receiver::start().await;
     receiver.script(&[302]);
     receiver.add_response_header("location", &elsewhere.url);
-    standard_workflow(&server).await;
-    server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("summarizer")).await;
-    let view = server
-        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
-        .await;
-    let attempts = attempts(&view);
+    let (view, attempts) = one_standard_request(&server, &receiver).await;
     assert_eq!(attempts.len(), 2, "{view:#}");
     assert_eq!((attempts[0].0, attempts[0].1), (1, Some(302)));
     assert_eq!((attempts[1].0, attempts[1].1), (2, Some(200)));
@@ -229,15 +223,13 @@ async fn retry_after_is_honoured_within_twice_the_delay() {
 /// `ai_failed`, pushed to the browser; an event-driven workflow sends no webhook then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_failure_pushes_ai_failed() {
-    let server = start(|_| {}).await;
-    let receiver = Receiver::start().await;
+    let (server, receiver) = start_with_receiver(|_| {}).await;
     server
         .create_workflow(json!({
             "name": "live", "event_name": "content_ready",
             "provider": "openai", "model": "gpt-4o"
         }))
         .await;
-    server.register_webhook(&receiver.url).await;
     let ticket = server.send_async(seed_request("live")).await;
     let mut socket = server.join(&ticket).await;
     let error = socket.push_with_status("error").await;

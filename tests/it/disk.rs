@@ -9,7 +9,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, TestServer, eventually, ok_if, seed_request, start};
+use crate::support::{
+    Callback, KEY, Receiver, TestServer, eventually, holding_workflow, message_request, ok_if,
+    seed_request, start,
+};
 
 /// A tmpfs of `mib` MiB mounted on a new temporary directory, unmounted on drop.
 struct SmallDisk {
@@ -144,21 +147,27 @@ async fn refused_on_a_full_disk(
     .await
 }
 
-/// A workflow in test mode that answers after 10 minutes: its requests stay pending, so
-/// the store does nothing in the background.
-async fn holding_workflow(api: &crate::support::Api) {
-    let (status, body) = api
-        .post(
-            "/console/workflow",
-            json!({"name": "hold", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+/// A server on a store at `data` without a free-space reserve (the disk's own limit is
+/// met first), with the `hold` workflow and five small requests accepted, by channel id.
+async fn holding_five(data: &Path) -> (TestServer, Vec<String>) {
+    let data = data.to_path_buf();
+    let server = start(|c| {
+        c.data = data;
+        c.min_free_bytes = 0;
+    })
+    .await;
+    server.create_workflow(holding_workflow("hold")).await;
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        let ticket = server.send_async(hold_request(1000)).await;
+        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
+    }
+    (server, accepted)
 }
 
-fn hold_request(bytes: usize) -> serde_json::Value {
-    json!({"workflow": "hold", "messages": [{"role": "user", "content": "x".repeat(bytes)}]})
+/// A request of the `hold` workflow (see [`holding_workflow`]) with `bytes` of message.
+fn hold_request(bytes: usize) -> Value {
+    message_request("hold", &"x".repeat(bytes))
 }
 
 /// The sequence of issue 16: start on a small disk, accept requests, stop, fill the disk,
@@ -170,17 +179,7 @@ fn hold_request(bytes: usize) -> serde_json::Value {
 async fn a_start_on_a_full_disk_does_not_break_the_store() {
     let disk = SmallDisk::mount(64);
     let data = disk.path().join("store");
-    let mut server = start(|c| {
-        c.data = data.clone();
-        c.min_free_bytes = 0;
-    })
-    .await;
-    holding_workflow(&server).await;
-    let mut accepted = Vec::new();
-    for _ in 0..5 {
-        let ticket = server.send_async(hold_request(1000)).await;
-        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
-    }
+    let (mut server, accepted) = holding_five(&data).await;
     server.shutdown().await;
 
     // However little room is left (0 to 256 KiB, in 4 KiB steps), a start that fails
@@ -235,7 +234,7 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_snapshot_is_cleared_at_start() {
     let mut server = start(|_| {}).await;
-    holding_workflow(&server).await;
+    server.create_workflow(holding_workflow("hold")).await;
     let ticket = server.send_async(hold_request(100)).await;
     let channel = ticket["channel_id"].as_str().unwrap().to_string();
     server.shutdown().await;
@@ -259,17 +258,7 @@ async fn an_incomplete_snapshot_is_cleared_at_start() {
 async fn a_full_disk_error_heals_once_space_returns() {
     let disk = SmallDisk::mount(64);
     let data = disk.path().join("store");
-    let server = start(|c| {
-        c.data = data.clone();
-        c.min_free_bytes = 0;
-    })
-    .await;
-    holding_workflow(&server).await;
-    let mut accepted = Vec::new();
-    for _ in 0..5 {
-        let ticket = server.send_async(hold_request(1000)).await;
-        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
-    }
+    let (server, mut accepted) = holding_five(&data).await;
     let filler = disk.fill(0);
     let refusal = refused_on_a_full_disk(&server, &mut accepted, || hold_request(100_000)).await;
     assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");

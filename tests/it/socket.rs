@@ -8,14 +8,13 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::phoenix::Closed;
-use crate::support::{Phoenix, Receiver, TestServer, WAIT, eventually, ok_if, seed_request, start};
+use crate::support::{
+    Phoenix, Receiver, TestServer, WAIT, eventually, ok_if, seed_request, seeded, start,
+};
 
 /// A server with the seed's workflow and endpoint, and one accepted request's ticket.
 async fn with_ticket(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver, Value) {
-    let server = start(tweak).await;
-    let receiver = Receiver::start().await;
-    server.event_workflow("content_generator", json!({})).await;
-    server.register_webhook(&receiver.url).await;
+    let (server, receiver) = seeded(tweak).await;
     let ticket = server.send_async(seed_request("content_generator")).await;
     (server, receiver, ticket)
 }

@@ -48,18 +48,15 @@ pub fn channel(text: &str) -> [u8; 16] {
         .as_bytes()
 }
 
-/// The state each request is in, by id.
-pub const STATES: [State; REQUESTS] = [
-    State::Pending,
-    State::Generated,
-    State::Delivered,
-    State::Callback,
-    State::Completed,
-    State::Failed(Failure::AiFailed),
-    State::Failed(Failure::WebhookExhausted),
-    State::Failed(Failure::CallbackError),
-    State::Failed(Failure::CallbackTimeout),
-];
+/// The state request `n` is in: each state in turn, then failed for each reason.
+pub fn state(n: usize) -> State {
+    use Failure::{AiFailed, CallbackError, CallbackTimeout, WebhookExhausted};
+    use State::{Callback, Completed, Delivered, Generated, Pending};
+    match n {
+        0..5 => [Pending, Generated, Delivered, Callback, Completed][n],
+        _ => State::Failed([AiFailed, WebhookExhausted, CallbackError, CallbackTimeout][n - 5]),
+    }
+}
 
 /// JSON text of `len` bytes: big enough to live in `bodies` past 4 KiB.
 fn big_json(field: &str, len: usize) -> String {
@@ -140,7 +137,7 @@ pub fn requests(ids: &[(u64, [u8; 16])]) -> Vec<Request> {
         customer_data: r#"{"product_id":"prod_123","category":"electronics"}"#.into(),
         webhook_url: None,
         test_mode: false,
-        state: STATES[n],
+        state: state(n),
         created_ms: T0 + n as u64,
         updated_ms: T0 + 1_000,
         due_ms: None,
@@ -240,7 +237,7 @@ pub fn requests(ids: &[(u64, [u8; 16])]) -> Vec<Request> {
 /// The timeline of request `n` as it is appended: a batch is one write (one merge).
 pub fn timeline(n: usize) -> Vec<Vec<(u64, Step)>> {
     let at = |k: u64| T0 + 100 * k;
-    let transition = |k: u64| (at(k), Step::Transition { state: STATES[n] });
+    let transition = |k: u64| (at(k), Step::Transition { state: state(n) });
     let attempt = |k: u64, status: u16| {
         let failed = status >= 300;
         let step = Step::WebhookAttempt {

@@ -136,6 +136,22 @@ impl Api {
         ticket
     }
 
+    /// `POST /v1/callback/{channel}`, as the backend calls back.
+    pub async fn callback(&self, channel: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("/v1/callback/{channel}"), body).await
+    }
+
+    /// Rotates an endpoint's signing secret; returns the new one.
+    pub async fn rotate_secret(&self, endpoint: &str) -> String {
+        let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+        let (status, rotated) = self.post(&path, json!({})).await;
+        assert_eq!(status, 200, "rotate-secret: {rotated}");
+        rotated["secret"]
+            .as_str()
+            .expect("the new secret")
+            .to_string()
+    }
+
     /// `GET /console/requests/{channel}` that must succeed.
     pub async fn request(&self, channel: &str) -> Value {
         let (status, body) = self.get(&format!("/console/requests/{channel}")).await;
@@ -179,6 +195,16 @@ impl Api {
         let reply = socket.join(topic).await;
         assert_eq!(reply["status"], "ok", "join reply: {reply}");
         socket
+    }
+
+    /// The entries of a request view's timeline of type `kind`, in order.
+    pub fn steps<'a>(view: &'a Value, kind: &str) -> Vec<&'a Value> {
+        view["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .filter(|s| s["type"] == kind)
+            .collect()
     }
 
     /// The `type`s of a request view's timeline, in order.

@@ -233,6 +233,65 @@ impl Drop for TestServer {
     }
 }
 
+/// A server (see [`start`]) and a [`Receiver`] registered as its webhook endpoint.
+pub async fn start_with_receiver(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver) {
+    let server = start(tweak).await;
+    let receiver = Receiver::start().await;
+    server.register_webhook(&receiver.url).await;
+    (server, receiver)
+}
+
+/// The seed's setup: [`start_with_receiver`] and the event-driven testing workflow
+/// `content_generator` (see [`Api::event_workflow`]).
+pub async fn seeded(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver) {
+    let (server, receiver) = start_with_receiver(tweak).await;
+    server.event_workflow("content_generator", json!({})).await;
+    (server, receiver)
+}
+
+/// A test-mode workflow `name` that answers after ten minutes: its requests stay pending,
+/// so nothing happens in the background while a test looks at the store.
+pub fn holding_workflow(name: &str) -> Value {
+    json!({"name": name, "provider": "testing", "model": "test-mode",
+           "mode": "testing", "response_delay_ms": 600_000})
+}
+
+/// An async request body for `workflow` with one user message `content`.
+pub fn message_request(workflow: &str, content: &str) -> Value {
+    json!({"workflow": workflow, "messages": [{"role": "user", "content": content}]})
+}
+
+/// A header as text; panics if it is missing.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} is missing"))
+        .to_str()
+        .expect("header is text")
+}
+
+/// A string field of a JSON object; panics naming the field if it is missing.
+pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {value}"))
+}
+
+/// Asserts that the JSON object `value` has exactly the fields `names` (space-separated,
+/// in any order).
+pub fn assert_fields(value: &Value, names: &str) {
+    let mut fields: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    let mut expected: Vec<&str> = names.split_whitespace().collect();
+    expected.sort_unstable();
+    assert_eq!(fields, expected, "{value}");
+}
+
 /// Shallow merge of object `extra` into object `into`.
 pub fn merge(into: &mut Value, extra: Value) {
     if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
@@ -267,6 +326,45 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+/// A fake server (a webhook receiver, a model API) on its own port: its `state`, served by
+/// [`serve_http`] until this is dropped. Derefs to the state.
+pub struct FakeServer<S> {
+    state: Arc<S>,
+    pub addr: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl<S: Send + Sync + 'static> FakeServer<S> {
+    /// Serves `state` on `listener`, answering each request with `handle(state, request)`.
+    pub fn on<F, Fut, B>(listener: TcpListener, state: S, handle: F) -> FakeServer<S>
+    where
+        F: Fn(Arc<S>, hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+        Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let addr = listener.local_addr().expect("fake server address");
+        let state = Arc::new(state);
+        let task = tokio::spawn(serve_http(listener, state.clone(), handle));
+        FakeServer { state, addr, task }
+    }
+}
+
+impl<S> std::ops::Deref for FakeServer<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.state
+    }
+}
+
+impl<S> Drop for FakeServer<S> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Serves HTTP/1 on `listener` until the task is dropped, answering each request with

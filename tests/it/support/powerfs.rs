@@ -124,6 +124,11 @@ impl Shared {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the regular file `ino`, under the lock; a directory has no data.
+    fn on_file<T>(&self, ino: INodeNo, f: impl FnOnce(&mut File) -> T) -> Result<T, Errno> {
+        self.lock().file(ino.0).map(f).ok_or(Errno::EISDIR)
+    }
+
     fn reply_entry(&self, ino: Option<u64>, reply: ReplyEntry) {
         match ino.and_then(|ino| self.lock().attr(ino)) {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -265,13 +270,15 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let start = (offset as usize).min(file.data.len());
-        let end = (start + size as usize).min(file.data.len());
-        reply.data(&file.data[start..end]);
+        let read = self.on_file(ino, |file| {
+            let start = (offset as usize).min(file.data.len());
+            let end = (start + size as usize).min(file.data.len());
+            file.data[start..end].to_vec()
+        });
+        match read {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn write(
@@ -286,18 +293,20 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let end = offset as usize + data.len();
-        if file.data.len() < end {
-            file.data.resize(end, 0);
+        let written = self.on_file(ino, |file| {
+            let end = offset as usize + data.len();
+            if file.data.len() < end {
+                file.data.resize(end, 0);
+            }
+            file.data[offset as usize..end].copy_from_slice(data);
+            file.dirty
+                .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
+            data.len() as u32
+        });
+        match written {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
         }
-        file.data[offset as usize..end].copy_from_slice(data);
-        file.dirty
-            .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
-        reply.written(data.len() as u32);
     }
 
     fn flush(
@@ -319,8 +328,8 @@ impl Filesystem for Shared {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut state = self.lock();
-        if let Some(file) = state.file(ino.0) {
+        // A directory's entries are synced by `fsyncdir`.
+        let _ = self.on_file(ino, |file| {
             let len = file.data.len();
             file.durable.resize(len, 0);
             for page in std::mem::take(&mut file.dirty) {
@@ -328,7 +337,7 @@ impl Filesystem for Shared {
                 let end = (start + PAGE as usize).min(len);
                 file.durable[start..end].copy_from_slice(&file.data[start..end]);
             }
-        }
+        });
         reply.ok();
     }
 
