@@ -30,7 +30,7 @@ use eddy::store::{Claim, Cursor, LogQuery, Store, Summary};
 use tokio::sync::OnceCell;
 
 use crate::support::eventually;
-use scenario::{CatalogEntries, REQUESTS, T0, channel, project};
+use scenario::{CatalogEntries, ChannelId, REQUESTS, T0, channel, channel_text, project};
 
 /// Every entry of a store: (tree, key) → value.
 type Dump = BTreeMap<(String, Vec<u8>), Vec<u8>>;
@@ -39,7 +39,7 @@ type Dump = BTreeMap<(String, Vec<u8>), Vec<u8>>;
 #[derive(Debug, Clone, PartialEq)]
 struct PublicIds {
     /// Each request's id and channel id, by scenario index.
-    requests: Vec<(u64, [u8; 16])>,
+    requests: Vec<(u64, ChannelId)>,
     /// The dead letters' ids, oldest first.
     dead_letters: Vec<String>,
     /// The list cursor just after request 4.
@@ -328,7 +328,7 @@ async fn write_scenario(dir: &Path, known: Option<&PublicIds>) -> PublicIds {
         db.flush().unwrap();
     }
     let store = open_store(dir).await;
-    let requests: Vec<(u64, [u8; 16])> = (0..REQUESTS)
+    let requests: Vec<(u64, ChannelId)> = (0..REQUESTS)
         .map(|n| match known {
             None => store.new_request_id().unwrap(),
             Some(ids) => (store.next_id().unwrap(), ids.requests[n].1),
@@ -501,7 +501,7 @@ fn bless(dump: &Dump, ids: &PublicIds) {
     let mut text =
         String::from("# The public ids of tests/golden/store, written with it by EDDY_BLESS=1.\n");
     for (id, channel) in &ids.requests {
-        text += &format!("request {id} {}\n", uuid::Uuid::from_bytes(*channel));
+        text += &format!("request {id} {}\n", channel_text(channel));
     }
     for id in &ids.dead_letters {
         text += &format!("dead_letter {id}\n");
