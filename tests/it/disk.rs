@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, TestServer, WAIT, seed_request, start};
+use crate::support::{
+    Callback, KEY, Receiver, TestServer, eventually, holding_workflow, message_request, ok_if,
+    seed_request, start,
+};
 
 /// A tmpfs of `mib` MiB mounted on a new temporary directory, unmounted on drop.
 struct SmallDisk {
@@ -92,19 +94,8 @@ async fn full_disk_refuses_new_work_and_recovers() {
     receiver.wait_for(5).await;
 
     let filler = disk.fill(8 << 20);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server
-            .post("/v1/ai/async", seed_request("content_generator"))
-            .await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refusal =
+        refused_on_a_full_disk(&server, &mut accepted, || seed_request("content_generator")).await;
     assert_eq!(refusal["error"]["code"], "unavailable");
     assert!(
         refusal["error"]["message"]
@@ -124,34 +115,36 @@ async fn full_disk_refuses_new_work_and_recovers() {
     }
 
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let accepted = eventually("requests to be accepted again", async || {
         let (status, body) = server
             .post("/v1/ai/async", seed_request("content_generator"))
             .await;
-        if status == 200 {
-            server
-                .wait_for_status(body["channel_id"].as_str().unwrap(), "completed")
-                .await;
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert!(status == 200 || status == 503, "{status} {body}");
+        ok_if(status == 200, body)
+    })
+    .await;
+    server
+        .wait_for_status(accepted["channel_id"].as_str().unwrap(), "completed")
+        .await;
 }
 
-/// A workflow in test mode that answers after 10 minutes: its requests stay pending, so
-/// the store does nothing in the background.
-async fn holding_workflow(api: &crate::support::Api) {
-    let (status, body) = api
-        .post(
-            "/console/workflow",
-            json!({"name": "hold", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+/// Sends `request()` until the server refuses one with 503 (the disk is full); returns
+/// that refusal. The requests accepted until then go into `accepted`.
+async fn refused_on_a_full_disk(
+    server: &TestServer,
+    accepted: &mut Vec<String>,
+    request: impl Fn() -> Value,
+) -> Value {
+    eventually("a request refused on a full disk", async || {
+        let (status, body) = server.post("/v1/ai/async", request()).await;
+        if status == 503 {
+            return Ok(body);
+        }
+        assert_eq!(status, 200, "{body}");
+        accepted.push(body["channel_id"].as_str().unwrap().to_string());
+        Err(accepted.len())
+    })
+    .await
 }
 
 /// A server on a new 64 MiB disk without a reserve of free space (so a full disk meets
@@ -165,11 +158,11 @@ async fn on_a_small_disk(tweak: impl FnOnce(&mut eddy::Config)) -> (SmallDisk, T
         tweak(c);
     })
     .await;
-    holding_workflow(&server).await;
+    server.create_workflow(holding_workflow("hold")).await;
     (disk, server)
 }
 
-/// Five accepted requests that stay pending; their channel ids.
+/// Five accepted requests of the `hold` workflow (they stay pending); their channel ids.
 async fn hold_five(server: &TestServer) -> Vec<String> {
     let mut accepted = Vec::new();
     for _ in 0..5 {
@@ -179,8 +172,9 @@ async fn hold_five(server: &TestServer) -> Vec<String> {
     accepted
 }
 
-fn hold_request(bytes: usize) -> serde_json::Value {
-    json!({"workflow": "hold", "messages": [{"role": "user", "content": "x".repeat(bytes)}]})
+/// A request of the `hold` workflow (see [`holding_workflow`]) with `bytes` of message.
+fn hold_request(bytes: usize) -> Value {
+    message_request("hold", &"x".repeat(bytes))
 }
 
 /// The sequence of issue 16: start on a small disk, accept requests, stop, fill the disk,
@@ -247,7 +241,7 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_snapshot_is_cleared_at_start() {
     let mut server = start(|_| {}).await;
-    holding_workflow(&server).await;
+    server.create_workflow(holding_workflow("hold")).await;
     let ticket = server.send_async(hold_request(100)).await;
     let channel = ticket["channel_id"].as_str().unwrap().to_string();
     server.shutdown().await;
@@ -292,16 +286,7 @@ async fn fill_until_the_store_fails(
     accepted: &mut Vec<String>,
 ) -> PathBuf {
     let filler = disk.fill(0);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server.post("/v1/ai/async", hold_request(100_000)).await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-    };
+    let refusal = refused_on_a_full_disk(server, accepted, || hold_request(100_000)).await;
     assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");
     let health = wait_for_health(server, 503).await;
     assert_eq!(health["store"]["writable"], false, "{health}");
@@ -344,21 +329,16 @@ async fn a_delete_the_store_refused_leaves_the_resource_in_place() {
 }
 
 /// Polls `/healthz` until it answers `status`; returns its body.
-async fn wait_for_health(server: &TestServer, status: u16) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+async fn wait_for_health(server: &TestServer, status: u16) -> Value {
+    eventually(&format!("/healthz to answer {status}"), async || {
         let reply = server
             .call(reqwest::Method::GET, "/healthz", None, None, &[])
             .await;
         if reply.status == status {
-            return reply.json;
+            Ok(reply.json)
+        } else {
+            Err((reply.status, reply.json))
         }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz stayed {} {}",
-            reply.status,
-            reply.json
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }

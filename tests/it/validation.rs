@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Receiver, Reply, TestServer, seed_request, start};
+use crate::support::{Receiver, Reply, TestServer, assert_fields, seed_request, seeded, start};
 
 /// Asserts `{"error": {"message", "type", "code"}}` with `status` and `code`; returns the
 /// message.
@@ -25,9 +25,7 @@ fn assert_error(reply: &Reply, status: u16, code: &str) -> String {
     let error = reply.json["error"]
         .as_object()
         .unwrap_or_else(|| panic!("no error envelope: {}", reply.json));
-    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["code", "message", "type"], "{}", reply.json);
+    assert_fields(&reply.json["error"], "code message type");
     assert_eq!(reply.json.as_object().unwrap().len(), 1, "{}", reply.json);
     assert_eq!(error["code"], code, "{}", reply.json);
     assert!(error["type"].as_str().is_some_and(|t| !t.is_empty()));
@@ -36,11 +34,7 @@ fn assert_error(reply: &Reply, status: u16, code: &str) -> String {
 
 /// A server with the seed's event workflow and a webhook endpoint, ready for requests.
 async fn ready() -> (TestServer, Receiver) {
-    let server = start(|_| {}).await;
-    let receiver = Receiver::start().await;
-    server.event_workflow("content_generator", json!({})).await;
-    server.register_webhook(&receiver.url).await;
-    (server, receiver)
+    seeded(|_| {}).await
 }
 
 async fn post_raw(server: &TestServer, path: &str, body: &[u8]) -> Reply {

@@ -154,6 +154,11 @@ impl Shared {
         });
     }
 
+    /// Runs `f` on the regular file `ino`, under the lock; a directory has no data.
+    fn on_file<T>(&self, ino: INodeNo, f: impl FnOnce(&mut File) -> T) -> Result<T, Errno> {
+        self.lock().file(ino.0).map(f).ok_or(Errno::EISDIR)
+    }
+
     fn reply_entry(&self, ino: Option<u64>, reply: ReplyEntry) {
         match ino.and_then(|ino| self.lock().attr(ino)) {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -295,13 +300,15 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let start = (offset as usize).min(file.data.len());
-        let end = (start + size as usize).min(file.data.len());
-        reply.data(&file.data[start..end]);
+        let read = self.on_file(ino, |file| {
+            let start = (offset as usize).min(file.data.len());
+            let end = (start + size as usize).min(file.data.len());
+            file.data[start..end].to_vec()
+        });
+        match read {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn write(
@@ -316,18 +323,20 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let end = offset as usize + data.len();
-        if file.data.len() < end {
-            file.data.resize(end, 0);
+        let written = self.on_file(ino, |file| {
+            let end = offset as usize + data.len();
+            if file.data.len() < end {
+                file.data.resize(end, 0);
+            }
+            file.data[offset as usize..end].copy_from_slice(data);
+            file.dirty
+                .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
+            data.len() as u32
+        });
+        match written {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
         }
-        file.data[offset as usize..end].copy_from_slice(data);
-        file.dirty
-            .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
-        reply.written(data.len() as u32);
     }
 
     fn flush(
