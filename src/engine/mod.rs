@@ -257,6 +257,13 @@ impl Engine {
             }
             Update::Missing => return Err(Error::NotFound("request".into())),
         };
+        // Counted now: once the record is in `Callback`, a scheduler round may finish it
+        // (it is due at once) before the commit below returns.
+        self.metrics.callback(if record.state == State::Callback {
+            "accepted"
+        } else {
+            "error"
+        });
         let step = match input {
             CallbackInput::Data { body, .. } => Step::CallbackReceived { body },
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
@@ -264,12 +271,6 @@ impl Engine {
         let steps = [(now, step), self.transition(&record, record.state, now)];
         self.store.append_steps(record.id, &steps)?;
         self.store.commit().await?;
-        let outcome = if record.state == State::Callback {
-            "accepted"
-        } else {
-            "error"
-        };
-        self.metrics.callback(outcome);
         if record.state == State::Callback {
             self.finish_callback(record.id).await;
         } else {
