@@ -32,6 +32,12 @@ use crate::store::Store;
 /// is next due, if ever.
 pub trait Work: Send + Sync + 'static {
     fn run(&self, id: u64, due_ms: u64) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>>;
+
+    /// Whether the work holds request `id` itself and will schedule it when it can go on
+    /// (a delivery parked in its endpoint's lane): the refill leaves it alone.
+    fn holds(&self, _id: u64) -> bool {
+        false
+    }
 }
 
 enum Command {
@@ -56,6 +62,16 @@ impl SchedulerHandle {
 /// The receiving half, given to [`spawn`] once the work is built.
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Command>,
+}
+
+#[cfg(test)]
+impl Inbox {
+    /// The next `(id, due_ms)` scheduled, if one is waiting.
+    pub fn try_next(&mut self) -> Option<(u64, u64)> {
+        match self.rx.try_recv().ok()? {
+            Command::Schedule(id, due) => Some((id, due)),
+        }
+    }
 }
 
 /// A handle and its inbox: the engine needs the handle before the scheduler can run it.
@@ -221,7 +237,11 @@ impl Wheel {
         };
         for (due, id) in entries {
             let known = self.timers.get(&id).is_some_and(|(_, d)| *d <= due);
-            if !known && !self.running.contains_key(&id) && !self.waiting.contains(&id) {
+            if !known
+                && !self.running.contains_key(&id)
+                && !self.waiting.contains(&id)
+                && !self.work.holds(id)
+            {
                 self.schedule(id, due);
             }
         }

@@ -5,14 +5,13 @@
 //!
 //! An attempt writes but never commits: what it recorded ([`Recorded`]) tells its driver
 //! whether the request moved, and the driver makes that durable before any effect of it
-//! (a failure's push). Admission (the endpoint's lane) is the driver's too, so another
-//! driver (per-lane queues) can run the same unit.
+//! (a failure's push). Admission (the endpoint's lane) is the driver's: an attempt is
+//! handed the lane's permit and gives it back as soon as the send is over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use super::lanes::Permit;
 use super::{callback_timeout_ms, jittered, transition};
 use crate::catalog::{Catalog, Endpoint};
 use crate::clock::now_ms;
@@ -67,11 +66,7 @@ struct Prepared {
 
 impl Ctx<'_> {
     /// Runs `attempt`, holding its lane's `permit` while it sends, and records it.
-    pub async fn run(
-        &self,
-        attempt: Attempt<'_>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Recorded> {
+    pub async fn run(&self, attempt: Attempt<'_>, permit: Permit) -> Result<Recorded> {
         let started = now_ms();
         let prepared = self.prepare(attempt, started);
         let outcome = match &prepared.secrets {

@@ -5,17 +5,18 @@
 //! that are due, each admitted by its endpoint's lane and run as a unit by `attempt`),
 //! records the outcome through `Store::update`, commits before any effect of it, and
 //! reads again, until nothing is due now. The return value is when the request is next
-//! due. Every round is safe to repeat: a duplicate timer re-reads the record and finds
-//! nothing to do, and a crash mid-round repeats at most the effect (a webhook with the
-//! same `webhook-id`, a push), never skips it.
-
-use std::time::Duration;
+//! due. A delivery whose lane is full is parked there (see `lanes`): the drive leaves it
+//! to the lane, which runs the request again when a slot frees. Every round is safe to
+//! repeat: a duplicate timer re-reads the record and finds nothing to do, and a crash
+//! mid-round repeats at most the effect (a webhook with the same `webhook-id`, a push),
+//! never skips it.
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use super::attempt::{Attempt, REQUEST_ENDPOINT, Recorded};
+use super::lanes::{Entry, LaneKey, Permit};
 use super::{Engine, model};
 use crate::clock::now_ms;
 use crate::error::Result;
@@ -27,8 +28,6 @@ use crate::store::Update;
 /// Rounds per `drive` call before handing back to the scheduler (a guard against a
 /// request that keeps being due without progress).
 const MAX_ROUNDS: usize = 16;
-/// How long an attempt waits for a permit of its endpoint's lane before it is deferred.
-const LANE_WAIT: Duration = Duration::from_millis(50);
 
 /// What a round did.
 enum Round {
@@ -36,25 +35,58 @@ enum Round {
     Again,
     /// Nothing is due now.
     Idle,
-    /// Deliveries are due but their endpoints' lanes are full: look again at this time.
-    Deferred(u64),
+    /// What is due now waits in full lanes, which run the request again in turn; the
+    /// rest is due at this time.
+    Parked(Option<u64>),
 }
 
-/// The lane of a delivery: its endpoint, or for a request's own `webhook_url` its host.
-fn lane_of(d: &Delivery) -> String {
-    if d.endpoint_id != REQUEST_ENDPOINT {
-        return d.endpoint_id.clone();
+/// The lane of a delivery: its endpoint, or for a request's own `webhook_url` its host;
+/// first attempts and retries apart.
+fn lane_of(d: &Delivery) -> LaneKey {
+    let endpoint = if d.endpoint_id != REQUEST_ENDPOINT {
+        d.endpoint_id.clone()
+    } else {
+        reqwest::Url::parse(&d.url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| d.url.clone())
+    };
+    LaneKey {
+        endpoint,
+        first_attempt: d.attempts == 0,
     }
-    reqwest::Url::parse(&d.url)
-        .ok()
-        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-        .unwrap_or_else(|| d.url.clone())
+}
+
+/// When `record` is next due after `now`, leaving out what is due now (parked in lanes).
+fn due_after(record: &Request, now: u64) -> Option<u64> {
+    let deadline = match record.state {
+        State::Delivered => record.callback_deadline_ms,
+        _ => None,
+    };
+    let deliveries = record.deliveries.iter().filter_map(|d| d.next_ms);
+    deadline
+        .into_iter()
+        .chain(deliveries)
+        .filter(|t| *t > now)
+        .min()
 }
 
 impl Engine {
     /// Runs what is due for request `id` (fired by the timer for `fired_due`) inside a
     /// span carrying its channel id; returns when it is next due.
     pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
+        let mut entered = Vec::new();
+        let next = self.drive_rounds(id, fired_due, &mut entered).await;
+        self.lanes.forfeit(id, &entered);
+        next
+    }
+
+    async fn drive_rounds(
+        &self,
+        id: u64,
+        fired_due: u64,
+        entered: &mut Vec<LaneKey>,
+    ) -> Option<u64> {
         let record = match self.store.request(id) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
@@ -64,7 +96,8 @@ impl Engine {
             }
         };
         // A timer for a due time the record no longer has: a leftover of a crash between
-        // swapping the record and removing its old due key.
+        // swapping the record and removing its old due key (timers set in memory carry the
+        // record's due time, so only such leftovers and retries after errors get here).
         if record.due_ms != Some(fired_due)
             && let Err(e) = self.store.drop_stale_due(fired_due, id)
         {
@@ -74,10 +107,10 @@ impl Engine {
             "request",
             channel_id = %record.channel_id
         );
-        self.rounds(record).instrument(span).await
+        self.rounds(record, entered).instrument(span).await
     }
 
-    async fn rounds(&self, first: Request) -> Option<u64> {
+    async fn rounds(&self, first: Request, entered: &mut Vec<LaneKey>) -> Option<u64> {
         let id = first.id;
         let mut record = Some(first);
         for _ in 0..MAX_ROUNDS {
@@ -93,22 +126,24 @@ impl Engine {
                 },
             };
             let due = current.due_ms;
-            match self.round(current).await {
+            match self.round(current, entered).await {
                 Ok(Round::Again) => continue,
                 Ok(Round::Idle) => return due,
-                // The record still says "due now"; only the in-memory timer waits.
-                Ok(Round::Deferred(at)) => return Some(at),
+                Ok(Round::Parked(next)) => return next,
                 Err(e) => {
                     tracing::error!(id, error = %e, "request round failed; retrying in 1s");
                     return Some(now_ms() + 1000);
                 }
             }
         }
-        self.store.request(id).ok().flatten()?.due_ms
+        match self.store.request(id) {
+            Ok(record) => record?.due_ms,
+            Err(_) => Some(now_ms() + 1000),
+        }
     }
 
     /// One round of work on a record.
-    async fn round(&self, record: Request) -> Result<Round> {
+    async fn round(&self, record: Request, entered: &mut Vec<LaneKey>) -> Result<Round> {
         let now = now_ms();
         match record.state {
             State::Pending => {
@@ -129,53 +164,52 @@ impl Engine {
             }
             _ => {}
         }
-        let due: Vec<Delivery> = record
-            .deliveries
-            .iter()
-            .filter(|d| {
-                d.outcome == DeliveryOutcome::Pending && d.next_ms.is_some_and(|t| t <= now)
-            })
-            .cloned()
-            .collect();
-        if due.is_empty() {
+        // Each due delivery enters its lane now; the body is built only for those let in.
+        let mut admitted: Vec<(&Delivery, Permit)> = Vec::new();
+        let mut any_due = false;
+        for d in &record.deliveries {
+            if d.outcome != DeliveryOutcome::Pending || d.next_ms.is_none_or(|t| t > now) {
+                continue;
+            }
+            any_due = true;
+            let lane = lane_of(d);
+            let due = record.due_ms.unwrap_or(now);
+            if let Entry::Admitted(permit) = self.lanes.enter(&lane, record.id, due) {
+                admitted.push((d, permit));
+            }
+            entered.push(lane);
+        }
+        if !any_due {
             return Ok(Round::Idle);
         }
+        if admitted.is_empty() {
+            return Ok(Round::Parked(due_after(&record, now)));
+        }
         let body = payload::webhook_body(&record, &self.public_url);
-        let mut attempts: FuturesUnordered<_> = due
-            .iter()
-            .map(|d| {
-                self.admitted(Attempt {
+        let mut attempts: FuturesUnordered<_> = admitted
+            .into_iter()
+            .map(|(d, permit)| {
+                let attempt = Attempt {
                     record: &record,
                     delivery: d,
                     body: &body,
-                })
+                };
+                self.attempt(attempt, permit)
             })
             .collect();
-        let mut made = false;
         while let Some(result) = attempts.next().await {
-            made |= result?;
+            result?;
         }
-        if made {
-            return Ok(Round::Again);
-        }
-        use rand::Rng;
-        Ok(Round::Deferred(now + rand::rng().random_range(200..800)))
+        Ok(Round::Again)
     }
 
-    /// Makes `attempt` once its endpoint's lane admits it, and makes what it settled
-    /// durable before pushing it; false if the lane stayed full (the attempt is deferred).
-    /// A healthy endpoint frees a permit within milliseconds; a lane still full after
-    /// [`LANE_WAIT`] belongs to a slow endpoint.
-    async fn admitted(&self, attempt: Attempt<'_>) -> Result<bool> {
-        let d = attempt.delivery;
-        let lane = lane_of(d);
-        let Some(permit) = self.lanes.enter(&lane, d.attempts == 0, LANE_WAIT).await else {
-            return Ok(false);
-        };
+    /// Makes `attempt` (its lane's `permit` held while it sends), and makes what it
+    /// settled durable before pushing it.
+    async fn attempt(&self, attempt: Attempt<'_>, permit: Permit) -> Result<()> {
         if let Recorded::Settled(record) = self.attempts().run(attempt, permit).await? {
             self.settled(&record).await?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
