@@ -4,7 +4,10 @@
 //! a horizon: a tokio-util `DelayQueue` (a hierarchical timing wheel, ~56 B per timer) with
 //! one timer per request id. One task owns it and selects over: expired timers, newly
 //! scheduled ids, finished work, and a periodic refill from `due.range(..now + horizon)`.
-//! On start the first refill loads everything overdue, so a restart resumes all work.
+//! On start the first refill loads everything overdue, and the work the store recovered
+//! at open that was due when written (it has no key: see `store::due`), so a restart
+//! resumes all work. Requests whose deliveries wait in an endpoint's lane are left to the
+//! lane ([`Work::holds`]), which schedules them when their turn comes.
 //!
 //! Work runs as tasks in a `JoinSet`, at most `max_inflight` at once; expired ids beyond
 //! that wait in a FIFO backlog, which bounds the burst after a restart. An id is never
@@ -225,16 +228,15 @@ impl Wheel {
         }
     }
 
-    /// Loads every due-index entry up to the horizon that has no timer yet.
+    /// Loads every due-index entry up to the horizon that has no timer yet, and the work
+    /// the store found due without a key when it opened.
     fn refill(&mut self) {
         let until = now_ms() + self.settings.horizon.as_millis() as u64;
-        let entries = match self.store.due_before(until, REFILL_LIMIT) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the due index");
-                return;
-            }
-        };
+        let mut entries = self.store.recovered_due();
+        match self.store.due_before(until, REFILL_LIMIT) {
+            Ok(e) => entries.extend(e),
+            Err(e) => tracing::error!(error = %e, "cannot read the due index"),
+        }
         for (due, id) in entries {
             let known = self.timers.get(&id).is_some_and(|(_, d)| *d <= due);
             if !known

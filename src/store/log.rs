@@ -156,19 +156,24 @@ pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()>
     Ok(())
 }
 
-/// Counts every request by state (at open) from the log alone.
-pub(super) fn count_states(inner: &Inner) -> Result<[i64; 7]> {
+/// Counts every request by state (at open) from the log alone; returns the counts and
+/// the ids of the active requests.
+pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<u64>)> {
     let mut counts = [0i64; 7];
+    let mut active = Vec::new();
     for kv in inner.log_state.iter() {
         let (k, v) = kv?;
         match k.get(16) {
             // An active entry is told apart by its summary; a finished one by its key.
-            Some(&1) => counts[status_code(summary_of(&v)?.state.status()) as usize] += 1,
+            Some(&1) => {
+                counts[status_code(summary_of(&v)?.state.status()) as usize] += 1;
+                active.extend(id_of(&k));
+            }
             Some(&code) => counts[(code as usize).min(6)] += 1,
             None => {}
         }
     }
-    Ok(counts)
+    Ok((counts, active))
 }
 
 impl Store {
@@ -320,15 +325,21 @@ impl Store {
                 record.due_ms = due;
                 inner.requests.insert(&k, codec::encode(&record)?)?;
             }
-            if let Some(due) = due {
+            if let Some(due) = super::due::keyed_due(&record) {
                 inner.due.insert(due_key(due, id), &[])?;
             }
             put(&inner, &record, None)?;
             scanned += 1;
         }
-        for (slot, n) in self.shared.state_counts.iter().zip(count_states(&inner)?) {
+        let (counts, active) = count_states(&inner)?;
+        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
             slot.store(n, Ordering::Relaxed);
         }
+        *self
+            .shared
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = super::due::recover(&inner, &active)?;
         Ok(scanned)
     }
 }
