@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::drive::Carry;
 use super::lanes::Permit;
 use super::{callback_timeout_ms, jittered, transition};
 use crate::catalog::{Catalog, Endpoint};
@@ -44,6 +45,8 @@ pub(super) struct Attempt<'a> {
     pub record: &'a Request,
     pub delivery: &'a Delivery,
     pub body: &'a str,
+    /// Steps of the drive waiting for its next timeline write, which this attempt makes.
+    pub carry: &'a Carry,
 }
 
 /// What an attempt recorded; none of it is durable yet.
@@ -181,11 +184,12 @@ impl Ctx<'_> {
             })?;
             Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
         })?;
+        let mut steps = attempt.carry.take();
+        steps.push(step);
         let Update::Done(record, (effect, settled)) = update else {
-            self.store.append_steps(record.id, &[step])?;
+            self.store.append_steps(record.id, &steps)?;
             return Ok(Recorded::Stale);
         };
-        let mut steps = vec![step];
         if settled.is_some() {
             steps.push(transition(self.metrics, &record, record.state, now));
         }

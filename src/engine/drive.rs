@@ -57,6 +57,27 @@ fn lane_of(d: &Delivery) -> LaneKey {
     }
 }
 
+/// Timeline steps of effects that follow a commit (pushes), kept for the drive's next
+/// timeline write so that a round writes the timeline once; written at the end of the
+/// drive if no write comes. Like every step, durable with the next commit.
+#[derive(Default)]
+pub(super) struct Carry(std::sync::Mutex<Vec<(u64, Step)>>);
+
+impl Carry {
+    fn add(&self, step: Option<(u64, Step)>) {
+        self.lock().extend(step);
+    }
+
+    /// The steps carried so far, for the caller's write.
+    pub fn take(&self) -> Vec<(u64, Step)> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Step)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// When `record` is next due after `now`, leaving out what is due now (parked in lanes).
 fn due_after(record: &Request, now: u64) -> Option<u64> {
     let deadline = match record.state {
@@ -76,8 +97,12 @@ impl Engine {
     /// span carrying its channel id; returns when it is next due.
     pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
         let mut entered = Vec::new();
-        let next = self.drive_rounds(id, fired_due, &mut entered).await;
+        let carry = Carry::default();
+        let next = self.drive_rounds(id, fired_due, &mut entered, &carry).await;
         self.lanes.forfeit(id, &entered);
+        if let Err(e) = self.store.append_steps(id, &carry.take()) {
+            tracing::warn!(id, error = %e, "timeline write failed");
+        }
         next
     }
 
@@ -86,6 +111,7 @@ impl Engine {
         id: u64,
         fired_due: u64,
         entered: &mut Vec<LaneKey>,
+        carry: &Carry,
     ) -> Option<u64> {
         let record = match self.store.request(id) {
             Ok(Some(r)) => r,
@@ -107,10 +133,15 @@ impl Engine {
             "request",
             channel_id = %record.channel_id
         );
-        self.rounds(record, entered).instrument(span).await
+        self.rounds(record, entered, carry).instrument(span).await
     }
 
-    async fn rounds(&self, first: Request, entered: &mut Vec<LaneKey>) -> Option<u64> {
+    async fn rounds(
+        &self,
+        first: Request,
+        entered: &mut Vec<LaneKey>,
+        carry: &Carry,
+    ) -> Option<u64> {
         let id = first.id;
         let mut record = Some(first);
         for _ in 0..MAX_ROUNDS {
@@ -126,7 +157,7 @@ impl Engine {
                 },
             };
             let due = current.due_ms;
-            match self.round(current, entered).await {
+            match self.round(current, entered, carry).await {
                 Ok(Round::Again) => continue,
                 Ok(Round::Idle) => return due,
                 Ok(Round::Parked(next)) => return next,
@@ -143,11 +174,16 @@ impl Engine {
     }
 
     /// One round of work on a record.
-    async fn round(&self, record: Request, entered: &mut Vec<LaneKey>) -> Result<Round> {
+    async fn round(
+        &self,
+        record: Request,
+        entered: &mut Vec<LaneKey>,
+        carry: &Carry,
+    ) -> Result<Round> {
         let now = now_ms();
         match record.state {
             State::Pending => {
-                self.run_model(record).await?;
+                self.run_model(record, carry).await?;
                 return Ok(Round::Again);
             }
             State::Callback => {
@@ -155,11 +191,11 @@ impl Engine {
                 return Ok(Round::Again);
             }
             State::Delivered if record.callback_deadline_ms.is_some_and(|t| t <= now) => {
-                self.time_out_callback(record.id).await?;
+                self.time_out_callback(record.id, carry).await?;
                 return Ok(Round::Again);
             }
             State::Generated if !record.has_pending_delivery() => {
-                self.settle(record.id).await?;
+                self.settle(record.id, carry).await?;
                 return Ok(Round::Again);
             }
             _ => {}
@@ -193,6 +229,7 @@ impl Engine {
                     record: &record,
                     delivery: d,
                     body: &body,
+                    carry,
                 };
                 self.attempt(attempt, permit)
             })
@@ -207,7 +244,7 @@ impl Engine {
     /// settled durable before pushing it.
     async fn attempt(&self, attempt: Attempt<'_>, permit: Permit) -> Result<()> {
         if let Recorded::Settled(record) = self.attempts().run(attempt, permit).await? {
-            self.settled(&record).await?;
+            self.settled(&record, attempt.carry).await?;
         }
         Ok(())
     }
@@ -239,7 +276,7 @@ impl Engine {
 
     /// Runs the model and records its result (or failure) with the deliveries it goes to;
     /// then, once that is durable, pushes it.
-    async fn run_model(&self, record: Request) -> Result<()> {
+    async fn run_model(&self, record: Request, carry: &Carry) -> Result<()> {
         let messages: serde_json::Value =
             serde_json::from_str(&record.messages).unwrap_or_default();
         let (result, reports) = self
@@ -284,12 +321,12 @@ impl Engine {
         // On the timeline before anyone can see the push.
         self.store.append_steps(record.id, &steps)?;
         self.store.commit().await?;
-        self.push_and_note(&record, None)?;
+        carry.add(self.push_latest(&record));
         Ok(())
     }
 
     /// Settles a `generated` request whose deliveries are all settled.
-    async fn settle(&self, id: u64) -> Result<()> {
+    async fn settle(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
         let record = self.store.request(id)?;
         let timeout = record.as_ref().map_or(0, |r| self.callback_timeout_ms(r));
@@ -299,23 +336,23 @@ impl Engine {
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
             self.store.append_steps(id, &[step])?;
-            self.settled(&record).await?;
+            self.settled(&record, carry).await?;
         }
         Ok(())
     }
 
     /// Makes the state a request settled in durable, then pushes it if it failed (a
     /// delivered or completed one has nothing new for the browser).
-    async fn settled(&self, record: &Request) -> Result<()> {
+    async fn settled(&self, record: &Request, carry: &Carry) -> Result<()> {
         self.store.commit().await?;
         if matches!(record.state, State::Failed(_)) {
-            self.push_and_note(record, None)?;
+            carry.add(self.push_latest(record));
         }
         Ok(())
     }
 
     /// Fails a `delivered` request whose callback deadline has passed.
-    async fn time_out_callback(&self, id: u64) -> Result<()> {
+    async fn time_out_callback(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
         let update = self.store.update(id, now, |r| {
             let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
@@ -339,7 +376,7 @@ impl Engine {
             ];
             self.store.append_steps(id, &steps)?;
             self.store.commit().await?;
-            self.push_and_note(&record, None)?;
+            carry.add(self.push_latest(&record));
         }
         Ok(())
     }
@@ -356,7 +393,11 @@ impl Engine {
         match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
             Ok(Update::Done(record, _)) => steps.push(self.transition(&record, record.state, now)),
             Ok(_) => {}
-            Err(e) => tracing::error!(id, error = %e, "cannot complete request"),
+            Err(e) => {
+                // Still due (and without a due key: see `store::due`): try again soon.
+                tracing::error!(id, error = %e, "cannot complete request; retrying in 1s");
+                self.scheduler.schedule(id, Some(now + 1000));
+            }
         }
         if let Err(e) = self.store.append_steps(id, &steps) {
             tracing::warn!(error = %e, "timeline write failed");
