@@ -138,16 +138,27 @@ impl Ctx<'_> {
             if gone {
                 outcome.verdict = Verdict::Permanent(Permanent::Gone);
             }
-            let noted = self.catalog.note_attempt(
-                &attempt.record.project_id,
-                &e.id,
-                outcome.verdict == Verdict::Delivered,
-                gone,
-                now_ms(),
-                self.config.endpoint_disable_after.as_millis() as u64,
-            )?;
-            if let Some(disabled) = noted.filter(|n| n.disabled.is_some()) {
-                tracing::warn!(endpoint = %disabled.id, "webhook endpoint disabled");
+            // A 2xx from an endpoint without a failing streak changes nothing: spare the
+            // catalog's write lock (every delivery to a healthy endpoint comes here).
+            let delivered = outcome.verdict == Verdict::Delivered;
+            let project = &attempt.record.project_id;
+            let unchanged = delivered
+                && self
+                    .catalog
+                    .endpoint(project, &e.id)
+                    .is_some_and(|now| now.failing_since_ms.is_none());
+            if !unchanged {
+                let noted = self.catalog.note_attempt(
+                    project,
+                    &e.id,
+                    delivered,
+                    gone,
+                    now_ms(),
+                    self.config.endpoint_disable_after.as_millis() as u64,
+                )?;
+                if let Some(disabled) = noted.filter(|n| n.disabled.is_some()) {
+                    tracing::warn!(endpoint = %disabled.id, "webhook endpoint disabled");
+                }
             }
         }
         self.metrics

@@ -341,11 +341,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes the state a request settled in durable, then pushes it if it failed (a
-    /// delivered or completed one has nothing new for the browser).
+    /// Pushes the state a request settled in if it failed, once that is durable. A
+    /// delivered or completed one has nothing new for the browser, so nothing waits for
+    /// its commit: it rides along with the next one (a crash before it repeats the
+    /// attempt, with the same `webhook-id`).
     async fn settled(&self, record: &Request, carry: &Carry) -> Result<()> {
-        self.store.commit().await?;
         if matches!(record.state, State::Failed(_)) {
+            self.store.commit().await?;
             carry.add(self.push_latest(record));
         }
         Ok(())
