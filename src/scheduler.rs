@@ -176,7 +176,8 @@ impl Wheel {
     }
 
     /// Holds a timer for `id` at `due` if it falls within the horizon (else the refill will
-    /// find it in the index). One timer per id: a new due time replaces the old one.
+    /// find it in the index), or runs it if it is due. One timer per id: a new due time
+    /// replaces the old one.
     fn schedule(&mut self, id: u64, due: u64) {
         if let Some(pending) = self.running.get_mut(&id) {
             *pending = Some(pending.map_or(due, |p| p.min(due)));
@@ -185,6 +186,12 @@ impl Wheel {
         let now = now_ms();
         if let Some((key, _)) = self.timers.remove(&id) {
             self.queue.try_remove(&key);
+        }
+        // Due already (a new request, a delivery whose lane just freed a slot): run it
+        // now rather than at the timer wheel's next 1 ms tick.
+        if due <= now {
+            self.fire(id, due);
+            return;
         }
         if due > now + self.settings.horizon.as_millis() as u64 {
             return;
