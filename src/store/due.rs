@@ -23,11 +23,20 @@ pub(super) fn keyed_due(r: &Request) -> Option<u64> {
         .filter(|due| r.state.is_terminal() || *due > r.updated_ms)
 }
 
-/// The `(due_ms, id)` of the requests among `active` with work due and no due key.
-pub(super) fn recover(inner: &Inner, active: &[u64]) -> Result<Vec<(u64, u64)>> {
+/// The `(due_ms, id)` of the requests whose active log entries are `active` with work due
+/// and no due key, and how many entries were dropped for want of a record: a new request's
+/// entry is written before its record (so a record on disk is always listed), and a crash
+/// between the two leaves an entry of a request never acknowledged.
+pub(super) fn recover(inner: &Inner, active: &[sled::IVec]) -> Result<(Vec<(u64, u64)>, usize)> {
     let mut due = Vec::new();
-    for &id in active {
+    let mut dropped = 0;
+    for key in active {
+        let Some(id) = super::log::id_of(key) else {
+            continue;
+        };
         let Some(record) = stored_record(inner, id)? else {
+            inner.log_state.remove(key)?;
+            dropped += 1;
             continue;
         };
         if let Some(at) = record.due_ms
@@ -37,7 +46,7 @@ pub(super) fn recover(inner: &Inner, active: &[u64]) -> Result<Vec<(u64, u64)>> 
         }
     }
     due.sort_unstable();
-    Ok(due)
+    Ok((due, dropped))
 }
 
 pub fn due_key(due_ms: u64, id: u64) -> [u8; 16] {

@@ -20,8 +20,6 @@
 
 use sha2::{Digest, Sha256};
 
-use std::sync::atomic::Ordering;
-
 use bincode::{Decode, Encode};
 
 use super::ids::{pair, unpair};
@@ -132,7 +130,8 @@ pub struct LogQuery<'a> {
     pub limit: usize,
 }
 
-fn id_of(key: &[u8]) -> Option<u64> {
+/// The request id at the end of a `log_state` key.
+pub(super) fn id_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(
         key.get(key.len() - 8..)?.try_into().ok()?,
     ))
@@ -157,8 +156,8 @@ pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()>
 }
 
 /// Counts every request by state (at open) from the log alone; returns the counts and
-/// the ids of the active requests.
-pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<u64>)> {
+/// the keys of the active requests' entries.
+pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<sled::IVec>)> {
     let mut counts = [0i64; 7];
     let mut active = Vec::new();
     for kv in inner.log_state.iter() {
@@ -167,7 +166,7 @@ pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<u64>)> {
             // An active entry is told apart by its summary; a finished one by its key.
             Some(&1) => {
                 counts[status_code(summary_of(&v)?.state.status()) as usize] += 1;
-                active.extend(id_of(&k));
+                active.push(k);
             }
             Some(&code) => counts[(code as usize).min(6)] += 1,
             None => {}
@@ -331,15 +330,7 @@ impl Store {
             put(&inner, &record, None)?;
             scanned += 1;
         }
-        let (counts, active) = count_states(&inner)?;
-        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
-            slot.store(n, Ordering::Relaxed);
-        }
-        *self
-            .shared
-            .recovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = super::due::recover(&inner, &active)?;
+        self.recount_and_recover(&inner)?;
         Ok(scanned)
     }
 }

@@ -162,15 +162,7 @@ impl Store {
 
     /// Makes `inner` the open database, with the counters recounted from it.
     fn install(&self, inner: Inner) -> Result<()> {
-        let (counts, active) = log::count_states(&inner)?;
-        *self
-            .shared
-            .recovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = due::recover(&inner, &active)?;
-        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
-            slot.store(n, Ordering::Relaxed);
-        }
+        self.recount_and_recover(&inner)?;
         self.shared
             .dlq_count
             .store(inner.dlq.len() as i64, Ordering::Relaxed);
@@ -179,6 +171,25 @@ impl Store {
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        Ok(())
+    }
+
+    /// Counts requests by state from the log and recovers the work due without a due key
+    /// (see `due`), dropping active log entries whose record never made it to disk.
+    fn recount_and_recover(&self, inner: &Inner) -> Result<()> {
+        let (mut counts, active) = log::count_states(inner)?;
+        let (due, dropped) = due::recover(inner, &active)?;
+        if dropped > 0 {
+            counts = log::count_states(inner)?.0;
+        }
+        *self
+            .shared
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = due;
+        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -52,8 +52,9 @@ impl Store {
             inner.due.insert(due_key(due, record.id), &[])?;
         }
         let stored = body::encode(&inner.bodies, record, &Default::default())?;
-        inner.requests.insert(request_key(record.id), stored)?;
+        // The log entry first: open finds keyless work through it (see `due`).
         log::put(&inner, record, None)?;
+        inner.requests.insert(request_key(record.id), stored)?;
         self.count_state(record.state, 1);
         Ok(())
     }
