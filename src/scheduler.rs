@@ -4,7 +4,10 @@
 //! a horizon: a tokio-util `DelayQueue` (a hierarchical timing wheel, ~56 B per timer) with
 //! one timer per request id. One task owns it and selects over: expired timers, newly
 //! scheduled ids, finished work, and a periodic refill from `due.range(..now + horizon)`.
-//! On start the first refill loads everything overdue, so a restart resumes all work.
+//! On start the first refill loads everything overdue, and the work the store recovered
+//! at open that was due when written (it has no key: see `store::due`), so a restart
+//! resumes all work. Requests whose deliveries wait in an endpoint's lane are left to the
+//! lane ([`Work::holds`]), which schedules them when their turn comes.
 //!
 //! Work runs as tasks in a `JoinSet`, at most `max_inflight` at once; expired ids beyond
 //! that wait in a FIFO backlog, which bounds the burst after a restart. An id is never
@@ -32,6 +35,12 @@ use crate::store::Store;
 /// is next due, if ever.
 pub trait Work: Send + Sync + 'static {
     fn run(&self, id: u64, due_ms: u64) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>>;
+
+    /// Whether the work holds request `id` itself and will schedule it when it can go on
+    /// (a delivery parked in its endpoint's lane): the refill leaves it alone.
+    fn holds(&self, _id: u64) -> bool {
+        false
+    }
 }
 
 enum Command {
@@ -56,6 +65,16 @@ impl SchedulerHandle {
 /// The receiving half, given to [`spawn`] once the work is built.
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Command>,
+}
+
+#[cfg(test)]
+impl Inbox {
+    /// The next `(id, due_ms)` scheduled, if one is waiting.
+    pub fn try_next(&mut self) -> Option<(u64, u64)> {
+        match self.rx.try_recv().ok()? {
+            Command::Schedule(id, due) => Some((id, due)),
+        }
+    }
 }
 
 /// A handle and its inbox: the engine needs the handle before the scheduler can run it.
@@ -157,7 +176,8 @@ impl Wheel {
     }
 
     /// Holds a timer for `id` at `due` if it falls within the horizon (else the refill will
-    /// find it in the index). One timer per id: a new due time replaces the old one.
+    /// find it in the index), or runs it if it is due. One timer per id: a new due time
+    /// replaces the old one.
     fn schedule(&mut self, id: u64, due: u64) {
         if let Some(pending) = self.running.get_mut(&id) {
             *pending = Some(pending.map_or(due, |p| p.min(due)));
@@ -166,6 +186,12 @@ impl Wheel {
         let now = now_ms();
         if let Some((key, _)) = self.timers.remove(&id) {
             self.queue.try_remove(&key);
+        }
+        // Due already (a new request, a delivery whose lane just freed a slot): run it
+        // now rather than at the timer wheel's next 1 ms tick.
+        if due <= now {
+            self.fire(id, due);
+            return;
         }
         if due > now + self.settings.horizon.as_millis() as u64 {
             return;
@@ -209,19 +235,22 @@ impl Wheel {
         }
     }
 
-    /// Loads every due-index entry up to the horizon that has no timer yet.
+    /// Loads every due-index entry up to the horizon that has no timer yet, and the work
+    /// the store found due without a key when it opened.
     fn refill(&mut self) {
         let until = now_ms() + self.settings.horizon.as_millis() as u64;
-        let entries = match self.store.due_before(until, REFILL_LIMIT) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the due index");
-                return;
-            }
-        };
+        let mut entries = self.store.recovered_due();
+        match self.store.due_before(until, REFILL_LIMIT) {
+            Ok(e) => entries.extend(e),
+            Err(e) => tracing::error!(error = %e, "cannot read the due index"),
+        }
         for (due, id) in entries {
             let known = self.timers.get(&id).is_some_and(|(_, d)| *d <= due);
-            if !known && !self.running.contains_key(&id) && !self.waiting.contains(&id) {
+            if !known
+                && !self.running.contains_key(&id)
+                && !self.waiting.contains(&id)
+                && !self.work.holds(id)
+            {
                 self.schedule(id, due);
             }
         }

@@ -222,4 +222,8 @@ impl Work for Engine {
     fn run(&self, id: u64, due_ms: u64) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>> {
         Box::pin(self.drive(id, due_ms))
     }
+
+    fn holds(&self, id: u64) -> bool {
+        self.waits_in_lane(id)
+    }
 }

@@ -125,7 +125,7 @@ impl Default for Config {
                 .collect(),
             webhook_timeout: Duration::from_secs(30),
             webhook_throttle_delay: Duration::from_secs(60),
-            endpoint_concurrency: 16,
+            endpoint_concurrency: 64,
             endpoint_disable_after: Duration::from_secs(5 * 24 * 3600),
             secret_rotation_grace: Duration::from_secs(24 * 3600),
             dlq_retention: Duration::from_secs(30 * 24 * 3600),

@@ -35,7 +35,7 @@ pub struct Options {
     /// Least delay before retrying after a 429 or a timeout [default: 60s]
     #[arg(long, env = "EDDY_WEBHOOK_THROTTLE_DELAY")]
     pub webhook_throttle_delay: Option<String>,
-    /// Webhook attempts in flight per endpoint (first attempts and retries each) [default: 16]
+    /// Webhook attempts in flight per endpoint (first attempts and retries each) [default: 64]
     #[arg(long, env = "EDDY_ENDPOINT_CONCURRENCY")]
     pub endpoint_concurrency: Option<usize>,
     /// Disable an endpoint whose every delivery failed for this long [default: 5d]

@@ -5,14 +5,14 @@
 //!
 //! An attempt writes but never commits: what it recorded ([`Recorded`]) tells its driver
 //! whether the request moved, and the driver makes that durable before any effect of it
-//! (a failure's push). Admission (the endpoint's lane) is the driver's too, so another
-//! driver (per-lane queues) can run the same unit.
+//! (a failure's push). Admission (the endpoint's lane) is the driver's: an attempt is
+//! handed the lane's permit and gives it back as soon as the send is over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use super::drive::Carry;
+use super::lanes::Permit;
 use super::{callback_timeout_ms, jittered, transition};
 use crate::catalog::{Catalog, Endpoint};
 use crate::clock::now_ms;
@@ -45,6 +45,8 @@ pub(super) struct Attempt<'a> {
     pub record: &'a Request,
     pub delivery: &'a Delivery,
     pub body: &'a str,
+    /// Steps of the drive waiting for its next timeline write, which this attempt makes.
+    pub carry: &'a Carry,
 }
 
 /// What an attempt recorded; none of it is durable yet.
@@ -67,11 +69,7 @@ struct Prepared {
 
 impl Ctx<'_> {
     /// Runs `attempt`, holding its lane's `permit` while it sends, and records it.
-    pub async fn run(
-        &self,
-        attempt: Attempt<'_>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Recorded> {
+    pub async fn run(&self, attempt: Attempt<'_>, permit: Permit) -> Result<Recorded> {
         let started = now_ms();
         let prepared = self.prepare(attempt, started);
         let outcome = match &prepared.secrets {
@@ -140,16 +138,27 @@ impl Ctx<'_> {
             if gone {
                 outcome.verdict = Verdict::Permanent(Permanent::Gone);
             }
-            let noted = self.catalog.note_attempt(
-                &attempt.record.project_id,
-                &e.id,
-                outcome.verdict == Verdict::Delivered,
-                gone,
-                now_ms(),
-                self.config.endpoint_disable_after.as_millis() as u64,
-            )?;
-            if let Some(disabled) = noted.filter(|n| n.disabled.is_some()) {
-                tracing::warn!(endpoint = %disabled.id, "webhook endpoint disabled");
+            // A 2xx from an endpoint without a failing streak changes nothing: spare the
+            // catalog's write lock (every delivery to a healthy endpoint comes here).
+            let delivered = outcome.verdict == Verdict::Delivered;
+            let project = &attempt.record.project_id;
+            let unchanged = delivered
+                && self
+                    .catalog
+                    .endpoint(project, &e.id)
+                    .is_some_and(|now| now.failing_since_ms.is_none());
+            if !unchanged {
+                let noted = self.catalog.note_attempt(
+                    project,
+                    &e.id,
+                    delivered,
+                    gone,
+                    now_ms(),
+                    self.config.endpoint_disable_after.as_millis() as u64,
+                )?;
+                if let Some(disabled) = noted.filter(|n| n.disabled.is_some()) {
+                    tracing::warn!(endpoint = %disabled.id, "webhook endpoint disabled");
+                }
             }
         }
         self.metrics
@@ -186,11 +195,12 @@ impl Ctx<'_> {
             })?;
             Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
         })?;
+        let mut steps = attempt.carry.take();
+        steps.push(step);
         let Update::Done(record, (effect, settled)) = update else {
-            self.store.append_steps(record.id, &[step])?;
+            self.store.append_steps(record.id, &steps)?;
             return Ok(Recorded::Stale);
         };
-        let mut steps = vec![step];
         if settled.is_some() {
             steps.push(transition(self.metrics, &record, record.state, now));
         }

@@ -5,17 +5,18 @@
 //! that are due, each admitted by its endpoint's lane and run as a unit by `attempt`),
 //! records the outcome through `Store::update`, commits before any effect of it, and
 //! reads again, until nothing is due now. The return value is when the request is next
-//! due. Every round is safe to repeat: a duplicate timer re-reads the record and finds
-//! nothing to do, and a crash mid-round repeats at most the effect (a webhook with the
-//! same `webhook-id`, a push), never skips it.
-
-use std::time::Duration;
+//! due. A delivery whose lane is full is parked there (see `lanes`): the drive leaves it
+//! to the lane, which runs the request again when a slot frees. Every round is safe to
+//! repeat: a duplicate timer re-reads the record and finds nothing to do, and a crash
+//! mid-round repeats at most the effect (a webhook with the same `webhook-id`, a push),
+//! never skips it.
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use super::attempt::{Attempt, REQUEST_ENDPOINT, Recorded};
+use super::lanes::{Entry, LaneKey, Permit};
 use super::{Engine, model};
 use crate::clock::now_ms;
 use crate::error::Result;
@@ -27,8 +28,6 @@ use crate::store::Update;
 /// Rounds per `drive` call before handing back to the scheduler (a guard against a
 /// request that keeps being due without progress).
 const MAX_ROUNDS: usize = 16;
-/// How long an attempt waits for a permit of its endpoint's lane before it is deferred.
-const LANE_WAIT: Duration = Duration::from_millis(50);
 
 /// What a round did.
 enum Round {
@@ -36,25 +35,84 @@ enum Round {
     Again,
     /// Nothing is due now.
     Idle,
-    /// Deliveries are due but their endpoints' lanes are full: look again at this time.
-    Deferred(u64),
+    /// What is due now waits in full lanes, which run the request again in turn; the
+    /// rest is due at this time.
+    Parked(Option<u64>),
 }
 
-/// The lane of a delivery: its endpoint, or for a request's own `webhook_url` its host.
-fn lane_of(d: &Delivery) -> String {
-    if d.endpoint_id != REQUEST_ENDPOINT {
-        return d.endpoint_id.clone();
+/// The lane of a delivery: its endpoint, or for a request's own `webhook_url` its host;
+/// first attempts and retries apart.
+fn lane_of(d: &Delivery) -> LaneKey {
+    let endpoint = if d.endpoint_id != REQUEST_ENDPOINT {
+        d.endpoint_id.clone()
+    } else {
+        reqwest::Url::parse(&d.url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| d.url.clone())
+    };
+    LaneKey {
+        endpoint,
+        first_attempt: d.attempts == 0,
     }
-    reqwest::Url::parse(&d.url)
-        .ok()
-        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-        .unwrap_or_else(|| d.url.clone())
+}
+
+/// Timeline steps of effects that follow a commit (pushes), kept for the drive's next
+/// timeline write so that a round writes the timeline once; written at the end of the
+/// drive if no write comes. Like every step, durable with the next commit.
+#[derive(Default)]
+pub(super) struct Carry(std::sync::Mutex<Vec<(u64, Step)>>);
+
+impl Carry {
+    fn add(&self, step: Option<(u64, Step)>) {
+        self.lock().extend(step);
+    }
+
+    /// The steps carried so far, for the caller's write.
+    pub fn take(&self) -> Vec<(u64, Step)> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Step)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// When `record` is next due after `now`, leaving out what is due now (parked in lanes).
+fn due_after(record: &Request, now: u64) -> Option<u64> {
+    let deadline = match record.state {
+        State::Delivered => record.callback_deadline_ms,
+        _ => None,
+    };
+    let deliveries = record.deliveries.iter().filter_map(|d| d.next_ms);
+    deadline
+        .into_iter()
+        .chain(deliveries)
+        .filter(|t| *t > now)
+        .min()
 }
 
 impl Engine {
     /// Runs what is due for request `id` (fired by the timer for `fired_due`) inside a
     /// span carrying its channel id; returns when it is next due.
     pub async fn drive(&self, id: u64, fired_due: u64) -> Option<u64> {
+        let mut entered = Vec::new();
+        let carry = Carry::default();
+        let next = self.drive_rounds(id, fired_due, &mut entered, &carry).await;
+        self.lanes.forfeit(id, &entered);
+        if let Err(e) = self.store.append_steps(id, &carry.take()) {
+            tracing::warn!(id, error = %e, "timeline write failed");
+        }
+        next
+    }
+
+    async fn drive_rounds(
+        &self,
+        id: u64,
+        fired_due: u64,
+        entered: &mut Vec<LaneKey>,
+        carry: &Carry,
+    ) -> Option<u64> {
         let record = match self.store.request(id) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
@@ -64,7 +122,8 @@ impl Engine {
             }
         };
         // A timer for a due time the record no longer has: a leftover of a crash between
-        // swapping the record and removing its old due key.
+        // swapping the record and removing its old due key (timers set in memory carry the
+        // record's due time, so only such leftovers and retries after errors get here).
         if record.due_ms != Some(fired_due)
             && let Err(e) = self.store.drop_stale_due(fired_due, id)
         {
@@ -74,10 +133,15 @@ impl Engine {
             "request",
             channel_id = %record.channel_id
         );
-        self.rounds(record).instrument(span).await
+        self.rounds(record, entered, carry).instrument(span).await
     }
 
-    async fn rounds(&self, first: Request) -> Option<u64> {
+    async fn rounds(
+        &self,
+        first: Request,
+        entered: &mut Vec<LaneKey>,
+        carry: &Carry,
+    ) -> Option<u64> {
         let id = first.id;
         let mut record = Some(first);
         for _ in 0..MAX_ROUNDS {
@@ -93,26 +157,33 @@ impl Engine {
                 },
             };
             let due = current.due_ms;
-            match self.round(current).await {
+            match self.round(current, entered, carry).await {
                 Ok(Round::Again) => continue,
                 Ok(Round::Idle) => return due,
-                // The record still says "due now"; only the in-memory timer waits.
-                Ok(Round::Deferred(at)) => return Some(at),
+                Ok(Round::Parked(next)) => return next,
                 Err(e) => {
                     tracing::error!(id, error = %e, "request round failed; retrying in 1s");
                     return Some(now_ms() + 1000);
                 }
             }
         }
-        self.store.request(id).ok().flatten()?.due_ms
+        match self.store.request(id) {
+            Ok(record) => record?.due_ms,
+            Err(_) => Some(now_ms() + 1000),
+        }
     }
 
     /// One round of work on a record.
-    async fn round(&self, record: Request) -> Result<Round> {
+    async fn round(
+        &self,
+        record: Request,
+        entered: &mut Vec<LaneKey>,
+        carry: &Carry,
+    ) -> Result<Round> {
         let now = now_ms();
         match record.state {
             State::Pending => {
-                self.run_model(record).await?;
+                self.run_model(record, carry).await?;
                 return Ok(Round::Again);
             }
             State::Callback => {
@@ -120,62 +191,62 @@ impl Engine {
                 return Ok(Round::Again);
             }
             State::Delivered if record.callback_deadline_ms.is_some_and(|t| t <= now) => {
-                self.time_out_callback(record.id).await?;
+                self.time_out_callback(record.id, carry).await?;
                 return Ok(Round::Again);
             }
             State::Generated if !record.has_pending_delivery() => {
-                self.settle(record.id).await?;
+                self.settle(record.id, carry).await?;
                 return Ok(Round::Again);
             }
             _ => {}
         }
-        let due: Vec<Delivery> = record
-            .deliveries
-            .iter()
-            .filter(|d| {
-                d.outcome == DeliveryOutcome::Pending && d.next_ms.is_some_and(|t| t <= now)
-            })
-            .cloned()
-            .collect();
-        if due.is_empty() {
+        // Each due delivery enters its lane now; the body is built only for those let in.
+        let mut admitted: Vec<(&Delivery, Permit)> = Vec::new();
+        let mut any_due = false;
+        for d in &record.deliveries {
+            if d.outcome != DeliveryOutcome::Pending || d.next_ms.is_none_or(|t| t > now) {
+                continue;
+            }
+            any_due = true;
+            let lane = lane_of(d);
+            let due = record.due_ms.unwrap_or(now);
+            if let Entry::Admitted(permit) = self.lanes.enter(&lane, record.id, due) {
+                admitted.push((d, permit));
+            }
+            entered.push(lane);
+        }
+        if !any_due {
             return Ok(Round::Idle);
         }
+        if admitted.is_empty() {
+            return Ok(Round::Parked(due_after(&record, now)));
+        }
         let body = payload::webhook_body(&record, &self.public_url);
-        let mut attempts: FuturesUnordered<_> = due
-            .iter()
-            .map(|d| {
-                self.admitted(Attempt {
+        let mut attempts: FuturesUnordered<_> = admitted
+            .into_iter()
+            .map(|(d, permit)| {
+                let attempt = Attempt {
                     record: &record,
                     delivery: d,
                     body: &body,
-                })
+                    carry,
+                };
+                self.attempt(attempt, permit)
             })
             .collect();
-        let mut made = false;
         while let Some(result) = attempts.next().await {
-            made |= result?;
+            result?;
         }
-        if made {
-            return Ok(Round::Again);
-        }
-        use rand::Rng;
-        Ok(Round::Deferred(now + rand::rng().random_range(200..800)))
+        Ok(Round::Again)
     }
 
-    /// Makes `attempt` once its endpoint's lane admits it, and makes what it settled
-    /// durable before pushing it; false if the lane stayed full (the attempt is deferred).
-    /// A healthy endpoint frees a permit within milliseconds; a lane still full after
-    /// [`LANE_WAIT`] belongs to a slow endpoint.
-    async fn admitted(&self, attempt: Attempt<'_>) -> Result<bool> {
-        let d = attempt.delivery;
-        let lane = lane_of(d);
-        let Some(permit) = self.lanes.enter(&lane, d.attempts == 0, LANE_WAIT).await else {
-            return Ok(false);
-        };
+    /// Makes `attempt` (its lane's `permit` held while it sends), and makes what it
+    /// settled durable before pushing it.
+    async fn attempt(&self, attempt: Attempt<'_>, permit: Permit) -> Result<()> {
         if let Recorded::Settled(record) = self.attempts().run(attempt, permit).await? {
-            self.settled(&record).await?;
+            self.settled(&record, attempt.carry).await?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
@@ -205,7 +276,7 @@ impl Engine {
 
     /// Runs the model and records its result (or failure) with the deliveries it goes to;
     /// then, once that is durable, pushes it.
-    async fn run_model(&self, record: Request) -> Result<()> {
+    async fn run_model(&self, record: Request, carry: &Carry) -> Result<()> {
         let messages: serde_json::Value =
             serde_json::from_str(&record.messages).unwrap_or_default();
         let (result, reports) = self
@@ -250,12 +321,12 @@ impl Engine {
         // On the timeline before anyone can see the push.
         self.store.append_steps(record.id, &steps)?;
         self.store.commit().await?;
-        self.push_and_note(&record, None)?;
+        carry.add(self.push_latest(&record));
         Ok(())
     }
 
     /// Settles a `generated` request whose deliveries are all settled.
-    async fn settle(&self, id: u64) -> Result<()> {
+    async fn settle(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
         let record = self.store.request(id)?;
         let timeout = record.as_ref().map_or(0, |r| self.callback_timeout_ms(r));
@@ -265,23 +336,25 @@ impl Engine {
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
             self.store.append_steps(id, &[step])?;
-            self.settled(&record).await?;
+            self.settled(&record, carry).await?;
         }
         Ok(())
     }
 
-    /// Makes the state a request settled in durable, then pushes it if it failed (a
-    /// delivered or completed one has nothing new for the browser).
-    async fn settled(&self, record: &Request) -> Result<()> {
-        self.store.commit().await?;
+    /// Pushes the state a request settled in if it failed, once that is durable. A
+    /// delivered or completed one has nothing new for the browser, so nothing waits for
+    /// its commit: it rides along with the next one (a crash before it repeats the
+    /// attempt, with the same `webhook-id`).
+    async fn settled(&self, record: &Request, carry: &Carry) -> Result<()> {
         if matches!(record.state, State::Failed(_)) {
-            self.push_and_note(record, None)?;
+            self.store.commit().await?;
+            carry.add(self.push_latest(record));
         }
         Ok(())
     }
 
     /// Fails a `delivered` request whose callback deadline has passed.
-    async fn time_out_callback(&self, id: u64) -> Result<()> {
+    async fn time_out_callback(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
         let update = self.store.update(id, now, |r| {
             let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
@@ -305,7 +378,7 @@ impl Engine {
             ];
             self.store.append_steps(id, &steps)?;
             self.store.commit().await?;
-            self.push_and_note(&record, None)?;
+            carry.add(self.push_latest(&record));
         }
         Ok(())
     }
@@ -322,7 +395,11 @@ impl Engine {
         match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
             Ok(Update::Done(record, _)) => steps.push(self.transition(&record, record.state, now)),
             Ok(_) => {}
-            Err(e) => tracing::error!(id, error = %e, "cannot complete request"),
+            Err(e) => {
+                // Still due (and without a due key: see `store::due`): try again soon.
+                tracing::error!(id, error = %e, "cannot complete request; retrying in 1s");
+                self.scheduler.schedule(id, Some(now + 1000));
+            }
         }
         if let Err(e) = self.store.append_steps(id, &steps) {
             tracing::warn!(error = %e, "timeline write failed");

@@ -81,7 +81,7 @@ pub struct Engine {
     models: Models,
     deliverer: Deliverer,
     pub(crate) metrics: Arc<Metrics>,
-    /// Bounded in-flight webhook attempts per endpoint.
+    /// Bounded in-flight webhook attempts per endpoint, and the deliveries waiting for them.
     lanes: lanes::Lanes,
     scheduler: SchedulerHandle,
     config: Arc<Config>,
@@ -112,7 +112,7 @@ impl Engine {
         );
         Engine {
             deliverer: Deliverer::new(config.webhook_timeout, !config.allow_private_webhooks),
-            lanes: lanes::Lanes::new(config.endpoint_concurrency),
+            lanes: lanes::Lanes::new(config.endpoint_concurrency, scheduler.clone()),
             metrics: Arc::new(Metrics::default()),
             store,
             catalog,
@@ -132,6 +132,11 @@ impl Engine {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Whether request `id` waits in an endpoint's lane, which runs it again in turn.
+    pub fn waits_in_lane(&self, id: u64) -> bool {
+        self.lanes.holds(id)
     }
 
     /// Every metric in the Prometheus text format.

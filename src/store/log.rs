@@ -20,8 +20,6 @@
 
 use sha2::{Digest, Sha256};
 
-use std::sync::atomic::Ordering;
-
 use bincode::{Decode, Encode};
 
 use super::ids::{pair, unpair};
@@ -132,7 +130,8 @@ pub struct LogQuery<'a> {
     pub limit: usize,
 }
 
-fn id_of(key: &[u8]) -> Option<u64> {
+/// The request id at the end of a `log_state` key.
+pub(super) fn id_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(
         key.get(key.len() - 8..)?.try_into().ok()?,
     ))
@@ -156,19 +155,24 @@ pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()>
     Ok(())
 }
 
-/// Counts every request by state (at open) from the log alone.
-pub(super) fn count_states(inner: &Inner) -> Result<[i64; 7]> {
+/// Counts every request by state (at open) from the log alone; returns the counts and
+/// the keys of the active requests' entries.
+pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<sled::IVec>)> {
     let mut counts = [0i64; 7];
+    let mut active = Vec::new();
     for kv in inner.log_state.iter() {
         let (k, v) = kv?;
         match k.get(16) {
             // An active entry is told apart by its summary; a finished one by its key.
-            Some(&1) => counts[status_code(summary_of(&v)?.state.status()) as usize] += 1,
+            Some(&1) => {
+                counts[status_code(summary_of(&v)?.state.status()) as usize] += 1;
+                active.push(k);
+            }
             Some(&code) => counts[(code as usize).min(6)] += 1,
             None => {}
         }
     }
-    Ok(counts)
+    Ok((counts, active))
 }
 
 impl Store {
@@ -320,15 +324,13 @@ impl Store {
                 record.due_ms = due;
                 inner.requests.insert(&k, codec::encode(&record)?)?;
             }
-            if let Some(due) = due {
+            if let Some(due) = super::due::keyed_due(&record) {
                 inner.due.insert(due_key(due, id), &[])?;
             }
             put(&inner, &record, None)?;
             scanned += 1;
         }
-        for (slot, n) in self.shared.state_counts.iter().zip(count_states(&inner)?) {
-            slot.store(n, Ordering::Relaxed);
-        }
+        self.recount_and_recover(&inner)?;
         Ok(scanned)
     }
 }

@@ -23,7 +23,9 @@
 //!   [`Store::update`].
 //! - `requests` is the truth; `due` and the request log are derived and [`Store::rebuild_indexes`]
 //!   recomputes them. The due key of a record is inserted *before* the record is swapped
-//!   in, so a durable record always has its due key; an old key is removed after.
+//!   in, so a durable record always has its due key; an old key is removed after. Work
+//!   due when it is written has no key (the scheduler gets it in memory): an active
+//!   request's, recovered at open from the request log's active phase (see `due`).
 //! - No multi-tree transaction: each record moves by `compare_and_swap`, and writers of the
 //!   same record in this process are serialized by a striped lock so that index
 //!   maintenance cannot interleave.
@@ -116,6 +118,8 @@ struct Shared {
     state_counts: [AtomicI64; 7],
     /// Entries in the dead-letter queue.
     dlq_count: AtomicI64,
+    /// Work due without a due key, found at open (see `due`), until the scheduler takes it.
+    recovered: Mutex<Vec<(u64, u64)>>,
     space: Arc<space::Space>,
     /// Serializes writers of one record (by id) so that "insert new due key → CAS →
     /// remove old due key" never interleaves with another writer of the same record.
@@ -145,6 +149,7 @@ impl Store {
             stats,
             state_counts: Default::default(),
             dlq_count: AtomicI64::new(0),
+            recovered: Mutex::new(Vec::new()),
             space: space::Space::watch(dir.to_path_buf(), reserve),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -157,10 +162,7 @@ impl Store {
 
     /// Makes `inner` the open database, with the counters recounted from it.
     fn install(&self, inner: Inner) -> Result<()> {
-        let counts = log::count_states(&inner)?;
-        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
-            slot.store(n, Ordering::Relaxed);
-        }
+        self.recount_and_recover(&inner)?;
         self.shared
             .dlq_count
             .store(inner.dlq.len() as i64, Ordering::Relaxed);
@@ -169,6 +171,25 @@ impl Store {
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        Ok(())
+    }
+
+    /// Counts requests by state from the log and recovers the work due without a due key
+    /// (see `due`), dropping active log entries whose record never made it to disk.
+    fn recount_and_recover(&self, inner: &Inner) -> Result<()> {
+        let (mut counts, active) = log::count_states(inner)?;
+        let (due, dropped) = due::recover(inner, &active)?;
+        if dropped > 0 {
+            counts = log::count_states(inner)?.0;
+        }
+        *self
+            .shared
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = due;
+        for (slot, n) in self.shared.state_counts.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! its due key (see `due`), its big texts (see `body`) and its log entry (see `log`) in step
 //! with it under the record's stripe lock.
 
+use super::due::keyed_due;
 use super::open::Inner;
 use super::{CodecError, Result, Store, Summary, body, codec, due_key, log};
 use crate::job::{ChannelId, Request};
@@ -47,12 +48,13 @@ impl Store {
         let inner = self.inner()?;
         let _guard = self.stripe(record.id);
         record.due_ms = record.next_due();
-        if let Some(due) = record.due_ms {
+        if let Some(due) = keyed_due(record) {
             inner.due.insert(due_key(due, record.id), &[])?;
         }
         let stored = body::encode(&inner.bodies, record, &Default::default())?;
-        inner.requests.insert(request_key(record.id), stored)?;
+        // The log entry first: open finds keyless work through it (see `due`).
         log::put(&inner, record, None)?;
+        inner.requests.insert(request_key(record.id), stored)?;
         self.count_state(record.state, 1);
         Ok(())
     }
@@ -88,7 +90,9 @@ impl Store {
 
     /// Applies `change` to the record and swaps it in: read → change → CAS → move the due
     /// key and the log entry. `change` may refuse (nothing is written). `updated_ms` and
-    /// `due_ms` are set here, so the due index always follows [`Request::next_due`].
+    /// `due_ms` are set here, so the due index always follows [`Request::next_due`] (a
+    /// time already come gets no key: see `due`). The caller hands the new due time to
+    /// the scheduler.
     pub fn update<T, R>(
         &self,
         id: u64,
@@ -104,7 +108,7 @@ impl Store {
             };
             let mut record: Request = codec::decode(&old)?;
             let stored = body::fill(&inner.bodies, &mut record)?;
-            let old_due = record.due_ms;
+            let old_key = keyed_due(&record);
             let before = Summary::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
@@ -112,8 +116,9 @@ impl Store {
             };
             record.updated_ms = now_ms.max(record.updated_ms);
             record.due_ms = record.next_due();
-            if record.due_ms != old_due
-                && let Some(due) = record.due_ms
+            let new_key = keyed_due(&record);
+            if new_key != old_key
+                && let Some(due) = new_key
             {
                 inner.due.insert(due_key(due, id), &[])?;
             }
@@ -128,8 +133,8 @@ impl Store {
             {
                 continue;
             }
-            if record.due_ms != old_due
-                && let Some(due) = old_due
+            if new_key != old_key
+                && let Some(due) = old_key
             {
                 inner.due.remove(due_key(due, id))?;
             }

@@ -45,6 +45,50 @@ async fn delivery_resumes_after_graceful_restart() {
     assert_eq!(callbacks[0].status, 200, "{:?}", callbacks[0]);
 }
 
+/// Deliveries parked in a full lane are kept nowhere but in their records (their first
+/// attempts were due when written, so they have no due key): after a restart the server
+/// finds them again from the request log's active phase and delivers each once, with the
+/// `webhook-id` it had. Here the lane holds one attempt, which hangs; the other nine wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_deliveries_resume_after_restart() {
+    const REQUESTS: usize = 10;
+    let mut server = start(|c| c.endpoint_concurrency = 1).await;
+    let receiver = Receiver::start().await;
+    receiver.script_delays(&[Duration::from_secs(60)]);
+    server.event_workflow("content_generator", json!({})).await;
+    server.register_webhook(&receiver.url).await;
+    let mut channels = Vec::new();
+    for _ in 0..REQUESTS {
+        let ticket = server.send_async(seed_request("content_generator")).await;
+        channels.push(ticket["channel_id"].as_str().unwrap().to_string());
+    }
+    receiver.wait_for(1).await;
+    for channel in &channels {
+        server.wait_for_status(channel, "generated").await;
+    }
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "one attempt in the lane, nine parked"
+    );
+
+    server.restart().await;
+    receiver.call_back(&server.key, Callback::Enrich);
+    for channel in &channels {
+        server.wait_for_status(channel, "completed").await;
+    }
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for hook in receiver.received() {
+        ids.entry(hook.header("mr-channel-id").to_string())
+            .or_default()
+            .insert(hook.header("webhook-id").to_string());
+    }
+    assert_eq!(ids.len(), REQUESTS, "every request was delivered");
+    for (channel, set) in &ids {
+        assert_eq!(set.len(), 1, "request {channel} had webhook-ids {set:?}");
+    }
+}
+
 /// Accepted means durable: 300 requests accepted 16 at a time while the backend is down,
 /// then `kill -9` right after the 300th 200, with more requests in flight. After a restart on the same store, with the
 /// backend up, every accepted request is delivered, called back and completed, and the

@@ -344,7 +344,13 @@ async fn webhook_retries_keep_one_webhook_id() {
         assert_signed(hook, Some(&endpoint_id), &secret, &channel_id);
     }
 
-    let view = server.wait_for_status(&channel_id, "completed").await;
+    // The receiver calls back before it answers the third attempt, so the request can
+    // complete before eddy has recorded that attempt: wait for both.
+    let view = server
+        .wait_for_view(&channel_id, "completed, three attempts recorded", |view| {
+            view["status"] == "completed" && Api::steps(view, "webhook_attempt").len() == 3
+        })
+        .await;
     let attempts: Vec<(u64, u64, String)> = Api::steps(&view, "webhook_attempt")
         .into_iter()
         .map(|s| {
