@@ -15,6 +15,9 @@
 //!   error.
 //! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider
 //!   credentials (in memory, written through to the store).
+//! - [`cluster`]: the cluster mode's link to NATS JetStream (the only user of async-nats):
+//!   the connection, the buckets and streams and their settings, fenced compare-and-set,
+//!   the timeline stream, the work queue, push subjects, `eddy cluster check`.
 //! - [`scheduler`]: the timer wheel over the persistent due index.
 //! - [`engine`]: the flow's business rules: accept, drive (model, webhooks, timeouts),
 //!   callbacks, sync requests.
@@ -40,6 +43,7 @@ pub mod ai;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod demo;
