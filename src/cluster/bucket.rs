@@ -15,6 +15,8 @@
 //! Every write names its writer in an `Eddy-Writer` header, so a write whose
 //! acknowledgement was lost can be recognised when it is read back (see `cas`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -71,6 +73,8 @@ pub struct Bucket {
     pub(super) resolve_for: Duration,
     /// This node's name, the first part of every writer token.
     pub(super) writer: String,
+    /// Writes of this handle (and its clones) whose acknowledgement did not come.
+    pub(super) unanswered: Arc<AtomicU64>,
 }
 
 /// An acknowledgement still to come; awaiting it tells whether the write was stored.
@@ -147,6 +151,7 @@ impl Bucket {
             fence,
             resolve_for: Duration::from_secs(30),
             writer: "eddy".into(),
+            unanswered: Arc::default(),
         })
     }
 
@@ -169,6 +174,16 @@ impl Bucket {
     /// Whether CAS writes to this bucket are fenced.
     pub fn fenced(&self) -> bool {
         self.fence.is_some()
+    }
+
+    /// Writes (creates and CAS writes) whose acknowledgement did not come and that were
+    /// followed on the leader to learn their fate: a sign of servers dying or overloaded.
+    pub fn unanswered(&self) -> u64 {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn note_unanswered(&self) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A token naming one write of this node.
@@ -285,6 +300,9 @@ impl Bucket {
                     outcome => outcome,
                 },
             };
+            if outcome == Outcome::Unknown {
+                self.note_unanswered();
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(match outcome {
                     Outcome::Unknown => ClusterError::Unknown { op: "a create" },

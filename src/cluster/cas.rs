@@ -109,7 +109,8 @@ impl Bucket {
                     Outcome::Refused => return Err(ClusterError::failed("a CAS", e)),
                     Outcome::Conflict if !resent => return Ok(Cas::Conflict),
                     // A resent write refused: the first copy may be what moved the key.
-                    Outcome::Conflict | Outcome::Unknown => {}
+                    Outcome::Conflict => {}
+                    Outcome::Unknown => self.note_unanswered(),
                 },
             }
             match self.follow(key, revision, &token, deadline).await? {

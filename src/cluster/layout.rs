@@ -289,7 +289,10 @@ async fn ensure_stream(js: &jetstream::Context, want: &Config) -> Result<Option<
 
 fn create_error(name: &str, e: jetstream::context::CreateStreamError) -> ClusterError {
     let text = e.to_string();
-    let fix = if text.contains("insufficient resources") || text.contains("no suitable peers") {
+    let fix = if ["insufficient resources", "no suitable peers", "replicas"]
+        .iter()
+        .any(|t| text.contains(t))
+    {
         "start enough JetStream servers for the replicas asked for (3 by default), each with \
          room in max_file_store"
     } else {

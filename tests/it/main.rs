@@ -2,6 +2,7 @@
 //! `phoenix` JS client under Node for the browser side (`browser`).
 
 mod browser;
+mod cluster;
 mod compat;
 mod connections;
 mod console;

@@ -9,6 +9,7 @@ pub mod api;
 pub mod binary;
 pub mod browser;
 pub mod log;
+pub mod nats;
 pub mod phoenix;
 pub mod powerfs;
 pub mod provider;
@@ -16,6 +17,7 @@ pub mod raw;
 pub mod receiver;
 pub mod sign;
 pub mod tools;
+pub mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
