@@ -2,15 +2,19 @@
 //! async-nats' key-value store does (subjects `$KV.<bucket>.<key>`, `KV-Operation`
 //! headers for deletes), so `nats kv` reads it too, but with what eddy needs besides:
 //!
-//! - two reads: [`Bucket::get`] asks any replica (a direct get: cheap, may be a little
-//!   behind), [`Bucket::get_leader`] asks the stream's leader (sees every acknowledged
+//! - two reads: [`Bucket::get`] asks any replica (a direct get: cheap, but the replica may
+//!   be behind), [`Bucket::get_leader`] asks the stream's leader (sees every acknowledged
 //!   write). A write made through another server was missed by a direct get 9–361 times in
-//!   2,000 when measured; never by the leader.
+//!   2,000 when measured; never by the leader. A replica that was restarted answers direct
+//!   gets while it catches up, "not found" included, so `get` asks the leader before it
+//!   says a key is absent: a value may be old, an absence is true. A decision to do
+//!   nothing because of what a value says (nothing due, nothing to send) must read from the
+//!   leader.
 //! - [`Bucket::create`], exact even on 2.9.10 (an expected revision of 0 is checked when
 //!   the write is applied), also over a delete marker, and resolved after a lost ack;
 //! - [`Bucket::remove`], which purges a key's messages without leaving a marker, for
 //!   index keys that come and go (a delete marker would stay until `max_age`);
-//! - listings by key prefix and watches, for read models and caches.
+//! - listings by key prefix and watches, for read models and caches (`listing`).
 //!
 //! Every write names its writer in an `Eddy-Writer` header, so a write whose
 //! acknowledgement was lost can be recognised when it is read back (see `cas`).
@@ -20,21 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
-use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 
 use super::layout::BucketSpec;
 use super::{ClusterError, Result, key};
 
 /// The header that names a write's writer.
 pub(super) const WRITER: &str = "Eddy-Writer";
-const OPERATION: &str = "KV-Operation";
+pub(super) const OPERATION: &str = "KV-Operation";
 
 /// A key's current value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,33 +93,46 @@ impl Ack {
     pub async fn wait(self) -> Result<u64> {
         match self.future.await {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) => Err(match publish_outcome(&e) {
-                Outcome::Unknown => ClusterError::Unknown { op: self.op },
-                _ => ClusterError::failed(self.op, e),
+            Err(e) => Err(match attempt_of(e, self.op) {
+                Attempt::Unknown => ClusterError::Unknown { op: self.op },
+                Attempt::Refused(e) => e,
+                _ => ClusterError::failed(self.op, "no stream leader took it"),
             }),
         }
     }
 }
 
-/// How a publish ended when it did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
+/// How one write ended.
+pub(super) enum Attempt {
+    /// Stored by a quorum, at this stream sequence.
+    Stored(u64),
     /// The expected revision did not hold: nothing was written.
     Conflict,
-    /// The server refused the write: nothing was written.
-    Refused,
     /// No answer: the write may still land.
     Unknown,
+    /// No stream leader to take it right now (an election, a lost connection): nothing
+    /// was written; trying again shortly is right.
+    Unavailable,
+    /// The server refused it for good: nothing was written.
+    Refused(ClusterError),
 }
 
-pub(super) fn publish_outcome(e: &jetstream::context::PublishError) -> Outcome {
+fn attempt_of(e: jetstream::context::PublishError, op: &'static str) -> Attempt {
     match e.kind() {
-        PublishErrorKind::WrongLastSequence => Outcome::Conflict,
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Outcome::Unknown,
+        PublishErrorKind::WrongLastSequence => Attempt::Conflict,
         // 2.10 and later refuse a CAS racing another one on the same key in flight (10164).
-        PublishErrorKind::Other if js_code(e) == Some(10164) => Outcome::Conflict,
-        _ => Outcome::Refused,
+        PublishErrorKind::Other if js_code(&e) == Some(10164) => Attempt::Conflict,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Attempt::Unknown,
+        // No responders on the subject: the stream has no leader now.
+        PublishErrorKind::StreamNotFound => Attempt::Unavailable,
+        PublishErrorKind::Other if js_code(&e).is_none() => Attempt::Unavailable,
+        _ => Attempt::Refused(ClusterError::failed(op, e)),
     }
+}
+
+/// A short pause before trying a write or read again while a stream has no leader.
+pub(super) async fn pause() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// The JetStream error code behind `e`, if the server answered with one.
@@ -182,30 +196,36 @@ impl Bucket {
         self.unanswered.load(Ordering::Relaxed)
     }
 
-    pub(super) fn note_unanswered(&self) {
-        self.unanswered.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A token naming one write of this node.
     pub(super) fn token(&self) -> String {
         format!("{}-{:016x}", self.writer, rand::random::<u64>())
     }
 
-    fn subject(&self, key: &str) -> Result<String> {
+    pub(super) fn subject(&self, key: &str) -> Result<String> {
         if !key::valid(key) {
-            return Err(ClusterError::Settings(format!("{key:?} is not a valid key")));
+            return Err(ClusterError::Settings(format!(
+                "{key:?} is not a valid key"
+            )));
         }
         Ok(self.spec.subject(key))
     }
 
-    /// `key`'s value as any replica has it (may miss the latest writes).
+    /// `key`'s value as any replica has it (it may miss the latest writes); an absence is
+    /// confirmed by the leader.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        Ok(self.read(key, false).await?.filter(|r| !r.deleted).map(|r| r.entry))
+        match self.read(key, false).await? {
+            Some(raw) if !raw.deleted => Ok(Some(raw.entry)),
+            _ => self.get_leader(key).await,
+        }
     }
 
     /// `key`'s value as the stream's leader has it: every acknowledged write included.
     pub async fn get_leader(&self, key: &str) -> Result<Option<Entry>> {
-        Ok(self.read(key, true).await?.filter(|r| !r.deleted).map(|r| r.entry))
+        Ok(self
+            .read(key, true)
+            .await?
+            .filter(|r| !r.deleted)
+            .map(|r| r.entry))
     }
 
     pub(super) async fn read(&self, key: &str, leader: bool) -> Result<Option<Raw>> {
@@ -223,12 +243,7 @@ impl Bucket {
                 Err(e) => return Err(ClusterError::failed("reading a key", e)),
             }
         };
-        let header = |name: &str| {
-            message
-                .headers
-                .get(name)
-                .map(|v| v.as_str().to_string())
-        };
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
         Ok(Some(Raw {
             deleted: matches!(header(OPERATION).as_deref(), Some("DEL" | "PURGE")),
             writer: header(WRITER),
@@ -268,6 +283,35 @@ impl Bucket {
             })
     }
 
+    /// Sends one write of `key` expecting it at `expect` (0: absent) and waits for its fate.
+    pub(super) async fn attempt(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: u64,
+        token: &str,
+        op: &'static str,
+    ) -> Attempt {
+        let future = match self.send(key, value, Some(expect), token, op).await {
+            Ok(future) => future,
+            Err(e @ (ClusterError::TooLarge { .. } | ClusterError::Settings(_))) => {
+                return Attempt::Refused(e);
+            }
+            // Not handed to the connection (it is down): not sent.
+            Err(_) => return Attempt::Unavailable,
+        };
+        match future.await {
+            Ok(ack) => Attempt::Stored(ack.sequence),
+            Err(e) => {
+                let attempt = attempt_of(e, op);
+                if matches!(attempt, Attempt::Unknown) {
+                    self.unanswered.fetch_add(1, Ordering::Relaxed);
+                }
+                attempt
+            }
+        }
+    }
+
     /// Writes `key` unconditionally and waits for the quorum's acknowledgement. Only for
     /// keys no one changes by CAS (index entries, dead letters).
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64> {
@@ -291,22 +335,29 @@ impl Bucket {
     pub async fn create(&self, key: &str, value: Bytes) -> Result<Create> {
         let token = self.token();
         let deadline = tokio::time::Instant::now() + self.resolve_for;
+        let mut maybe_sent = false;
         loop {
-            let sent = self.send(key, value.clone(), Some(0), &token, "a create");
-            let outcome = match sent.await?.await {
-                Ok(ack) => return Ok(Create::Created(ack.sequence)),
-                Err(e) => match publish_outcome(&e) {
-                    Outcome::Refused => return Err(ClusterError::failed("a create", e)),
-                    outcome => outcome,
-                },
-            };
-            if outcome == Outcome::Unknown {
-                self.note_unanswered();
+            match self
+                .attempt(key, value.clone(), 0, &token, "a create")
+                .await
+            {
+                Attempt::Stored(revision) => return Ok(Create::Created(revision)),
+                Attempt::Refused(e) => return Err(e),
+                Attempt::Unknown => maybe_sent = true,
+                Attempt::Conflict => {}
+                Attempt::Unavailable if !maybe_sent => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClusterError::failed("a create", "no stream leader"));
+                    }
+                    pause().await;
+                    continue;
+                }
+                Attempt::Unavailable => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(match outcome {
-                    Outcome::Unknown => ClusterError::Unknown { op: "a create" },
-                    _ => ClusterError::failed("a create", "the key keeps changing"),
+                return Err(match maybe_sent {
+                    true => ClusterError::Unknown { op: "a create" },
+                    false => ClusterError::failed("a create", "the key keeps changing"),
                 });
             }
             match self.read(key, true).await {
@@ -323,8 +374,7 @@ impl Bucket {
                 }
                 // Absent: the create did not land (yet); send it again.
                 Ok(None) => {}
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => pause().await,
             }
         }
     }
@@ -359,102 +409,4 @@ impl Bucket {
         .wait()
         .await
     }
-
-    /// Every key under `prefix` (all keys for `None`) with its value, in the order they
-    /// were last written (not key order: there is no range scan). `values: false` reads
-    /// only the keys (the values come back empty), which is much less to send.
-    pub async fn list(&self, prefix: Option<&str>, values: bool) -> Result<Vec<Entry>> {
-        let filter = match prefix {
-            Some(p) => format!("{}.>", self.subject(p)?),
-            None => self.spec.subject(">"),
-        };
-        let consumer = self
-            .stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.js.client().new_inbox(),
-                filter_subject: filter,
-                headers_only: !values,
-                replay_policy: ReplayPolicy::Instant,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::failed("listing a bucket", e))?;
-        let mut out = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ClusterError::failed("listing a bucket", e))?;
-        let strip = format!("$KV.{}.", self.spec.bucket);
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| ClusterError::failed("listing a bucket", e))?;
-            let info = message
-                .info()
-                .map_err(|e| ClusterError::failed("listing a bucket", e))?;
-            let (revision, pending) = (info.stream_sequence, info.pending);
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(OPERATION))
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-            if !deleted && let Some(key) = message.subject.strip_prefix(strip.as_str()) {
-                out.push(Entry {
-                    key: key.to_string(),
-                    value: if values {
-                        message.payload.clone()
-                    } else {
-                        Bytes::new()
-                    },
-                    revision,
-                });
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// The current value of every key matching `filter` (a key, or a prefix ending in
-    /// `>`), then every later change, deletes included: what a cache of the bucket needs.
-    /// The watch follows the bucket across reconnects (an ordered consumer, recreated
-    /// where it left off).
-    pub async fn watch(&self, filter: &str) -> Result<BoxStream<'static, Result<Change>>> {
-        let store = self
-            .js
-            .get_key_value(&self.spec.bucket)
-            .await
-            .map_err(|e| ClusterError::failed("watching a bucket", e))?;
-        let watch = store
-            .watch_with_history(filter)
-            .await
-            .map_err(|e| ClusterError::failed("watching a bucket", e))?;
-        Ok(watch
-            .map(|item| {
-                let entry = item.map_err(|e| ClusterError::failed("watching a bucket", e))?;
-                Ok(Change {
-                    deleted: entry.operation != kv::Operation::Put,
-                    current: entry.delta == 0,
-                    entry: Entry {
-                        key: entry.key,
-                        value: entry.value,
-                        revision: entry.revision,
-                    },
-                })
-            })
-            .boxed())
-    }
-}
-
-/// One change seen by [`Bucket::watch`].
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// The key and its new value (empty when deleted).
-    pub entry: Entry,
-    pub deleted: bool,
-    /// True once the watch has caught up with the bucket as it was when the watch began.
-    pub current: bool,
 }

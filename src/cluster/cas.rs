@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::bucket::{Bucket, Create, Entry, Outcome, publish_outcome};
+use super::bucket::{Attempt, Bucket, Create, Entry, pause};
 use super::connect::{Reached, ServerVersion};
 use super::{ClusterError, Result, key};
 
@@ -82,7 +82,10 @@ pub enum Cas {
 /// What [`Bucket::update`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Updated<T, R> {
-    Done { revision: u64, value: T },
+    Done {
+        revision: u64,
+        value: T,
+    },
     /// The change refused; nothing was written.
     Refused(R),
     Missing,
@@ -100,22 +103,29 @@ impl Bucket {
             }
         }
         let deadline = Instant::now() + self.resolve_for;
-        let mut resent = false;
+        let mut maybe_sent = false;
         loop {
-            let sent = self.send(key, value.clone(), Some(revision), &token, "a CAS");
-            match sent.await?.await {
-                Ok(ack) => return Ok(Cas::Written(ack.sequence)),
-                Err(e) => match publish_outcome(&e) {
-                    Outcome::Refused => return Err(ClusterError::failed("a CAS", e)),
-                    Outcome::Conflict if !resent => return Ok(Cas::Conflict),
-                    // A resent write refused: the first copy may be what moved the key.
-                    Outcome::Conflict => {}
-                    Outcome::Unknown => self.note_unanswered(),
-                },
+            match self
+                .attempt(key, value.clone(), revision, &token, "a CAS")
+                .await
+            {
+                Attempt::Stored(revision) => return Ok(Cas::Written(revision)),
+                Attempt::Refused(e) => return Err(e),
+                Attempt::Conflict if !maybe_sent => return Ok(Cas::Conflict),
+                // This writer holds the fence: the same write, again, once a leader is back.
+                Attempt::Unavailable if !maybe_sent => {
+                    if Instant::now() >= deadline {
+                        return Err(ClusterError::failed("a CAS", "no stream leader"));
+                    }
+                    pause().await;
+                    continue;
+                }
+                Attempt::Unknown => maybe_sent = true,
+                // After a copy went unanswered: that copy may be what moved the key.
+                Attempt::Conflict | Attempt::Unavailable => {}
             }
-            match self.follow(key, revision, &token, deadline).await? {
-                Some(written) => return Ok(written),
-                None => resent = true,
+            if let Some(written) = self.follow(key, revision, &token, deadline).await? {
+                return Ok(written);
             }
         }
     }
@@ -141,7 +151,7 @@ impl Bucket {
                 Ok(Some(_)) => return Err(ClusterError::Unknown { op: "a CAS" }),
                 // The key was removed (or expired) meanwhile: the write cannot land now.
                 Ok(None) => return Ok(Some(Cas::Conflict)),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => pause().await,
             }
         }
     }
@@ -171,7 +181,12 @@ impl Bucket {
                 Err(refusal) => return Ok(Updated::Refused(refusal)),
             };
             match self.cas(key, entry.revision, value).await? {
-                Cas::Written(revision) => return Ok(Updated::Done { revision, value: out }),
+                Cas::Written(revision) => {
+                    return Ok(Updated::Done {
+                        revision,
+                        value: out,
+                    });
+                }
                 Cas::Conflict => {
                     leader = true;
                     stuck.wait(entry.revision, self.give_up_after()).await?;

@@ -74,7 +74,10 @@ impl fmt::Display for Report {
         match (fails, warns) {
             (0, 0) => writeln!(f, "the NATS side is ready for eddy"),
             (0, w) => writeln!(f, "ready, with {w} warning(s)"),
-            (n, _) => writeln!(f, "{n} problem(s): eddy cannot run in cluster mode as set up"),
+            (n, _) => writeln!(
+                f,
+                "{n} problem(s): eddy cannot run in cluster mode as set up"
+            ),
         }
     }
 }
@@ -109,7 +112,11 @@ pub async fn check(settings: &Settings) -> Report {
     let link = match Link::connect(settings).await {
         Ok(l) => l,
         Err(e) => {
-            report.add(Level::Fail, e.to_string(), Some("start the servers, or correct --cluster"));
+            report.add(
+                Level::Fail,
+                e.to_string(),
+                Some("start the servers, or correct --cluster"),
+            );
             return report;
         }
     };
@@ -160,7 +167,10 @@ fn servers(report: &mut Report, settings: &Settings, reached: &[Reached]) {
             level = Level::Fail;
             fix = Some(NO_JETSTREAM);
         } else if settings.replicas > 1 && (info.cluster.is_none() || size < settings.replicas) {
-            line.push_str(&format!(", fewer servers than the {} replicas asked for", settings.replicas));
+            line.push_str(&format!(
+                ", fewer servers than the {} replicas asked for",
+                settings.replicas
+            ));
             level = Level::Fail;
             fix = Some(TOO_FEW);
         } else if info.max_payload < 1 << 20 {
@@ -178,8 +188,10 @@ fn servers(report: &mut Report, settings: &Settings, reached: &[Reached]) {
                      a power cut of every server at once can lose the last minute",
                     r.url
                 ),
-                Some("nats-server 2.10+ with `sync_interval: always` in its jetstream block \
-                      syncs every write (slower)"),
+                Some(
+                    "nats-server 2.10+ with `sync_interval: always` in its jetstream block \
+                      syncs every write (slower)",
+                ),
             );
         }
     }
@@ -195,7 +207,10 @@ fn servers(report: &mut Report, settings: &Settings, reached: &[Reached]) {
     if versions.len() > 1 {
         report.add(
             Level::Warn,
-            format!("the servers run different versions: {}", versions.join(", ")),
+            format!(
+                "the servers run different versions: {}",
+                versions.join(", ")
+            ),
             Some("finish the upgrade; until then eddy fences every CAS unless all are 2.9.21+"),
         );
     }
@@ -209,12 +224,20 @@ async fn account(report: &mut Report, link: &Link, settings: &Settings) {
     let info: serde_json::Value = match answer {
         Ok(m) => serde_json::from_slice(&m.payload).unwrap_or_default(),
         Err(e) => {
-            report.add(Level::Fail, format!("JetStream does not answer: {e}"), Some(NO_JETSTREAM));
+            report.add(
+                Level::Fail,
+                format!("JetStream does not answer: {e}"),
+                Some(NO_JETSTREAM),
+            );
             return;
         }
     };
     if let Some(error) = info.get("error") {
-        report.add(Level::Fail, format!("JetStream refuses this account: {error}"), Some(NO_JETSTREAM));
+        report.add(
+            Level::Fail,
+            format!("JetStream refuses this account: {error}"),
+            Some(NO_JETSTREAM),
+        );
         return;
     }
     let used = info["storage"].as_u64().unwrap_or(0);
@@ -223,14 +246,20 @@ async fn account(report: &mut Report, link: &Link, settings: &Settings) {
         "JetStream: {} stream(s), {} MiB stored{}, prefix {:?}, {} replica(s)",
         info["streams"].as_u64().unwrap_or(0),
         used >> 20,
-        if limit > 0 { format!(" of {} MiB allowed", limit >> 20) } else { String::new() },
+        if limit > 0 {
+            format!(" of {} MiB allowed", limit >> 20)
+        } else {
+            String::new()
+        },
         settings.prefix,
         settings.replicas,
     );
     if limit > 0 && used * 10 > limit as u64 * 9 {
-        report.add(Level::Warn, text + ": over 90% of the account's storage", Some(
-            "raise max_file_store in the servers' jetstream block, or shorten the retentions",
-        ));
+        report.add(
+            Level::Warn,
+            text + ": over 90% of the account's storage",
+            Some("raise max_file_store in the servers' jetstream block, or shorten the retentions"),
+        );
     } else {
         report.add(Level::Ok, text, None);
     }
@@ -270,7 +299,11 @@ async fn stream(
     if diffs.is_empty() && health.is_empty() {
         report.add(
             Level::Ok,
-            format!("{name}: {} message(s), {} KiB", info.state.messages, info.state.bytes >> 10),
+            format!(
+                "{name}: {} message(s), {} KiB",
+                info.state.messages,
+                info.state.bytes >> 10
+            ),
             None,
         );
     }
@@ -283,12 +316,20 @@ fn settings_findings(report: &mut Report, name: &str, diffs: &[Difference]) {
     for d in diffs {
         let what = format!("{name}: {} is {} (eddy needs {})", d.field, d.have, d.want);
         if d.mutable {
-            report.add(Level::Warn, what, Some("`eddy serve --cluster …` updates it at start"));
+            report.add(
+                Level::Warn,
+                what,
+                Some("`eddy serve --cluster …` updates it at start"),
+            );
         } else {
-            report.add(Level::Fail, what, Some(
-                "eddy cannot change it: use another cluster prefix, or delete the stream \
+            report.add(
+                Level::Fail,
+                what,
+                Some(
+                    "eddy cannot change it: use another cluster prefix, or delete the stream \
                  (`nats stream rm`) if its data may go",
-            ));
+                ),
+            );
         }
     }
 }
@@ -302,7 +343,11 @@ fn health(cluster: Option<&ClusterInfo>, replicas: usize) -> Vec<(Level, String,
     const QUORUM: &str = "bring back the servers that are down: a stream needs a majority of \
                           its replicas";
     if cluster.leader.is_none() {
-        out.push((Level::Fail, "no leader: writes stop until a majority of its replicas is up".into(), QUORUM));
+        out.push((
+            Level::Fail,
+            "no leader: writes stop until a majority of its replicas is up".into(),
+            QUORUM,
+        ));
     }
     let mut behind = 0;
     for peer in &cluster.replicas {
@@ -313,7 +358,9 @@ fn health(cluster: Option<&ClusterInfo>, replicas: usize) -> Vec<(Level, String,
                 format!(
                     "replica on {} is {}",
                     peer.name,
-                    if peer.offline { "offline".to_string() } else {
+                    if peer.offline {
+                        "offline".to_string()
+                    } else {
                         format!("catching up ({} behind)", peer.lag.unwrap_or(0))
                     }
                 ),
@@ -355,7 +402,10 @@ async fn consumer(report: &mut Report, js: &async_nats::jetstream::Context, layo
             if info.num_ack_pending * 10 > max * 9 {
                 report.add(
                     Level::Warn,
-                    format!("{name}: {} of {max} handed-out slots in use", info.num_ack_pending),
+                    format!(
+                        "{name}: {} of {max} handed-out slots in use",
+                        info.num_ack_pending
+                    ),
                     Some("add nodes, or raise the work consumer's max_ack_pending"),
                 );
             }

@@ -70,7 +70,11 @@ impl ServerVersion {
         let core = text.trim().trim_start_matches('v');
         let core = core.split(['-', '+']).next()?;
         let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
-        Some(ServerVersion(parts.next()??, parts.next()??, parts.next()??))
+        Some(ServerVersion(
+            parts.next()??,
+            parts.next()??,
+            parts.next()??,
+        ))
     }
 }
 
@@ -187,6 +191,14 @@ impl Link {
         self.state.reconnects.subscribe()
     }
 
+    /// Stops taking messages, lets what was sent be flushed, and closes the connection
+    /// (a node shutting down; its unacknowledged work goes to other nodes).
+    pub async fn close(&self) {
+        if let Err(e) = self.client.drain().await {
+            tracing::warn!("cluster: closing the NATS connection: {e}");
+        }
+    }
+
     /// The server this node is connected to now.
     pub fn server(&self) -> ServerInfo {
         self.client.server_info()
@@ -226,7 +238,11 @@ mod tests {
     fn server_lists_parse_and_bad_ones_are_refused() {
         assert_eq!(
             parse_servers("nats://10.0.0.1:4222, nats://b.example,c:4333").unwrap(),
-            ["nats://10.0.0.1:4222", "nats://b.example:4222", "nats://c:4333"]
+            [
+                "nats://10.0.0.1:4222",
+                "nats://b.example:4222",
+                "nats://c:4333"
+            ]
         );
         assert_eq!(
             parse_servers("tls://u:p@n1:7422").unwrap(),

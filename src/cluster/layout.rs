@@ -267,14 +267,19 @@ async fn ensure_stream(js: &jetstream::Context, want: &Config) -> Result<Option<
                     .map_err(|e| ClusterError::failed("updating a stream", e))?;
                 return Ok(Some(format!("updated {}: {}", want.name, describe(&diffs))));
             }
-            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                 if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
             {
                 match js.create_stream(want.clone()).await {
                     Ok(_) => return Ok(Some(format!("created {}", want.name))),
                     // Another node created it meanwhile: compare again.
-                    Err(e) if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
-                        if j.error_code() == ErrorCode::STREAM_NAME_EXIST) => continue,
+                    Err(e)
+                        if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                        if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(create_error(&want.name, e)),
                 }
             }
@@ -333,68 +338,76 @@ fn describe_refs(diffs: &[&Difference]) -> String {
         .join(", ")
 }
 
+/// A difference in `field` if `want` and `have` differ.
+fn diff<T: std::fmt::Debug>(
+    field: &'static str,
+    want: T,
+    have: T,
+    mutable: bool,
+) -> Option<Difference> {
+    // Strings are shown without Debug's quotes.
+    let show = |v: T| format!("{v:?}").trim_matches('"').to_string();
+    let (want, have) = (show(want), show(have));
+    (want != have).then_some(Difference {
+        field,
+        want,
+        have,
+        mutable,
+    })
+}
+
 /// How the settings eddy relies on differ between `want` and a server's `have`.
-pub fn stream_differences(want: &Config, have: &Config) -> Vec<Difference> {
-    let mut out = Vec::new();
-    let mut cmp = |field, w: String, h: String, mutable| {
-        if w != h {
-            out.push(Difference {
-                field,
-                want: w,
-                have: h,
-                mutable,
-            });
-        }
-    };
-    cmp("subjects", want.subjects.join(" "), have.subjects.join(" "), true);
-    cmp("retention", format!("{:?}", want.retention), format!("{:?}", have.retention), false);
-    cmp("storage", format!("{:?}", want.storage), format!("{:?}", have.storage), false);
-    cmp("replicas", want.num_replicas.to_string(), have.num_replicas.to_string(), true);
-    cmp("max_age", secs(want.max_age), secs(have.max_age), true);
-    cmp(
-        "history",
-        want.max_messages_per_subject.max(0).to_string(),
-        have.max_messages_per_subject.max(0).to_string(),
-        true,
-    );
-    cmp("allow_direct", want.allow_direct.to_string(), have.allow_direct.to_string(), true);
-    cmp("allow_rollup", want.allow_rollup.to_string(), have.allow_rollup.to_string(), true);
-    cmp("deny_delete", want.deny_delete.to_string(), have.deny_delete.to_string(), false);
-    if !want.duplicate_window.is_zero() {
-        cmp(
-            "duplicate_window",
-            secs(want.duplicate_window),
-            secs(have.duplicate_window),
-            true,
-        );
-    }
-    out
+pub fn stream_differences(w: &Config, h: &Config) -> Vec<Difference> {
+    let history = |c: &Config| c.max_messages_per_subject.max(0);
+    let window = |c: &Config| secs(c.duplicate_window);
+    [
+        diff("subjects", w.subjects.join(" "), h.subjects.join(" "), true),
+        diff("retention", w.retention, h.retention, false),
+        diff("storage", w.storage, h.storage, false),
+        diff("replicas", w.num_replicas, h.num_replicas, true),
+        diff("max_age", secs(w.max_age), secs(h.max_age), true),
+        diff("history", history(w), history(h), true),
+        diff("allow_direct", w.allow_direct, h.allow_direct, true),
+        diff("allow_rollup", w.allow_rollup, h.allow_rollup, true),
+        diff("deny_delete", w.deny_delete, h.deny_delete, false),
+        (!w.duplicate_window.is_zero())
+            .then(|| diff("duplicate_window", window(w), window(h), true))
+            .flatten(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// How the work consumer differs between `want` and a server's `have`.
-pub fn consumer_differences(
-    want: &pull::Config,
-    have: &jetstream::consumer::Config,
-) -> Vec<Difference> {
-    let mut out = Vec::new();
-    let mut cmp = |field, w: String, h: String, mutable| {
-        if w != h {
-            out.push(Difference {
-                field,
-                want: w,
-                have: h,
-                mutable,
-            });
-        }
+pub fn consumer_differences(w: &pull::Config, h: &jetstream::consumer::Config) -> Vec<Difference> {
+    let push = if h.deliver_subject.is_some() {
+        "yes"
+    } else {
+        "no"
     };
-    cmp("ack_policy", format!("{:?}", want.ack_policy), format!("{:?}", have.ack_policy), false);
-    cmp("deliver_policy", format!("{:?}", want.deliver_policy), format!("{:?}", have.deliver_policy), false);
-    cmp("push consumer", "no".into(), if have.deliver_subject.is_some() { "yes" } else { "no" }.into(), false);
-    cmp("filter_subject", want.filter_subject.clone(), have.filter_subject.clone(), false);
-    cmp("ack_wait", secs(want.ack_wait), secs(have.ack_wait), true);
-    cmp("max_deliver", want.max_deliver.to_string(), have.max_deliver.to_string(), true);
-    cmp("max_ack_pending", want.max_ack_pending.to_string(), have.max_ack_pending.to_string(), true);
-    out
+    [
+        diff("ack_policy", w.ack_policy, h.ack_policy, false),
+        diff("deliver_policy", w.deliver_policy, h.deliver_policy, false),
+        diff("push consumer", "no", push, false),
+        diff(
+            "filter_subject",
+            &w.filter_subject,
+            &h.filter_subject,
+            false,
+        ),
+        diff("ack_wait", secs(w.ack_wait), secs(h.ack_wait), true),
+        diff("max_deliver", w.max_deliver, h.max_deliver, true),
+        diff(
+            "max_ack_pending",
+            w.max_ack_pending,
+            h.max_ack_pending,
+            true,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn secs(d: Duration) -> String {

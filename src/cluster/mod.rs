@@ -8,7 +8,8 @@
 //! |---|---|
 //! | `connect` | the server list, the client (reconnecting forever), connection events |
 //! | `layout` | the name and settings of every bucket, stream and consumer; creating them |
-//! | `bucket` | key-value buckets (streams created by eddy): reads, `create`, puts, removal, listings, watches |
+//! | `bucket` | key-value buckets (streams created by eddy): reads, `create`, puts, removal |
+//! | `listing` | a bucket's keys under a prefix, and watches of them (for read models and caches) |
 //! | `cas` | compare-and-set on a bucket key, fenced on servers that lose concurrent CAS writes |
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
@@ -33,6 +34,7 @@ pub mod check;
 pub mod connect;
 pub mod key;
 pub mod layout;
+pub mod listing;
 pub mod push;
 pub mod timeline;
 pub mod work;
@@ -45,6 +47,7 @@ pub use bucket::{Bucket, Create, Entry};
 pub use cas::{Cas, CasMode};
 pub use connect::{Link, ServerVersion};
 pub use layout::Layout;
+pub use listing::Change;
 pub use push::{Push, Pushes};
 pub use timeline::Timeline;
 pub use work::{Job, WorkQueue};
@@ -118,6 +121,9 @@ pub struct Settings {
     pub max_ack_pending: i64,
     /// This node's name in connection names and writer tokens.
     pub node: String,
+    /// How long a starting node waits for the streams to answer (after every server was
+    /// restarted, they elect their leaders within 10–15 s).
+    pub start_within: Duration,
 }
 
 impl Settings {
@@ -139,6 +145,7 @@ impl Settings {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
             node: format!("eddy-{:08x}", rand::random::<u32>()),
+            start_within: Duration::from_secs(60),
         }
     }
 }
@@ -162,7 +169,21 @@ impl Cluster {
         let mode = settings.cas.resolve(&connect::versions(&settings).await);
         let js = link.jetstream(settings.request_timeout);
         let layout = Layout::new(&settings)?;
-        for change in layout.ensure(&js).await? {
+        let deadline = tokio::time::Instant::now() + settings.start_within;
+        let changes = loop {
+            match layout.ensure(&js).await {
+                Ok(changes) => break changes,
+                // Streams still electing leaders (all servers restarted): wait for them.
+                Err(ClusterError::Failed { op, reason })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!("cluster: waiting for JetStream ({op}: {reason})");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for change in changes {
             tracing::info!("cluster: {change}");
         }
         Ok(Cluster {
@@ -192,7 +213,9 @@ impl Cluster {
     pub async fn bucket(&self, name: &str) -> Result<Bucket> {
         let spec = self.layout.bucket(name)?;
         let fence = match self.mode {
-            CasMode::Fenced => Some(Bucket::open(&self.js, self.layout.bucket("fence")?, None).await?),
+            CasMode::Fenced => {
+                Some(Bucket::open(&self.js, self.layout.bucket("fence")?, None).await?)
+            }
             _ => None,
         };
         let mut bucket = Bucket::open(&self.js, spec, fence.map(Box::new)).await?;

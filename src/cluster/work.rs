@@ -129,10 +129,11 @@ impl WorkQueue {
 }
 
 impl Job {
+    /// The job in `message`, or the message back (boxed: it is large) if it is not one.
     fn parse(
         prefix: &str,
         message: jetstream::Message,
-    ) -> std::result::Result<Job, jetstream::Message> {
+    ) -> std::result::Result<Job, Box<jetstream::Message>> {
         let id = message
             .subject
             .strip_prefix(prefix)
@@ -146,7 +147,7 @@ impl Job {
                 delivered,
                 message,
             }),
-            _ => Err(message),
+            _ => Err(Box::new(message)),
         }
     }
 

@@ -38,7 +38,11 @@ pub async fn increment(bucket: &Bucket, key: &str) -> Result<bool, ClusterError>
 }
 
 pub async fn number(bucket: &Bucket, key: &str) -> u64 {
-    let entry = bucket.get_leader(key).await.unwrap().expect("the key exists");
+    let entry = bucket
+        .get_leader(key)
+        .await
+        .unwrap()
+        .expect("the key exists");
     std::str::from_utf8(&entry.value).unwrap().parse().unwrap()
 }
 
@@ -49,7 +53,11 @@ pub async fn number(bucket: &Bucket, key: &str) -> u64 {
 async fn a_new_cluster_gets_its_layout_and_checks_clean() {
     let nats = Nats::three().await;
     let a = node_on(&nats, 0).await;
-    assert_eq!(a.cas_mode(), CasMode::Fenced, "2.9.10 loses plain CAS writes");
+    assert_eq!(
+        a.cas_mode(),
+        CasMode::Fenced,
+        "2.9.10 loses plain CAS writes"
+    );
     let report = check(&nats.settings()).await;
     assert!(report.passed(), "{report}");
     assert_eq!(report.count(Level::Warn), 0, "{report}");
@@ -72,7 +80,10 @@ async fn a_new_cluster_gets_its_layout_and_checks_clean() {
             "{report}"
         );
     }
-    assert!(report.to_string().contains("compare-and-set is fenced"), "{report}");
+    assert!(
+        report.to_string().contains("compare-and-set is fenced"),
+        "{report}"
+    );
     let b = node_on(&nats, 2).await;
     let changes = b.layout.ensure(b.jetstream()).await.unwrap();
     assert!(changes.is_empty(), "{changes:?}");
@@ -95,7 +106,10 @@ async fn too_few_servers_for_the_replicas_are_refused_with_the_fix() {
         panic!("a node started with 3 replicas on one server");
     };
     assert!(matches!(err, ClusterError::Layout { .. }), "{err}");
-    assert!(err.to_string().contains("enough JetStream servers"), "{err}");
+    assert!(
+        err.to_string().contains("enough JetStream servers"),
+        "{err}"
+    );
 }
 
 /// A retention changed in eddy's config shows in the check as a warning and is updated by
@@ -110,7 +124,9 @@ async fn changed_settings_are_updated_and_unchangeable_ones_refused() {
     let report = check(&shorter).await;
     assert!(report.passed(), "{report}");
     assert!(
-        report.to_string().contains("KV_eddy_requests: max_age is 30days (eddy needs 1h)"),
+        report
+            .to_string()
+            .contains("KV_eddy_requests: max_age is 30days (eddy needs 1h)"),
         "{report}"
     );
     let _b = Cluster::open(shorter.clone()).await.unwrap();
@@ -132,11 +148,17 @@ async fn changed_settings_are_updated_and_unchangeable_ones_refused() {
     let Err(err) = Cluster::open(other.clone()).await else {
         panic!("a node started on a work stream that is not a work queue");
     };
-    assert!(err.to_string().contains("retention Limits (wanted WorkQueue)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("retention Limits (wanted WorkQueue)"),
+        "{err}"
+    );
     let report = check(&other).await;
     assert!(!report.passed(), "{report}");
     assert!(
-        report.to_string().contains("OTHER_WORK: retention is Limits (eddy needs WorkQueue)"),
+        report
+            .to_string()
+            .contains("OTHER_WORK: retention is Limits (eddy needs WorkQueue)"),
         "{report}"
     );
 }
@@ -149,12 +171,28 @@ async fn fenced_cas_loses_no_update_between_racing_nodes() {
     let nats = Nats::three().await;
     let mut buckets = Vec::new();
     for i in 0..6 {
-        buckets.push(node_on(&nats, i % 3).await.bucket("requests").await.unwrap());
+        buckets.push(
+            node_on(&nats, i % 3)
+                .await
+                .bucket("requests")
+                .await
+                .unwrap(),
+        );
     }
     assert!(buckets[0].fenced());
     assert_eq!(
-        buckets[0].create("counter", Bytes::from("0")).await.unwrap(),
-        Create::Created(buckets[0].get_leader("counter").await.unwrap().unwrap().revision)
+        buckets[0]
+            .create("counter", Bytes::from("0"))
+            .await
+            .unwrap(),
+        Create::Created(
+            buckets[0]
+                .get_leader("counter")
+                .await
+                .unwrap()
+                .unwrap()
+                .revision
+        )
     );
     let per_node = 20;
     let tasks: Vec<_> = buckets
@@ -164,7 +202,10 @@ async fn fenced_cas_loses_no_update_between_racing_nodes() {
             tokio::spawn(async move {
                 let mut unknown = 0;
                 for _ in 0..per_node {
-                    if !increment(&bucket, "counter").await.expect("a healthy cluster") {
+                    if !increment(&bucket, "counter")
+                        .await
+                        .expect("a healthy cluster")
+                    {
                         unknown += 1;
                     }
                 }
@@ -207,13 +248,19 @@ async fn create_is_exact_between_racing_nodes() {
     }
     let reader = node_on(&nats, 0).await.bucket("idem").await.unwrap();
     for k in 0..30 {
+        let outcomes: Vec<&Create> = all.iter().map(|node| &node[k]).collect();
         let winners: Vec<usize> = (0..3)
-            .filter(|i| matches!(all[*i][k], Create::Created(_)))
+            .filter(|i| matches!(outcomes[*i], Create::Created(_)))
             .collect();
         assert_eq!(winners.len(), 1, "key k{k}: {:?}", winners);
-        let value = reader.get_leader(&format!("k{k}")).await.unwrap().unwrap().value;
+        let value = reader
+            .get_leader(&format!("k{k}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
         assert_eq!(value, format!("node {}", winners[0]));
-        for outcome in (0..3).map(|i| &all[i][k]) {
+        for outcome in outcomes {
             if let Create::Exists(entry) = outcome {
                 assert_eq!(entry.value, value, "key k{k}");
             }
@@ -233,7 +280,10 @@ async fn a_leader_read_sees_a_write_made_through_another_server() {
     let a = Cluster::open(one_server(0)).await.unwrap();
     let b = Cluster::open(one_server(2)).await.unwrap();
     assert_ne!(a.link.server().server_name, b.link.server().server_name);
-    let (wa, rb) = (a.bucket("log").await.unwrap(), b.bucket("log").await.unwrap());
+    let (wa, rb) = (
+        a.bucket("log").await.unwrap(),
+        b.bucket("log").await.unwrap(),
+    );
     for i in 0..200 {
         let key = format!("k.{i}");
         wa.put(&key, Bytes::from(i.to_string())).await.unwrap();
@@ -253,8 +303,15 @@ async fn removed_and_deleted_keys_can_be_created_again() {
     due.remove("k").await.unwrap();
     assert_eq!(due.get_leader("k").await.unwrap(), None);
     let stream = node.jetstream().get_stream("KV_eddy_due").await.unwrap();
-    assert_eq!(stream.get_info().await.unwrap().state.messages, 0, "no marker");
-    assert!(matches!(due.create("k", Bytes::from("v2")).await.unwrap(), Create::Created(_)));
+    assert_eq!(
+        stream.get_info().await.unwrap().state.messages,
+        0,
+        "no marker"
+    );
+    assert!(matches!(
+        due.create("k", Bytes::from("v2")).await.unwrap(),
+        Create::Created(_)
+    ));
 
     let catalog = node.bucket("catalog").await.unwrap();
     catalog.put("w", Bytes::from("v1")).await.unwrap();
@@ -278,10 +335,16 @@ async fn listings_take_one_prefix_and_watches_follow_changes() {
     for k in ["a.1", "a.2", "a.3", "b.1", "b.2"] {
         a.put(k, Bytes::from(format!("v{k}"))).await.unwrap();
     }
-    let mut keys: Vec<String> = a.list(Some("a"), true).await.unwrap().into_iter().map(|e| {
-        assert_eq!(e.value, format!("v{}", e.key));
-        e.key
-    }).collect();
+    let mut keys: Vec<String> = a
+        .list(Some("a"), true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e.value, format!("v{}", e.key));
+            e.key
+        })
+        .collect();
     keys.sort();
     assert_eq!(keys, ["a.1", "a.2", "a.3"]);
     assert!(a.list(Some("c"), true).await.unwrap().is_empty());
@@ -293,7 +356,11 @@ async fn listings_take_one_prefix_and_watches_follow_changes() {
     let mut watch = b.watch(">").await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 5 {
-        let change = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap();
+        let change = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push(change.entry.key.clone());
         assert_eq!(change.current, seen.len() == 5, "{seen:?}");
     }
@@ -307,4 +374,64 @@ async fn listings_take_one_prefix_and_watches_follow_changes() {
             .unwrap();
         assert_eq!((change.entry.key.as_str(), change.deleted), (key, deleted));
     }
+}
+
+/// Runs `eddy cluster check` with `args`; returns its exit code and all it printed.
+async fn cluster_check(args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["cluster", "check"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// `eddy cluster check` as an operator runs it: on a fresh cluster it passes and lists the
+/// streams the first node will create; once a node has started, everything is ready;
+/// against servers that do not answer, or a wrong address, it fails saying why.
+#[tokio::test]
+async fn eddy_cluster_check_tells_an_operator_what_to_fix() {
+    let nats = Nats::three().await;
+    let urls = nats.urls().join(",");
+    let (code, text) = cluster_check(&["--cluster", &urls]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("WARN  KV_eddy_requests: missing"), "{text}");
+    assert!(
+        text.contains("fix: `eddy serve --cluster …` creates it at start"),
+        "{text}"
+    );
+    assert!(text.contains("nats-server 2.9.10 (n1)"), "{text}");
+    node_on(&nats, 0).await;
+    let (code, text) = cluster_check(&["--cluster", &urls]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("the NATS side is ready for eddy"), "{text}");
+    let (code, text) = cluster_check(&["--cluster", "nats://127.0.0.1:1"]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("no server of nats://127.0.0.1:1 answered"),
+        "{text}"
+    );
+    let (code, text) = cluster_check(&["--cluster", "http://127.0.0.1:4222"]).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("the scheme must be nats:// or tls://"),
+        "{text}"
+    );
+}
+
+/// `eddy cluster check` against a single server: it fails for the default three replicas,
+/// saying how to make a cluster, and passes with `--cluster-replicas 1`.
+#[tokio::test]
+async fn eddy_cluster_check_on_one_server_needs_one_replica() {
+    let nats = Nats::one().await;
+    let url = nats.url(0);
+    let (code, text) = cluster_check(&["--cluster", &url]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("fewer servers than the 3 replicas"), "{text}");
+    let (code, text) = cluster_check(&["--cluster", &url, "--cluster-replicas", "1"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("1 replica(s)"), "{text}");
 }

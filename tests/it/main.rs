@@ -3,6 +3,8 @@
 
 mod browser;
 mod cluster;
+mod cluster_faults;
+mod cluster_queue;
 mod compat;
 mod connections;
 mod console;

@@ -6,11 +6,14 @@
 //! Ports are taken below the kernel's ephemeral range (where no `bind(…:0)` or outgoing
 //! connection of another test lands) and checked free; a server that still finds its port
 //! taken makes the whole start begin again on new ports. Ready means every running server
-//! answers `GET /healthz` with 200, which on 2.9 includes "in contact with the JetStream
-//! meta leader, and every stream it holds is current". Waits poll that condition; no
-//! fixed sleeps.
+//! answers `GET /healthz?js-server-only=true` with 200: JetStream is up and in contact with
+//! its meta leader. (Without the option, 2.9.10 also waits for every replica to be current,
+//! and after a restart an idle consumer's replica can stay "not current" for minutes.)
+//! A stream may still be electing a leader then: tests poll their first operation. Waits
+//! poll conditions; no fixed sleeps.
 
 use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -34,7 +37,9 @@ fn binary() -> PathBuf {
             return PathBuf::from(path);
         }
     }
-    panic!("nats-server is missing: run tests/setup (installs Debian's nats-server) or set NATS_SERVER");
+    panic!(
+        "nats-server is missing: run tests/setup (installs Debian's nats-server) or set NATS_SERVER"
+    );
 }
 
 /// A loopback port below the ephemeral range, free now and not handed out before.
@@ -144,14 +149,28 @@ impl Nats {
             .append(true)
             .open(&s.log)
             .expect("nats log file");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .arg("-c")
             .arg(&s.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()
-            .expect("nats-server starts");
+            // A group of its own: when a process of the test binary's group exits, the
+            // kernel may send SIGCONT (and SIGHUP, which makes nats-server reload) to the
+            // stopped members of an orphaned group, and would thaw a frozen server.
+            .process_group(0);
+        // SAFETY: prctl(2) only, between fork and exec: the server dies with the thread
+        // that started it, even if the test binary is killed without running Drop.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("nats-server starts");
         s.child = Some(child);
     }
 
@@ -174,7 +193,7 @@ impl Nats {
                     eprintln!("nats-server {name} exited ({status}):\n{}", self.log(i));
                     return false;
                 }
-                let url = format!("http://127.0.0.1:{}/healthz", s.monitor);
+                let url = format!("http://127.0.0.1:{}/healthz?js-server-only=true", s.monitor);
                 if let Ok(r) = http.get(&url).send().await
                     && r.status() == 200
                 {

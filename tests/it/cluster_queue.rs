@@ -1,0 +1,226 @@
+//! The cluster mode's work queue, timeline stream and push subject against three real
+//! nats-servers (`support::nats`): each firing goes to one node and repeats are stored
+//! once; work held by a dead node goes to another; deferred work comes back after its
+//! delay; a timeline reads back in order on any node; a push reaches every node.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy::cluster::{Cluster, Job, Push};
+use eddy::job::{ChannelId, ProjectId};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use crate::cluster::node_on;
+use crate::support::WAIT;
+use crate::support::nats::Nats;
+use crate::support::wait::{eventually, ok_if};
+
+async fn next_job(jobs: &mut BoxStream<'static, eddy::cluster::Result<Job>>) -> Job {
+    loop {
+        match tokio::time::timeout(WAIT, jobs.next()).await {
+            Ok(Some(Ok(job))) => return job,
+            // A missed heartbeat on a loaded machine: the stream goes on.
+            Ok(Some(Err(e))) => eprintln!("pulling work: {e}"),
+            other => panic!("no job within the wait: {:?}", other.map(|o| o.is_none())),
+        }
+    }
+}
+
+/// Three nodes each publish the same 60 firings; 60 messages are stored, each is handed to
+/// exactly one of the three nodes pulling, and once acknowledged the queue is empty.
+#[tokio::test]
+async fn each_firing_goes_to_one_node_and_repeats_are_stored_once() {
+    let nats = Nats::three().await;
+    let mut queues = Vec::new();
+    for i in 0..3 {
+        queues.push(node_on(&nats, i).await.work().await.unwrap());
+    }
+    for queue in &queues {
+        let mut acks = Vec::new();
+        for id in 1..=60u64 {
+            acks.push(queue.publish(id, 1_000 + id).await.unwrap());
+        }
+        for ack in acks {
+            ack.wait().await.unwrap();
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut pullers = Vec::new();
+    for (n, queue) in queues.iter().enumerate() {
+        let mut jobs = queue.jobs(16).await.unwrap();
+        let tx = tx.clone();
+        pullers.push(tokio::spawn(async move {
+            loop {
+                let job = next_job(&mut jobs).await;
+                job.done().await.unwrap();
+                let _ = tx.send((n, job.id, job.due_ms));
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 60 {
+        let got = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("60 jobs");
+        seen.push(got.unwrap());
+    }
+    let ids: HashSet<u64> = seen.iter().map(|(_, id, _)| *id).collect();
+    assert_eq!(ids.len(), 60, "each firing once: {seen:?}");
+    assert!(seen.iter().all(|(_, id, due)| *due == 1_000 + id));
+    eventually("the queue to be empty", async || {
+        let backlog = queues[0].backlog().await.unwrap();
+        ok_if(backlog == (0, 0), backlog)
+    })
+    .await;
+    assert!(rx.try_recv().is_err(), "no job twice");
+    for p in pullers {
+        p.abort();
+    }
+}
+
+/// A node that takes a job and dies without acknowledging it: after `ack_wait` the job
+/// goes to another node, marked as a second delivery.
+#[tokio::test]
+async fn work_held_by_a_dead_node_goes_to_another() {
+    let nats = Nats::three().await;
+    let mut settings = nats.settings();
+    settings.ack_wait = Duration::from_secs(2);
+    let a = Cluster::open(settings.clone()).await.unwrap();
+    let queue = a.work().await.unwrap();
+    let mut jobs = queue.jobs(1).await.unwrap();
+    queue.publish(42, 7).await.unwrap().wait().await.unwrap();
+    let taken = next_job(&mut jobs).await;
+    assert_eq!((taken.id, taken.due_ms, taken.delivered), (42, 7, 1));
+    a.link.close().await;
+    drop((taken, jobs, queue, a));
+
+    settings.servers.rotate_left(2);
+    let b = Cluster::open(settings).await.unwrap();
+    let mut jobs = b.work().await.unwrap().jobs(1).await.unwrap();
+    let again = next_job(&mut jobs).await;
+    assert_eq!((again.id, again.due_ms), (42, 7));
+    assert!(again.delivered >= 2, "a redelivery: {}", again.delivered);
+    again.done().await.unwrap();
+}
+
+/// A deferred job is delivered again, not before its delay.
+#[tokio::test]
+async fn deferred_work_comes_back_after_its_delay() {
+    let nats = Nats::three().await;
+    let queue = node_on(&nats, 1).await.work().await.unwrap();
+    let mut jobs = queue.jobs(4).await.unwrap();
+    queue.publish(9, 1).await.unwrap().wait().await.unwrap();
+    let first = next_job(&mut jobs).await;
+    let delay = Duration::from_millis(1500);
+    let deferred_at = Instant::now();
+    first.defer(delay).await.unwrap();
+    let again = next_job(&mut jobs).await;
+    assert!(
+        deferred_at.elapsed() >= delay,
+        "back after {:?}",
+        deferred_at.elapsed()
+    );
+    assert_eq!((again.id, again.delivered), (9, 2));
+    again.done().await.unwrap();
+}
+
+/// Rounds appended to one request's timeline, between other requests' rounds, read back
+/// in order through another server; a request without rounds reads empty, and a removed
+/// timeline is gone.
+#[tokio::test]
+async fn a_timeline_reads_back_in_order_from_any_node() {
+    let nats = Nats::three().await;
+    let a = node_on(&nats, 0).await.timeline().await.unwrap();
+    let b = node_on(&nats, 2).await.timeline().await.unwrap();
+    let mut acks = Vec::new();
+    for round in 0..5 {
+        acks.push(
+            a.append(7, Bytes::from(format!("round {round}")))
+                .await
+                .unwrap(),
+        );
+        acks.push(
+            a.append(8, Bytes::from(format!("other {round}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.wait().await.unwrap();
+    }
+    let rounds = b.read(7).await.unwrap();
+    let expected: Vec<Bytes> = (0..5).map(|r| Bytes::from(format!("round {r}"))).collect();
+    assert_eq!(rounds, expected);
+    assert!(b.read(9).await.unwrap().is_empty());
+    a.remove(7).await.unwrap();
+    assert!(b.read(7).await.unwrap().is_empty());
+    assert_eq!(b.read(8).await.unwrap().len(), 5);
+}
+
+fn push(n: u8) -> Push {
+    Push {
+        project: ProjectId::from_bytes([1; 16]),
+        channel: ChannelId::from_bytes([n; 16]),
+        topic: format!("ai_response:{n}"),
+        event: "response".into(),
+        payload: format!("{{\"n\":{n}}}"),
+    }
+}
+
+/// A push published by one node reaches every node's standing subscription, its own
+/// included; a malformed message on the push subjects is skipped, not passed on.
+#[tokio::test]
+async fn a_push_reaches_every_node_and_malformed_ones_are_skipped() {
+    let nats = Nats::three().await;
+    let mut nodes = Vec::new();
+    let mut inboxes = Vec::new();
+    for i in 0..3 {
+        let node = node_on(&nats, i).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pushes = node.pushes().subscribe().await.unwrap();
+        tokio::spawn(async move {
+            while let Some(p) = pushes.next().await {
+                let _ = tx.send(p);
+            }
+        });
+        nodes.push(node);
+        inboxes.push(rx);
+    }
+    // Interest in a new subscription takes a moment to cross to the other servers: send
+    // a first push until every node has one (eddy's nodes subscribe long before use).
+    let pushes = nodes[0].pushes();
+    for inbox in &mut inboxes {
+        eventually("the subscriptions to reach every server", async || {
+            pushes.publish(&push(0)).await.unwrap();
+            ok_if(
+                tokio::time::timeout(Duration::from_millis(100), inbox.recv())
+                    .await
+                    .is_ok(),
+                (),
+            )
+        })
+        .await;
+    }
+    nodes[0]
+        .link
+        .client()
+        .publish("eddy.push.zz.not-hex", Bytes::from("junk"))
+        .await
+        .unwrap();
+    pushes.publish(&push(5)).await.unwrap();
+    for inbox in &mut inboxes {
+        let got = loop {
+            let p = tokio::time::timeout(WAIT, inbox.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if p != push(0) {
+                break p;
+            }
+        };
+        assert_eq!(got, push(5));
+    }
+}
