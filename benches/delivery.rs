@@ -375,7 +375,7 @@ async fn run(o: Options) {
 
 fn main() {
     let options = Options::parse(std::env::args().skip(1));
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

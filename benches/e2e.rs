@@ -142,7 +142,7 @@ fn main() {
         .collect();
     let seconds = args.first().copied().unwrap_or(10);
     let producers = args.get(1).copied().unwrap_or(64) as usize;
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
 
     let dir = tempfile::tempdir().unwrap();
     let server_rt = tokio::runtime::Builder::new_multi_thread()

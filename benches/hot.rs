@@ -190,7 +190,7 @@ fn signing_and_bodies(c: &mut Criterion) {
     });
     group.finish();
 
-    let push = payload::latest_push(&r).unwrap();
+    let push = payload::latest_push(&r).unwrap().payload;
     let topic = ws::topic(&r.project_id, &r.channel_id);
     let mut group = c.benchmark_group("phoenix");
     group.throughput(Throughput::Bytes(push.len() as u64));

@@ -455,7 +455,7 @@ fn main() {
         .status()
         .unwrap();
     assert!(status.success());
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
     let rt = tokio::runtime::Runtime::new().unwrap();
     match mode {
         "restart" => rt.block_on(restart(n.unwrap_or(100_000))),

@@ -49,7 +49,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     raise_fd_limit(n as u64 + 4096);
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

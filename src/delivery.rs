@@ -1,11 +1,12 @@
-//! Sending one webhook attempt and classifying its outcome. The only user of reqwest.
+//! Sending one webhook attempt and classifying what came of it.
 //!
 //! Stages: prepare (headers and signatures for this attempt's timestamp) → call (with the
-//! per-attempt timeout, no redirects) → classify (2xx delivered; anything else, a timeout
-//! or a connection error is retried) → report (status, error, duration, response excerpt).
-//! Recording the outcome is the engine's job.
+//! per-attempt timeout, no redirects, through the client `egress` builds) → classify (a
+//! [`Verdict`]: 2xx delivered; a refusal of the SSRF guard permanent; any other answer, a
+//! timeout or a connection error worth retrying) → report (status, error, duration,
+//! response excerpt). What a verdict means for an endpoint (a 410 from a registered one
+//! disables it) and recording the outcome are the engine's (`engine::attempt`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
@@ -31,51 +32,96 @@ pub struct Attempt<'a> {
     pub timestamp: u64,
 }
 
+/// What an attempt means for its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Worth another attempt. `after` is the receiver's `Retry-After` (seconds or an HTTP
+    /// date); `fault` says what went wrong.
+    Retry {
+        after: Option<Duration>,
+        fault: Fault,
+    },
+    /// Retrying cannot help.
+    Permanent(Permanent),
+}
+
+/// Why an attempt worth retrying failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The receiver answered with this status (not 2xx).
+    Status(u16),
+    /// No answer within the attempt's timeout.
+    Timeout,
+    /// The connection failed, or the answer could not be read.
+    Transport,
+}
+
+/// Why retrying an attempt cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permanent {
+    /// Nothing was sent: the SSRF guard refused a literal address, or the endpoint is
+    /// disabled or deleted.
+    Refused,
+    /// The SSRF guard refused every address the name resolved to, at connect time.
+    Blocked,
+    /// A registered endpoint answered 410 Gone (the engine's endpoint rule).
+    Gone,
+}
+
 /// What came of an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    pub delivered: bool,
+    pub verdict: Verdict,
     pub status: Option<u16>,
     pub error: Option<String>,
     pub duration_ms: u64,
     pub response_excerpt: String,
-    /// The receiver's `Retry-After` (seconds or an HTTP date).
-    pub retry_after: Option<Duration>,
-    /// The attempt timed out.
-    pub timed_out: bool,
-    /// Retrying cannot help (the SSRF guard refused the address, the endpoint is gone).
-    pub permanent: bool,
-    /// A request went out (false when the attempt was refused before sending).
-    pub sent: bool,
 }
 
 impl Outcome {
     /// An attempt that was not made, for a reason retrying cannot change.
     pub fn refused(reason: impl Into<String>) -> Outcome {
         Outcome {
-            error: Some(reason.into()),
-            permanent: true,
-            ..Outcome::new()
-        }
-    }
-
-    fn new() -> Outcome {
-        Outcome {
-            delivered: false,
+            verdict: Verdict::Permanent(Permanent::Refused),
             status: None,
-            error: None,
+            error: Some(reason.into()),
             duration_ms: 0,
             response_excerpt: String::new(),
-            retry_after: None,
-            timed_out: false,
-            permanent: false,
-            sent: false,
         }
     }
 
-    /// The receiver asked to slow down (429) or did not answer in time.
+    /// The receiver asked to slow down (429) or did not answer in time: the next attempt
+    /// waits at least the throttle delay.
     pub fn slow_down(&self) -> bool {
-        self.timed_out || self.status == Some(429)
+        matches!(
+            self.verdict,
+            Verdict::Retry {
+                fault: Fault::Timeout | Fault::Status(429),
+                ..
+            }
+        )
+    }
+
+    /// The `outcome` label of `eddy_webhook_attempts_total`: `delivered`, `timeout`,
+    /// `refused` (the guard or a disabled or deleted endpoint), else `failed`.
+    pub fn label(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Retry {
+                fault: Fault::Timeout,
+                ..
+            } => "timeout",
+            Verdict::Permanent(Permanent::Refused | Permanent::Blocked) => "refused",
+            Verdict::Retry { .. } | Verdict::Permanent(Permanent::Gone) => "failed",
+        }
+    }
+
+    /// How long the request took, if one went out.
+    pub fn latency(&self) -> Option<Duration> {
+        (self.verdict != Verdict::Permanent(Permanent::Refused))
+            .then(|| Duration::from_millis(self.duration_ms))
     }
 }
 
@@ -88,25 +134,12 @@ pub struct Deliverer {
     guarded: bool,
 }
 
-/// Installs ring as rustls' process-wide crypto provider (once; later calls are no-ops).
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Deliverer {
     /// A deliverer with a per-attempt `timeout`; `guarded` turns the SSRF guard on.
     pub fn new(timeout: Duration, guarded: bool) -> Deliverer {
-        install_crypto();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+        let client = egress::client(guarded, timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32);
-        if guarded {
-            builder = builder.dns_resolver(Arc::new(egress::GuardedResolver));
-        }
-        let client = builder
+            .pool_max_idle_per_host(32)
             .build()
             .expect("reqwest client builds with static settings");
         Deliverer {
@@ -116,7 +149,8 @@ impl Deliverer {
         }
     }
 
-    /// The headers of SPEC §4 and §7 for one attempt.
+    /// The headers of one attempt: ModelRiver's (`mr-*`, `X-ModelRiver-*`) and Standard
+    /// Webhooks' (`webhook-*`).
     fn headers(attempt: &Attempt<'_>) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(12);
         let body = attempt.body.as_bytes();
@@ -156,7 +190,6 @@ impl Deliverer {
     /// Sends one attempt and classifies it. Never fails: every problem is an [`Outcome`].
     pub async fn send(&self, attempt: &Attempt<'_>) -> Outcome {
         let started = Instant::now();
-        let mut outcome = Outcome::new();
         if self.guarded {
             // Literal addresses never reach the resolver, so they are checked here.
             let checked = reqwest::Url::parse(attempt.url)
@@ -172,51 +205,77 @@ impl Deliverer {
             .headers(Deliverer::headers(attempt))
             .body(attempt.body.to_string())
             .timeout(self.timeout);
-        outcome.sent = true;
-        match request.send().await {
-            Ok(mut response) => {
-                let status = response.status();
-                outcome.status = Some(status.as_u16());
-                outcome.delivered = status.is_success();
-                outcome.retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(retry_after);
-                let mut excerpt = Vec::new();
-                while excerpt.len() < EXCERPT_LIMIT {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
-                        Ok(None) => break,
-                        Err(e) => {
-                            if !outcome.delivered {
-                                outcome.error = Some(format!("reading response: {}", describe(&e)));
-                            }
-                            break;
-                        }
+        let mut outcome = match request.send().await {
+            Ok(response) => answered(response).await,
+            Err(e) => Outcome {
+                verdict: if blocked_by_guard(&e) {
+                    Verdict::Permanent(Permanent::Blocked)
+                } else {
+                    Verdict::Retry {
+                        after: None,
+                        fault: if e.is_timeout() {
+                            Fault::Timeout
+                        } else {
+                            Fault::Transport
+                        },
                     }
-                }
-                let cut = excerpt.len() > EXCERPT_LIMIT;
-                excerpt.truncate(EXCERPT_LIMIT);
-                outcome.response_excerpt = String::from_utf8_lossy(&excerpt).into_owned();
-                if cut {
-                    // The rest is never read: a huge or endless answer costs at most this.
-                    outcome
-                        .response_excerpt
-                        .push_str(&format!(" … [response cut at {EXCERPT_LIMIT} bytes]"));
-                }
-                if !outcome.delivered && outcome.error.is_none() {
-                    outcome.error = Some(format!("HTTP {}", status.as_u16()));
-                }
-            }
-            Err(e) => {
-                outcome.timed_out = e.is_timeout();
-                outcome.permanent = blocked_by_guard(&e);
-                outcome.error = Some(describe(&e));
-            }
-        }
+                },
+                status: None,
+                error: Some(describe(&e)),
+                duration_ms: 0,
+                response_excerpt: String::new(),
+            },
+        };
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         outcome
+    }
+}
+
+/// Classifies an answer and reads at most [`EXCERPT_LIMIT`] of its body.
+async fn answered(mut response: reqwest::Response) -> Outcome {
+    let status = response.status().as_u16();
+    let delivered = response.status().is_success();
+    let after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after);
+    let mut error = None;
+    let mut excerpt = Vec::new();
+    while excerpt.len() < EXCERPT_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                if !delivered {
+                    error = Some(format!("reading response: {}", describe(&e)));
+                }
+                break;
+            }
+        }
+    }
+    let cut = excerpt.len() > EXCERPT_LIMIT;
+    excerpt.truncate(EXCERPT_LIMIT);
+    let mut response_excerpt = String::from_utf8_lossy(&excerpt).into_owned();
+    if cut {
+        // The rest is never read: a huge or endless answer costs at most this.
+        response_excerpt.push_str(&format!(" … [response cut at {EXCERPT_LIMIT} bytes]"));
+    }
+    let verdict = if delivered {
+        Verdict::Delivered
+    } else {
+        error.get_or_insert_with(|| format!("HTTP {status}"));
+        Verdict::Retry {
+            after,
+            fault: Fault::Status(status),
+        }
+    };
+    Outcome {
+        verdict,
+        status: Some(status),
+        error,
+        duration_ms: 0,
+        response_excerpt,
     }
 }
 
@@ -260,5 +319,53 @@ fn describe(e: &reqwest::Error) -> String {
         )
     } else {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(verdict: Verdict) -> Outcome {
+        Outcome {
+            verdict,
+            duration_ms: 7,
+            ..Outcome::refused("x")
+        }
+    }
+
+    /// Each verdict's metric label, whether it slows the next attempt down, and whether a
+    /// request went out (only then is its latency observed).
+    #[test]
+    fn verdicts_label_and_pace() {
+        let retry = |fault| Verdict::Retry { after: None, fault };
+        let sent = Some(Duration::from_millis(7));
+        for (verdict, label, slow, latency) in [
+            (Verdict::Delivered, "delivered", false, sent),
+            (retry(Fault::Status(500)), "failed", false, sent),
+            (retry(Fault::Status(429)), "failed", true, sent),
+            (retry(Fault::Timeout), "timeout", true, sent),
+            (retry(Fault::Transport), "failed", false, sent),
+            (Verdict::Permanent(Permanent::Gone), "failed", false, sent),
+            (
+                Verdict::Permanent(Permanent::Blocked),
+                "refused",
+                false,
+                sent,
+            ),
+            (
+                Verdict::Permanent(Permanent::Refused),
+                "refused",
+                false,
+                None,
+            ),
+        ] {
+            let o = outcome(verdict);
+            assert_eq!(
+                (o.label(), o.slow_down(), o.latency()),
+                (label, slow, latency),
+                "{verdict:?}"
+            );
+        }
     }
 }

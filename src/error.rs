@@ -2,7 +2,6 @@
 //! can act on. `http::error` is the one place that maps it to a status code and the JSON
 //! error envelope.
 
-use crate::catalog::CatalogError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +31,6 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         tracing::error!(error = %e, "store failure");
         Error::Unavailable(format!("the store is unavailable: {e}"))
-    }
-}
-
-impl From<CatalogError> for Error {
-    fn from(e: CatalogError) -> Error {
-        match e {
-            CatalogError::Conflict(what) => Error::Conflict(format!("{what} already exists")),
-            CatalogError::NotFound(what) => Error::NotFound(what),
-            CatalogError::Store(e) => e.into(),
-        }
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::job::{State, Status};
+
 /// Upper bounds (seconds) of latency histograms.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -181,8 +183,8 @@ impl Default for Metrics {
 
 /// Gauges and histograms read from their owners at scrape time.
 pub struct Gauges<'a> {
-    /// `(state, requests)`.
-    pub requests_by_state: Vec<(&'static str, i64)>,
+    /// Requests in the store by status.
+    pub requests_by_state: Vec<(Status, i64)>,
     pub dead_letters: i64,
     pub open_sockets: usize,
     /// The group committer's batch sizes and sync latencies.
@@ -197,19 +199,15 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request reached a terminal state; `reason` is empty for completed ones.
-    pub fn finished(
-        &self,
-        workflow: &str,
-        state: &str,
-        reason: &str,
-        since_accept: Option<Duration>,
-    ) {
+    /// A request reached a terminal state (labelled with its status and, if it failed, why),
+    /// `since_accept` after it was accepted (observed for completed ones).
+    pub fn finished(&self, workflow: &str, state: State, since_accept: Duration) {
+        let reason = state.failure().map_or("", |f| f.as_str());
         self.requests_finished
-            .get(&[workflow, state, reason])
+            .get(&[workflow, state.as_str(), reason])
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(d) = since_accept {
-            self.accept_to_completed.observe_duration(d);
+        if state == State::Completed {
+            self.accept_to_completed.observe_duration(since_accept);
         }
     }
 
@@ -317,8 +315,8 @@ impl Metrics {
             "gauge",
             "Requests in the store, by state (the queue depth of each stage).",
         );
-        for (state, n) in &gauges.requests_by_state {
-            let _ = writeln!(out, "eddy_requests{{state=\"{state}\"}} {n}");
+        for (status, n) in &gauges.requests_by_state {
+            let _ = writeln!(out, "eddy_requests{{state=\"{}\"}} {n}", status.as_str());
         }
         header(
             &mut out,
@@ -370,7 +368,7 @@ mod tests {
         let (batch, latency) = (Histogram::batch_size(), Histogram::latency());
         batch.observe(3.0);
         let text = m.render(&Gauges {
-            requests_by_state: vec![("pending", 2)],
+            requests_by_state: vec![(Status::Pending, 2)],
             dead_letters: 1,
             open_sockets: 0,
             commit_batch: &batch,

@@ -39,15 +39,28 @@ pub struct Meta<'a> {
     pub workflow_name: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
-    /// The model's time for the answer, every attempt included (the SDK shows it as the
-    /// processing step's duration); absent before the model answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// The answer's tokens; absent before the model answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
+    /// The answer's time, every attempt included (the SDK shows it as the processing
+    /// step's duration), and its tokens; absent before the model answered.
+    #[serde(flatten)]
+    pub spent: Option<Spent>,
     /// Every model attempt, retries and fallbacks included.
     pub attempts: Vec<AttemptMeta<'a>>,
+}
+
+/// What model calls spent: `duration_ms` and `usage`.
+#[derive(Serialize)]
+pub struct Spent {
+    pub duration_ms: u64,
+    pub usage: Usage,
+}
+
+impl Spent {
+    fn new(duration_ms: u64, prompt_tokens: u64, completion_tokens: u64) -> Spent {
+        Spent {
+            duration_ms,
+            usage: Usage::new(prompt_tokens, completion_tokens),
+        }
+    }
 }
 
 /// Token counts in OpenAI's shape.
@@ -79,8 +92,8 @@ pub struct AttemptMeta<'a> {
     pub http_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
-    pub duration_ms: u64,
-    pub usage: Usage,
+    #[serde(flatten)]
+    pub spent: Spent,
 }
 
 /// `meta.attempts` of `record`.
@@ -98,8 +111,7 @@ pub fn attempt_metas(record: &Request) -> Vec<AttemptMeta<'_>> {
             },
             http_status: a.http_status,
             reason: a.error.as_deref(),
-            duration_ms: a.duration_ms,
-            usage: Usage::new(a.prompt_tokens, a.completion_tokens),
+            spent: Spent::new(a.duration_ms, a.prompt_tokens, a.completion_tokens),
         })
         .collect()
 }
@@ -121,11 +133,10 @@ fn meta(record: &Request) -> Meta<'_> {
         workflow_name: &record.workflow.name,
         provider,
         model,
-        duration_ms: record.ai.as_ref().map(|ai| ai.duration_ms),
-        usage: record
+        spent: record
             .ai
             .as_ref()
-            .map(|ai| Usage::new(ai.prompt_tokens, ai.completion_tokens)),
+            .map(|ai| Spent::new(ai.duration_ms, ai.prompt_tokens, ai.completion_tokens)),
         attempts: attempt_metas(record),
     }
 }
@@ -219,12 +230,49 @@ pub fn webhook_body(record: &Request, public_url: &str) -> String {
     }
 }
 
+/// The `status` of a WebSocket `response` payload: what the browser is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushStatus {
+    /// The model answered; the backend is at work (event-driven workflows).
+    AiGenerated,
+    /// The backend's callback: the final result (event-driven workflows).
+    Completed,
+    /// The model's answer: the final result (standard workflows).
+    Success,
+    /// The request failed.
+    Error,
+}
+
+impl PushStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushStatus::AiGenerated => "ai_generated",
+            PushStatus::Completed => "completed",
+            PushStatus::Success => "success",
+            PushStatus::Error => "error",
+        }
+    }
+}
+
+impl Serialize for PushStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A WebSocket `response` payload (JSON text) and its status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub status: PushStatus,
+    pub payload: String,
+}
+
 /// The model answered and the backend is at work: no data (the SDK treats this as a step
 /// and notes that ModelRiver no longer sends `ai_response` in it; a page that showed the
 /// model's raw answer here would drop the backend's enriched `completed` as a duplicate).
 #[derive(Serialize)]
 struct AiGeneratedPush<'a> {
-    status: &'static str,
+    status: PushStatus,
     channel_id: String,
     event_name: &'a str,
     meta: Meta<'a>,
@@ -233,7 +281,7 @@ struct AiGeneratedPush<'a> {
 
 #[derive(Serialize)]
 struct CompletedPush<'a> {
-    status: &'static str,
+    status: PushStatus,
     channel_id: String,
     data: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,7 +294,7 @@ struct CompletedPush<'a> {
 
 #[derive(Serialize)]
 struct SuccessPush<'a> {
-    status: &'static str,
+    status: PushStatus,
     channel_id: String,
     data: Box<RawValue>,
     meta: Meta<'a>,
@@ -255,7 +303,7 @@ struct SuccessPush<'a> {
 
 #[derive(Serialize)]
 struct ErrorPush<'a> {
-    status: &'static str,
+    status: PushStatus,
     channel_id: String,
     error: ErrorBody<'a>,
     customer_data: Box<RawValue>,
@@ -267,59 +315,125 @@ struct ErrorPush<'a> {
 /// Standard workflows (no `event_name`) show `success` once the model answered: that is the
 /// browser's final result, and a webhook that later runs out of attempts is an operator's
 /// concern (dead-letter queue), not the browser's.
-pub fn latest_push(record: &Request) -> Option<String> {
+pub fn latest_push(record: &Request) -> Option<Push> {
     let channel_id = record.channel_id.to_string();
     let customer_data = raw(&record.customer_data);
     let ai = record.ai.as_ref();
     let event_name = record.workflow.event_name.as_deref();
-    match (record.state, event_name, ai) {
-        (State::Pending, _, _) => None,
+    let (status, payload) = match (record.state, event_name, ai) {
+        (State::Pending, _, _) => return None,
         (State::Failed(f), _, _) if !(f == Failure::WebhookExhausted && event_name.is_none()) => {
-            Some(encode(&ErrorPush {
-                status: "error",
-                channel_id,
-                error: ErrorBody {
-                    code: f.as_str(),
-                    message: record.error_message.as_deref().unwrap_or(""),
-                },
-                customer_data,
-            }))
+            let status = PushStatus::Error;
+            (
+                status,
+                encode(&ErrorPush {
+                    status,
+                    channel_id,
+                    error: ErrorBody {
+                        code: f.as_str(),
+                        message: record.error_message.as_deref().unwrap_or(""),
+                    },
+                    customer_data,
+                }),
+            )
         }
         (State::Callback | State::Completed, Some(_), _) => {
             let cb = record.callback.as_ref();
-            Some(encode(&CompletedPush {
-                status: "completed",
-                channel_id,
-                data: cb.map_or_else(|| literal("null"), |c| raw(&c.data)),
-                task_id: cb.and_then(|c| c.task_id.as_deref()),
-                callback_metadata: cb.and_then(|c| c.metadata.as_deref()).map(raw),
-                customer_data,
-                meta: meta(record),
-            }))
+            let status = PushStatus::Completed;
+            (
+                status,
+                encode(&CompletedPush {
+                    status,
+                    channel_id,
+                    data: cb.map_or_else(|| literal("null"), |c| raw(&c.data)),
+                    task_id: cb.and_then(|c| c.task_id.as_deref()),
+                    callback_metadata: cb.and_then(|c| c.metadata.as_deref()).map(raw),
+                    customer_data,
+                    meta: meta(record),
+                }),
+            )
         }
-        (_, Some(event), Some(_)) => Some(encode(&AiGeneratedPush {
-            status: "ai_generated",
-            channel_id,
-            event_name: event,
-            meta: meta(record),
-            customer_data,
-        })),
-        (_, None, Some(ai)) => Some(encode(&SuccessPush {
-            status: "success",
-            channel_id,
-            data: raw(&ai.data),
-            meta: meta(record),
-            customer_data,
-        })),
-        _ => None,
-    }
+        (_, Some(event), Some(_)) => {
+            let status = PushStatus::AiGenerated;
+            (
+                status,
+                encode(&AiGeneratedPush {
+                    status,
+                    channel_id,
+                    event_name: event,
+                    meta: meta(record),
+                    customer_data,
+                }),
+            )
+        }
+        (_, None, Some(ai)) => {
+            let status = PushStatus::Success;
+            (
+                status,
+                encode(&SuccessPush {
+                    status,
+                    channel_id,
+                    data: raw(&ai.data),
+                    meta: meta(record),
+                    customer_data,
+                }),
+            )
+        }
+        _ => return None,
+    };
+    Some(Push { status, payload })
 }
 
-/// The `status` field of a push payload, for the timeline.
-pub fn push_status(payload: &str) -> &'static str {
-    const KNOWN: [&str; 4] = ["ai_generated", "completed", "success", "error"];
-    KNOWN
-        .into_iter()
-        .find(|s| payload.starts_with(&format!("{{\"status\":\"{s}\"")))
-        .unwrap_or("unknown")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::props::accepted;
+    use crate::job::{AiResult, CallbackData, Delivery, Event};
+
+    fn answered(event_driven: bool) -> Request {
+        let mut r = accepted(event_driven);
+        let ai = AiResult {
+            data: r#"{"content":"hi"}"#.into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            duration_ms: 3,
+            generated_ms: 2_000,
+        };
+        r.record_ai_success(ai, Vec::<Delivery>::new(), 2_000)
+            .unwrap();
+        r
+    }
+
+    /// The latest push of each kind of record carries, as its `status`, the status it is
+    /// reported under; nothing is pushed before the model answered.
+    #[test]
+    fn a_push_says_its_status() {
+        let mut called_back = answered(true);
+        called_back.apply(Event::CallbackReceived, 3_000).unwrap();
+        called_back.callback = Some(CallbackData {
+            data: "{}".into(),
+            task_id: None,
+            metadata: None,
+            error: None,
+            received_ms: 3_000,
+        });
+        let mut failed = accepted(true);
+        failed
+            .record_ai_failure("down".into(), Vec::new(), 2_000)
+            .unwrap();
+        for (record, status) in [
+            (answered(true), PushStatus::AiGenerated),
+            (called_back, PushStatus::Completed),
+            (answered(false), PushStatus::Success),
+            (failed, PushStatus::Error),
+        ] {
+            let push = latest_push(&record).expect("a push");
+            assert_eq!(push.status, status);
+            let payload: serde_json::Value = serde_json::from_str(&push.payload).unwrap();
+            assert_eq!(payload["status"], status.as_str(), "{}", push.payload);
+        }
+        assert_eq!(latest_push(&accepted(true)), None);
+    }
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::ai::{Models, Policy};
-use crate::catalog::{Catalog, DEFAULT_PROJECT};
+use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -42,18 +42,12 @@ impl Server {
     /// Opens the store under `config.data` and makes sure project `default` exists with
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
-        crate::delivery::install_crypto();
+        crate::egress::install_crypto();
         let store = Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?;
         let catalog = Arc::new(Catalog::load(store.clone())?);
-        let now = now_ms();
-        let project = catalog.ensure_project(DEFAULT_PROJECT, now)?;
-        let mut new_key = None;
-        if let Some(key) = &config.api_key {
-            catalog.ensure_key(&project.id, key, "bootstrap", now)?;
-        } else if catalog.keys(&project.id).is_empty() && catalog.projects().len() == 1 {
-            let (_, key) = catalog.create_key(&project.id, Some("initial".into()), None, now)?;
-            new_key = Some(key);
-        }
+        let new_key = catalog
+            .bootstrap(config.api_key.as_deref(), now_ms())
+            .await?;
         let secret = store.meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())?;
         let secret: [u8; 32] = secret
             .try_into()

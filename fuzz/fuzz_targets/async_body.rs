@@ -1,4 +1,4 @@
-//! `POST /v1/ai/async` bodies: [`eddy::http::runtime::parse_async`] on arbitrary bytes,
+//! `POST /v1/ai/async` bodies: [`eddy::http::v1::parse_async`] on arbitrary bytes,
 //! with and without the SSRF guard.
 //!
 //! Checks that parsing never panics and that what it accepts is what the engine relies on:
@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use eddy::engine::AcceptInput;
-use eddy::http::runtime::parse_async;
+use eddy::http::v1::parse_async;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -15,11 +15,12 @@
 //! `error`), sends the text on as it comes, and puts the message back together, so a
 //! streamed answer is mapped by the same code as a whole one.
 
+use reqwest::RequestBuilder;
 use serde_json::{Map, Value, json};
 
-use super::call::{self, Sse};
+use super::call::Wire;
 use super::schema::parse_answer;
-use super::{AiError, AiOutput, AiRequest, BoxFuture, Deltas, Provider, text_of};
+use super::{AiError, AiOutput, AiRequest, text_of};
 
 /// The `anthropic-version` header eddy speaks.
 pub const VERSION: &str = "2023-06-01";
@@ -28,16 +29,8 @@ pub const MAX_TOKENS: u64 = 4096;
 /// The tool that carries a structured output.
 pub const TOOL: &str = "structured_output";
 
-/// Anthropic with one key.
-pub struct Anthropic {
-    pub http: reqwest::Client,
-    /// Name reported in `meta.provider` (the credential's name).
-    pub label: String,
-    pub base_url: String,
-    pub api_key: Option<String>,
-    /// The SSRF guard is on.
-    pub guarded: bool,
-}
+/// Anthropic's wire format; the provider is `call::Http<Anthropic>`.
+pub struct Anthropic;
 
 /// The Messages endpoint under an API root given with or without `/v1`.
 pub fn messages_url(base_url: &str) -> String {
@@ -77,8 +70,8 @@ fn content(value: Option<&Value>) -> Value {
     Value::Array(blocks)
 }
 
-/// The request body for `request`.
-pub fn body(request: &AiRequest<'_>) -> Value {
+/// The request body for `request`; `stream` asks for events.
+pub fn body(request: &AiRequest<'_>, stream: bool) -> Value {
     let mut system: Vec<String> = request
         .system_prompt
         .map(str::to_string)
@@ -115,26 +108,32 @@ pub fn body(request: &AiRequest<'_>) -> Value {
         }]);
         body["tool_choice"] = json!({"type": "tool", "name": TOOL});
     }
+    if stream {
+        body["stream"] = Value::Bool(true);
+    }
     body
 }
 
-impl Anthropic {
-    fn url(&self) -> String {
-        messages_url(&self.base_url)
+impl Wire for Anthropic {
+    type Stream = Message;
+
+    fn url(base_url: &str) -> String {
+        messages_url(base_url)
     }
 
-    fn post(&self) -> reqwest::RequestBuilder {
-        let mut post = self
-            .http
-            .post(self.url())
-            .header("anthropic-version", VERSION);
-        if let Some(key) = &self.api_key {
-            post = post.header("x-api-key", key);
+    fn headers(post: RequestBuilder, key: Option<&str>) -> RequestBuilder {
+        let post = post.header("anthropic-version", VERSION);
+        match key {
+            Some(key) => post.header("x-api-key", key),
+            None => post,
         }
-        post
     }
 
-    fn output(&self, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
+    fn body(request: &AiRequest<'_>, stream: bool) -> Value {
+        body(request, stream)
+    }
+
+    fn output(label: &str, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
         let usage = answer.get("usage");
         let count = |field: &str| {
             usage
@@ -182,54 +181,28 @@ impl Anthropic {
         Ok(AiOutput {
             data,
             content,
-            provider: self.label.clone(),
+            provider: label.to_string(),
             model: request.model.to_string(),
             prompt_tokens,
             completion_tokens,
             raw: Some(answer),
         })
     }
-}
 
-impl Provider for Anthropic {
-    fn generate<'a>(
-        &'a self,
-        request: &'a AiRequest<'a>,
-    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
-        Box::pin(async move {
-            call::check_target(&self.url(), self.guarded)?;
-            let sent = body(request);
-            let answer = call::send_json(self.post(), &sent, request).await?;
-            self.output(request, answer)
-        })
+    fn event(message: &mut Message, event: &Value) -> Result<Option<String>, AiError> {
+        message.apply(event)
     }
 
-    fn stream<'a>(
-        &'a self,
-        request: &'a AiRequest<'a>,
-        deltas: &'a Deltas,
-    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
-        Box::pin(async move {
-            call::check_target(&self.url(), self.guarded)?;
-            let mut sent = body(request);
-            sent["stream"] = Value::Bool(true);
-            let mut events = Sse::open(self.post(), &sent, request).await?;
-            let mut message = Message::default();
-            while let Some(event) = events.next_json().await? {
-                if let Some(piece) = message.apply(&event)? {
-                    deltas.send(&piece).await;
-                }
-            }
-            let answer = message.finish()?;
-            request.exchange.received(answer.to_string().as_bytes());
-            self.output(request, answer)
-        })
+    fn finish(message: Message, label: &str, request: &AiRequest<'_>) -> Result<AiOutput, AiError> {
+        let answer = message.finish()?;
+        request.exchange.received(answer.to_string().as_bytes());
+        Anthropic::output(label, request, answer)
     }
 }
 
 /// A streamed message being put back together from its events.
 #[derive(Default)]
-struct Message {
+pub struct Message {
     /// The `message` of `message_start`, with `content` and `usage` kept up to date.
     message: Option<Map<String, Value>>,
     /// Content blocks by index.
@@ -315,7 +288,6 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// The Messages endpoint is `/v1/messages` under a root given as Anthropic's SDKs take
     /// it, and under one that already names `/v1`.
@@ -414,17 +386,9 @@ mod tests {
             {"role": "user", "content": "merci"}
         ]);
         let schema = json!({"type": "object"});
-        let request = AiRequest {
-            model: "claude-sonnet-4-5",
-            messages: &messages,
-            system_prompt: Some("be brief"),
-            schema: Some(&schema),
-            sample_data: None,
-            response_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            exchange: &crate::ai::Exchange::default(),
-        };
-        let b = body(&request);
+        let exchange = crate::ai::Exchange::default();
+        let request = AiRequest::sample("claude-sonnet-4-5", &messages, Some(&schema), &exchange);
+        let b = body(&request, false);
         assert_eq!(b["system"], "be brief\n\nin French");
         assert_eq!(b["max_tokens"], MAX_TOKENS);
         assert_eq!(b["messages"].as_array().unwrap().len(), 3);

@@ -1,15 +1,110 @@
-//! What the HTTP adapters share: sending one request within the attempt's timeout, reading
-//! a bounded body, turning transport failures and error statuses into [`AiError`]s, and
-//! reading a server-sent event stream as its `data` payloads.
+//! What the HTTP adapters share: [`Http`], the provider around a [`Wire`] format (the SSRF
+//! check of the URL, the POST, the answer read whole or as a stream); sending one request
+//! within the attempt's timeout, reading a bounded body, turning transport failures and
+//! error statuses into [`AiError`]s, and reading a server-sent event stream as its `data`
+//! payloads.
 
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::time::Duration;
 
+use reqwest::RequestBuilder;
 use reqwest::header::RETRY_AFTER;
 use serde_json::Value;
 
-use super::{AiError, AiRequest};
+use super::{AiError, AiOutput, AiRequest, BoxFuture, Deltas, Provider};
+use crate::catalog::ProviderCredential;
 use crate::egress;
+
+/// A provider's wire format: what differs between the HTTP adapters. [`Http`] does the
+/// rest the same way for each.
+pub trait Wire: Send + Sync + 'static {
+    /// A streamed answer being put together from its events.
+    type Stream: Default + Send;
+
+    /// The URL of a call under the credential's `base_url`.
+    fn url(base_url: &str) -> String;
+
+    /// `post` with the API's headers, the key among them when there is one.
+    fn headers(post: RequestBuilder, key: Option<&str>) -> RequestBuilder;
+
+    /// The request body; `stream` asks for the answer as server-sent events.
+    fn body(request: &AiRequest<'_>, stream: bool) -> Value;
+
+    /// A whole answer, reported as `label`'s.
+    fn output(label: &str, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError>;
+
+    /// Takes one event of a stream; returns the text it adds to the answer, if any.
+    fn event(stream: &mut Self::Stream, event: &Value) -> Result<Option<String>, AiError>;
+
+    /// The answer once its stream has ended (noted in the attempt's exchange).
+    fn finish(
+        stream: Self::Stream,
+        label: &str,
+        request: &AiRequest<'_>,
+    ) -> Result<AiOutput, AiError>;
+}
+
+/// An HTTP provider: one credential on the shared client, speaking `W`.
+pub struct Http<W> {
+    client: reqwest::Client,
+    /// Name reported in `meta.provider` (the credential's name).
+    label: String,
+    base_url: String,
+    api_key: Option<String>,
+    /// The SSRF guard is on.
+    guarded: bool,
+    wire: PhantomData<W>,
+}
+
+impl<W: Wire> Http<W> {
+    pub fn new(client: &reqwest::Client, credential: &ProviderCredential, guarded: bool) -> Self {
+        Http {
+            client: client.clone(),
+            label: credential.name.clone(),
+            base_url: credential.base_url.clone(),
+            api_key: credential.api_key.clone(),
+            guarded,
+            wire: PhantomData,
+        }
+    }
+
+    /// The call's POST, once its URL passed the SSRF guard.
+    fn post(&self) -> Result<RequestBuilder, AiError> {
+        let url = W::url(&self.base_url);
+        check_target(&url, self.guarded)?;
+        Ok(W::headers(self.client.post(url), self.api_key.as_deref()))
+    }
+}
+
+impl<W: Wire> Provider for Http<W> {
+    fn generate<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        Box::pin(async move {
+            let answer = send_json(self.post()?, &W::body(request, false), request).await?;
+            W::output(&self.label, request, answer)
+        })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        request: &'a AiRequest<'a>,
+        deltas: &'a Deltas,
+    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
+        Box::pin(async move {
+            let mut events = Sse::open(self.post()?, &W::body(request, true), request).await?;
+            let mut stream = W::Stream::default();
+            while let Some(event) = events.next_json().await? {
+                if let Some(piece) = W::event(&mut stream, &event)? {
+                    deltas.send(&piece).await;
+                }
+            }
+            W::finish(stream, &self.label, request)
+        })
+    }
+}
 
 /// The largest provider response eddy reads.
 const BODY_LIMIT: usize = 8 << 20;
@@ -35,7 +130,7 @@ pub fn check_target(url: &str, guarded: bool) -> Result<(), AiError> {
 /// answer, within the attempt's timeout; both bodies are noted in the attempt's exchange.
 /// An error status becomes an [`AiError`].
 pub async fn send_json(
-    post: reqwest::RequestBuilder,
+    post: RequestBuilder,
     body: &Value,
     attempt: &AiRequest<'_>,
 ) -> Result<Value, AiError> {
@@ -157,7 +252,7 @@ impl Sse {
     /// status is 2xx, returns the answer's stream; an error status is an [`AiError`] with
     /// the provider's message (its body noted too).
     pub async fn open(
-        post: reqwest::RequestBuilder,
+        post: RequestBuilder,
         body: &Value,
         attempt: &AiRequest<'_>,
     ) -> Result<Sse, AiError> {

@@ -49,6 +49,29 @@ pub struct AiRequest<'a> {
     pub exchange: &'a Exchange,
 }
 
+#[cfg(test)]
+impl<'a> AiRequest<'a> {
+    /// A request for unit tests: `model` on `messages` with `schema`, the system prompt
+    /// "be brief", no delay, a one-second timeout.
+    pub fn sample(
+        model: &'a str,
+        messages: &'a serde_json::Value,
+        schema: Option<&'a serde_json::Value>,
+        exchange: &'a Exchange,
+    ) -> AiRequest<'a> {
+        AiRequest {
+            model,
+            messages,
+            system_prompt: Some("be brief"),
+            schema,
+            sample_data: None,
+            response_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            exchange,
+        }
+    }
+}
+
 /// The bodies of one attempt as the timeline shows them: what was sent to the provider and
 /// what came back, each cut at [`Exchange::LIMIT`]. Keys travel in headers and are never
 /// part of either.

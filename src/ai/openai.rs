@@ -7,22 +7,15 @@
 //! read from `usage`; streaming asks for `stream_options.include_usage` so the last chunk
 //! carries it.
 
+use reqwest::RequestBuilder;
 use serde_json::{Value, json};
 
-use super::call::{self, Sse};
+use super::call::Wire;
 use super::schema::parse_answer;
-use super::{AiError, AiOutput, AiRequest, BoxFuture, Deltas, Provider};
+use super::{AiError, AiOutput, AiRequest};
 
-/// One OpenAI-compatible server with one key.
-pub struct OpenAi {
-    pub http: reqwest::Client,
-    /// Name reported in `meta.provider` (the credential's name).
-    pub label: String,
-    pub base_url: String,
-    pub api_key: Option<String>,
-    /// The SSRF guard is on.
-    pub guarded: bool,
-}
+/// OpenAI's wire format; the provider is `call::Http<OpenAi>`.
+pub struct OpenAi;
 
 /// The request body for `request`.
 pub fn body(request: &AiRequest<'_>, stream: bool) -> Value {
@@ -62,20 +55,32 @@ fn tokens(usage: Option<&Value>, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-impl OpenAi {
-    fn url(&self) -> String {
-        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+/// A streamed answer: the text so far and the usage of the last chunk that carried one.
+#[derive(Default)]
+pub struct Chunks {
+    content: String,
+    usage: Option<Value>,
+}
+
+impl Wire for OpenAi {
+    type Stream = Chunks;
+
+    fn url(base_url: &str) -> String {
+        format!("{}/chat/completions", base_url.trim_end_matches('/'))
     }
 
-    fn post(&self) -> reqwest::RequestBuilder {
-        let mut request = self.http.post(self.url());
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
+    fn headers(post: RequestBuilder, key: Option<&str>) -> RequestBuilder {
+        match key {
+            Some(key) => post.bearer_auth(key),
+            None => post,
         }
-        request
     }
 
-    fn output(&self, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
+    fn body(request: &AiRequest<'_>, stream: bool) -> Value {
+        body(request, stream)
+    }
+
+    fn output(label: &str, request: &AiRequest<'_>, answer: Value) -> Result<AiOutput, AiError> {
         let message = answer.pointer("/choices/0/message");
         let content = message
             .and_then(|m| m.get("content"))
@@ -103,68 +108,45 @@ impl OpenAi {
         Ok(AiOutput {
             data,
             content: content.to_string(),
-            provider: self.label.clone(),
+            provider: label.to_string(),
             model: request.model.to_string(),
             prompt_tokens,
             completion_tokens,
             raw: Some(answer),
         })
     }
-}
 
-impl Provider for OpenAi {
-    fn generate<'a>(
-        &'a self,
-        request: &'a AiRequest<'a>,
-    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
-        Box::pin(async move {
-            call::check_target(&self.url(), self.guarded)?;
-            let sent = body(request, false);
-            let answer = call::send_json(self.post(), &sent, request).await?;
-            self.output(request, answer)
-        })
+    fn event(stream: &mut Chunks, event: &Value) -> Result<Option<String>, AiError> {
+        if let Some(error) = event.get("error") {
+            let said = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error event in the stream");
+            return Err(AiError::transient(format!("the stream failed: {said}")));
+        }
+        if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+            stream.usage = Some(u.clone());
+        }
+        let piece = event
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str);
+        if let Some(piece) = piece {
+            stream.content.push_str(piece);
+        }
+        Ok(piece.map(str::to_string))
     }
 
-    fn stream<'a>(
-        &'a self,
-        request: &'a AiRequest<'a>,
-        deltas: &'a Deltas,
-    ) -> BoxFuture<'a, Result<AiOutput, AiError>> {
-        Box::pin(async move {
-            call::check_target(&self.url(), self.guarded)?;
-            let streamed = body(request, true);
-            let mut events = Sse::open(self.post(), &streamed, request).await?;
-            let mut content = String::new();
-            let mut usage = None;
-            while let Some(event) = events.next_json().await? {
-                if let Some(error) = event.get("error") {
-                    let said = error
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error event in the stream");
-                    return Err(AiError::transient(format!("the stream failed: {said}")));
-                }
-                if let Some(piece) = event
-                    .pointer("/choices/0/delta/content")
-                    .and_then(Value::as_str)
-                {
-                    content.push_str(piece);
-                    deltas.send(piece).await;
-                }
-                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                    usage = Some(u.clone());
-                }
-            }
-            request.exchange.received(content.as_bytes());
-            Ok(AiOutput {
-                data: data_of(request, &content)?,
-                provider: self.label.clone(),
-                model: request.model.to_string(),
-                prompt_tokens: tokens(usage.as_ref(), "prompt_tokens"),
-                completion_tokens: tokens(usage.as_ref(), "completion_tokens"),
-                content,
-                raw: None,
-            })
+    fn finish(stream: Chunks, label: &str, request: &AiRequest<'_>) -> Result<AiOutput, AiError> {
+        request.exchange.received(stream.content.as_bytes());
+        let usage = stream.usage.as_ref();
+        Ok(AiOutput {
+            data: data_of(request, &stream.content)?,
+            provider: label.to_string(),
+            model: request.model.to_string(),
+            prompt_tokens: tokens(usage, "prompt_tokens"),
+            completion_tokens: tokens(usage, "completion_tokens"),
+            content: stream.content,
+            raw: None,
         })
     }
 }
@@ -172,7 +154,6 @@ impl Provider for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// The system prompt goes first, the schema as a json_schema response format, and a
     /// stream asks for usage.
@@ -180,16 +161,8 @@ mod tests {
     fn request_body() {
         let messages = json!([{"role": "user", "content": "hi"}]);
         let schema = json!({"type": "object"});
-        let request = AiRequest {
-            model: "gpt-4o",
-            messages: &messages,
-            system_prompt: Some("be brief"),
-            schema: Some(&schema),
-            sample_data: None,
-            response_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            exchange: &crate::ai::Exchange::default(),
-        };
+        let exchange = crate::ai::Exchange::default();
+        let request = AiRequest::sample("gpt-4o", &messages, Some(&schema), &exchange);
         let b = body(&request, true);
         assert_eq!(b["model"], "gpt-4o");
         assert_eq!(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::anthropic::Anthropic;
+use super::call::Http;
 use super::openai::OpenAi;
 use super::schema::Checker;
 use super::testing::{self, Testing};
@@ -97,17 +98,8 @@ impl Schemas {
 
 impl Models {
     pub fn new(policy: Policy) -> Models {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+        let http = egress::client(policy.guarded, policy.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("eddy/", env!("CARGO_PKG_VERSION")));
-        if policy.guarded {
-            builder = builder.dns_resolver(Arc::new(egress::GuardedResolver));
-        }
-        let http = builder
             .build()
             .expect("reqwest client builds with static settings");
         Models {
@@ -118,21 +110,10 @@ impl Models {
     }
 
     fn adapter(&self, c: &ProviderCredential) -> Box<dyn Provider> {
+        let guarded = self.policy.guarded;
         match c.kind {
-            ProviderKind::OpenAi => Box::new(OpenAi {
-                http: self.http.clone(),
-                label: c.name.clone(),
-                base_url: c.base_url.clone(),
-                api_key: c.api_key.clone(),
-                guarded: self.policy.guarded,
-            }),
-            ProviderKind::Anthropic => Box::new(Anthropic {
-                http: self.http.clone(),
-                label: c.name.clone(),
-                base_url: c.base_url.clone(),
-                api_key: c.api_key.clone(),
-                guarded: self.policy.guarded,
-            }),
+            ProviderKind::OpenAi => Box::new(Http::<OpenAi>::new(&self.http, c, guarded)),
+            ProviderKind::Anthropic => Box::new(Http::<Anthropic>::new(&self.http, c, guarded)),
         }
     }
 

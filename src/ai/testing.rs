@@ -56,7 +56,6 @@ impl Provider for Testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn request<'a>(
         messages: &'a serde_json::Value,
@@ -64,14 +63,9 @@ mod tests {
         exchange: &'a crate::ai::Exchange,
     ) -> AiRequest<'a> {
         AiRequest {
-            model: "m",
-            messages,
             system_prompt: None,
-            schema: None,
             sample_data: sample,
-            response_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            exchange,
+            ..AiRequest::sample("m", messages, None, exchange)
         }
     }
 

@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 
-use super::{Catalog, found, listed};
+use super::{Catalog, CatalogError, Resource, found, insert, listed, remove};
 use crate::job::ProjectId;
-use crate::store::StoreError;
 use crate::store::catalog::Kind;
 
 /// Which wire format a provider speaks.
@@ -99,42 +98,34 @@ impl Catalog {
 
     /// Creates or replaces the credentials called `credential.name`; true if they are new.
     /// A replacement keeps the original creation time.
-    pub fn put_provider(
+    pub async fn put_provider(
         &self,
         mut credential: ProviderCredential,
-    ) -> Result<(Arc<ProviderCredential>, bool), StoreError> {
-        let mut cache = self.write();
-        let existing = found(&cache.providers, &credential.project, &credential.name);
-        if let Some(old) = &existing {
-            credential.created_ms = old.created_ms;
-        }
-        self.store.catalog_put(
-            Kind::Provider,
-            &credential.project,
-            credential.name.as_bytes(),
-            &credential,
-        )?;
-        let credential = Arc::new(credential);
-        cache
-            .providers
-            .entry(credential.project)
-            .or_default()
-            .insert(credential.name.clone(), credential.clone());
-        Ok((credential, existing.is_none()))
+    ) -> Result<(Arc<ProviderCredential>, bool), CatalogError> {
+        self.commit(|store, cache| {
+            let (project, name) = (credential.project, credential.name.clone());
+            let existing = found(&cache.providers, &project, &name);
+            if let Some(old) = &existing {
+                credential.created_ms = old.created_ms;
+            }
+            store.catalog_put(Kind::Provider, &project, name.as_bytes(), &credential)?;
+            let credential = Arc::new(credential);
+            insert(&mut cache.providers, project, &name, credential.clone());
+            Ok((credential, existing.is_none()))
+        })
+        .await
     }
 
-    pub fn delete_provider(&self, project: &ProjectId, name: &str) -> Result<bool, StoreError> {
-        let mut cache = self.write();
-        let removed = cache
-            .providers
-            .get_mut(project)
-            .and_then(|m| m.remove(name))
-            .is_some();
-        if removed {
-            self.store
-                .catalog_delete(Kind::Provider, project, name.as_bytes())?;
-        }
-        Ok(removed)
+    pub async fn delete_provider(
+        &self,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<(), CatalogError> {
+        self.commit(|store, cache| {
+            let kind = (Kind::Provider, Resource::Provider);
+            remove(store, &mut cache.providers, kind, project, name)
+        })
+        .await
     }
 }
 

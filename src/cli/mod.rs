@@ -71,7 +71,7 @@ pub fn init_tracing(json: bool) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::delivery::install_crypto();
+    crate::egress::install_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

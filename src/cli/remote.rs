@@ -3,10 +3,12 @@
 
 use std::process::ExitCode;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::table;
+use crate::job::Status;
 
 /// Where the server is and how to authenticate.
 #[derive(Debug, Clone, Args)]
@@ -61,8 +63,8 @@ pub enum DlqCommand {
 pub enum RequestsCommand {
     /// Requests, newest first
     List {
-        /// pending, generated, delivered, callback, completed or failed
-        #[arg(long)]
+        /// Only requests with this status
+        #[arg(long, value_parser = PossibleValuesParser::new(Status::ALL.map(Status::as_str)))]
         status: Option<String>,
         #[arg(long)]
         workflow: Option<String>,

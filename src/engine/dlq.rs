@@ -17,8 +17,22 @@ use crate::store::Update;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Redrive {
     pub retried: Vec<String>,
-    /// `(id, why)` of entries left in the queue.
+    /// `(id, why)` of entries not re-driven: those blocked by their endpoint (deleted, or
+    /// disabled) stay in the queue; stale ones (see [`STALE`]) are removed.
     pub skipped: Vec<(String, String)>,
+}
+
+/// Why a stale entry was not re-driven: its delivery is no longer dead (a crash between
+/// re-arming it and removing the entry) or its request was swept by retention.
+const STALE: &str = "was already retried or its request no longer exists";
+
+/// What re-arming one dead letter came to. Nothing is scheduled yet: the caller commits,
+/// then schedules.
+enum Rearmed {
+    /// Re-armed on request `id`, which is due at `due_ms` once the re-drive is durable.
+    Done { id: u64, due_ms: Option<u64> },
+    /// Stale ([`STALE`]); the entry was removed.
+    Stale,
 }
 
 impl Engine {
@@ -42,19 +56,27 @@ impl Engine {
         }
     }
 
-    /// Re-drives one dead letter; the request re-enters the flow.
+    /// Re-drives one dead letter; once that is durable, the request re-enters the flow.
     pub async fn redrive(&self, project: &ProjectId, id: &str) -> Result<()> {
         let entry = self.dead_letter(project, id)?;
         if let Some(why) = self.blocked(&entry) {
             return Err(Error::Conflict(why));
         }
-        self.rearm(project, id, &entry)?;
+        let rearmed = self.rearm(project, id, &entry)?;
         self.store.commit().await?;
-        Ok(())
+        match rearmed {
+            Rearmed::Done { id, due_ms } => {
+                self.scheduler.schedule(id, due_ms);
+                Ok(())
+            }
+            Rearmed::Stale => Err(Error::Conflict(format!("dead letter '{id}' {STALE}"))),
+        }
     }
 
     /// Re-drives every dead letter of `project` that died in `[since_ms, until_ms)` and,
-    /// if given, went to `endpoint`.
+    /// if given, went to `endpoint`; entries that cannot be re-driven are reported, not
+    /// fatal. Everything re-armed is committed, then scheduled, even when a store error
+    /// stops the walk (the error is returned after).
     pub async fn redrive_range(
         &self,
         project: &ProjectId,
@@ -63,55 +85,68 @@ impl Engine {
         endpoint: Option<&str>,
     ) -> Result<Redrive> {
         let mut report = Redrive::default();
-        for (id, entry) in self
-            .store
-            .dead_letters_between(project, since_ms, until_ms)?
-        {
-            if endpoint.is_some_and(|e| e != entry.endpoint_id) {
-                continue;
-            }
-            match self.blocked(&entry) {
-                Some(why) => report.skipped.push((id, why)),
-                None => {
-                    self.rearm(project, &id, &entry)?;
-                    report.retried.push(id);
+        let mut due = Vec::new();
+        let mut walk = || -> Result<()> {
+            for (id, entry) in self
+                .store
+                .dead_letters_between(project, since_ms, until_ms)?
+            {
+                if endpoint.is_some_and(|e| e != entry.endpoint_id) {
+                    continue;
+                }
+                if let Some(why) = self.blocked(&entry) {
+                    report.skipped.push((id, why));
+                    continue;
+                }
+                match self.rearm(project, &id, &entry)? {
+                    Rearmed::Done {
+                        id: request,
+                        due_ms,
+                    } => {
+                        due.push((request, due_ms));
+                        report.retried.push(id);
+                    }
+                    Rearmed::Stale => {
+                        report
+                            .skipped
+                            .push((id, format!("it {STALE} (entry removed)")));
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        let walked = walk();
         self.store.commit().await?;
-        Ok(report)
+        for (request, due_ms) in due {
+            self.scheduler.schedule(request, due_ms);
+        }
+        walked.map(|()| report)
     }
 
-    /// Re-arms the delivery on its record and removes the entry (not yet durable).
-    fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<()> {
+    /// Re-arms the delivery on its record and removes the entry (neither durable yet).
+    fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<Rearmed> {
         let now = now_ms();
         let update = self
             .store
             .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))?;
-        match update {
-            Update::Done(record, revived) => {
-                let mut steps = vec![(
-                    now,
-                    Step::Redriven {
-                        webhook_id: entry.webhook_id.clone(),
-                        endpoint_id: entry.endpoint_id.clone(),
-                    },
-                )];
-                steps.extend(revived.map(|state| self.transition(&record, state, now)));
-                self.store.append_steps(record.id, &steps)?;
-                self.store.remove_dead_letter(project, id)?;
-                self.scheduler.schedule(record.id, record.due_ms);
-                Ok(())
-            }
-            // The delivery is no longer dead (re-driven already) or the request is gone
-            // (swept): the entry is stale either way.
-            Update::Refused(_) | Update::Missing => {
-                self.store.remove_dead_letter(project, id)?;
-                Err(Error::Conflict(format!(
-                    "dead letter '{id}' was already retried or its request no longer exists"
-                )))
-            }
-        }
+        let Update::Done(record, revived) = update else {
+            self.store.remove_dead_letter(project, id)?;
+            return Ok(Rearmed::Stale);
+        };
+        let mut steps = vec![(
+            now,
+            Step::Redriven {
+                webhook_id: entry.webhook_id.clone(),
+                endpoint_id: entry.endpoint_id.clone(),
+            },
+        )];
+        steps.extend(revived.map(|state| self.transition(&record, state, now)));
+        self.store.append_steps(record.id, &steps)?;
+        self.store.remove_dead_letter(project, id)?;
+        Ok(Rearmed::Done {
+            id: record.id,
+            due_ms: record.due_ms,
+        })
     }
 
     /// Deletes one dead letter of `project`.

@@ -1,12 +1,13 @@
-//! Driving a due request forward: what the scheduler runs.
+//! Driving a due request forward: the round loop the scheduler runs.
 //!
 //! Each round reads the record, does the one thing its state calls for (run the model,
-//! finish a recorded callback, time out a callback, settle, or send the webhook attempts
-//! that are due), records the outcome through `Store::update`, and reads again, until
-//! nothing is due now. The return value is when the request is next due. Every round is
-//! safe to repeat: a duplicate timer re-reads the record and finds nothing to do, and a
-//! crash mid-round repeats at most the effect (a webhook with the same `webhook-id`, a
-//! push), never skips it.
+//! finish a recorded callback, time out a callback, settle, or make the webhook attempts
+//! that are due, each admitted by its endpoint's lane and run as a unit by `attempt`),
+//! records the outcome through `Store::update`, commits before any effect of it, and
+//! reads again, until nothing is due now. The return value is when the request is next
+//! due. Every round is safe to repeat: a duplicate timer re-reads the record and finds
+//! nothing to do, and a crash mid-round repeats at most the effect (a webhook with the
+//! same `webhook-id`, a push), never skips it.
 
 use std::time::Duration;
 
@@ -14,14 +15,11 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
+use super::attempt::{Attempt, REQUEST_ENDPOINT, Recorded};
 use super::{Engine, model};
 use crate::clock::now_ms;
-use crate::delivery::{Attempt, Outcome};
 use crate::error::Result;
-use crate::job::{
-    AttemptEffect, AttemptLog, AttemptResult, DeadLetter, Delivery, DeliveryOutcome, Event,
-    Request, State, Step,
-};
+use crate::job::{Delivery, DeliveryOutcome, Event, Request, State, Step};
 use crate::payload;
 use crate::secret;
 use crate::store::Update;
@@ -31,9 +29,6 @@ use crate::store::Update;
 const MAX_ROUNDS: usize = 16;
 /// How long an attempt waits for a permit of its endpoint's lane before it is deferred.
 const LANE_WAIT: Duration = Duration::from_millis(50);
-
-/// `endpoint_id` of a delivery to the request's own `webhook_url`.
-pub const REQUEST_ENDPOINT: &str = "request";
 
 /// What a round did.
 enum Round {
@@ -148,17 +143,12 @@ impl Engine {
         let body = payload::webhook_body(&record, &self.public_url);
         let mut attempts: FuturesUnordered<_> = due
             .iter()
-            .map(|d| async {
-                // A healthy endpoint frees a permit within milliseconds; a lane still full
-                // after LANE_WAIT belongs to a slow endpoint, and the attempt is deferred.
-                match self
-                    .lanes
-                    .enter(&lane_of(d), d.attempts == 0, LANE_WAIT)
-                    .await
-                {
-                    Some(permit) => self.attempt(&record, d, &body, permit).await.map(|()| true),
-                    None => Ok(false),
-                }
+            .map(|d| {
+                self.admitted(Attempt {
+                    record: &record,
+                    delivery: d,
+                    body: &body,
+                })
             })
             .collect();
         let mut made = false;
@@ -170,6 +160,22 @@ impl Engine {
         }
         use rand::Rng;
         Ok(Round::Deferred(now + rand::rng().random_range(200..800)))
+    }
+
+    /// Makes `attempt` once its endpoint's lane admits it, and makes what it settled
+    /// durable before pushing it; false if the lane stayed full (the attempt is deferred).
+    /// A healthy endpoint frees a permit within milliseconds; a lane still full after
+    /// [`LANE_WAIT`] belongs to a slow endpoint.
+    async fn admitted(&self, attempt: Attempt<'_>) -> Result<bool> {
+        let d = attempt.delivery;
+        let lane = lane_of(d);
+        let Some(permit) = self.lanes.enter(&lane, d.attempts == 0, LANE_WAIT).await else {
+            return Ok(false);
+        };
+        if let Recorded::Settled(record) = self.attempts().run(attempt, permit).await? {
+            self.settled(&record).await?;
+        }
+        Ok(true)
     }
 
     /// The deliveries a result goes to: the request's `webhook_url`, or every endpoint of
@@ -248,194 +254,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends one attempt of delivery `d` (holding its lane's `permit`) and records it,
-    /// with its effect on the endpoint's health.
-    async fn attempt(
-        &self,
-        record: &Request,
-        d: &Delivery,
-        body: &str,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<()> {
-        let started = now_ms();
-        let endpoint = (d.endpoint_id != REQUEST_ENDPOINT)
-            .then(|| self.catalog.endpoint(&record.project_id, &d.endpoint_id));
-        let secrets = match &endpoint {
-            None => self
-                .catalog
-                .project(&record.project_id)
-                .map(|p| Ok(vec![p.signing_secret.clone()])),
-            Some(None) => None,
-            Some(Some(e)) => Some(match &e.disabled {
-                Some((why, _)) => Err(format!("the endpoint is disabled: {why}")),
-                None => Ok(e.signing_secrets(started)),
-            }),
-        };
-        let mut outcome = match secrets {
-            Some(Ok(secrets)) => {
-                self.deliverer
-                    .send(&Attempt {
-                        url: &d.url,
-                        body,
-                        webhook_id: &d.webhook_id,
-                        endpoint_id: &d.endpoint_id,
-                        channel_id: &record.channel_id.to_string(),
-                        secrets: &secrets,
-                        timestamp: started / 1000,
-                    })
-                    .await
-            }
-            Some(Err(disabled)) => Outcome::refused(disabled),
-            None => Outcome::refused("the endpoint was deleted"),
-        };
-        drop(permit);
-        let kind = match () {
-            _ if outcome.delivered => "delivered",
-            _ if outcome.timed_out => "timeout",
-            _ if outcome.permanent => "refused",
-            _ => "failed",
-        };
-        self.metrics.webhook_attempt(
-            kind,
-            outcome
-                .sent
-                .then(|| Duration::from_millis(outcome.duration_ms)),
-        );
-        if let Some(Some(e)) = &endpoint
-            && e.disabled.is_none()
-            && !outcome.permanent
-        {
-            let gone = outcome.status == Some(410);
-            outcome.permanent |= gone;
-            let disable_after = self.config.endpoint_disable_after.as_millis() as u64;
-            let noted = self.catalog.note_attempt(
-                &record.project_id,
-                &e.id,
-                outcome.delivered,
-                gone,
-                now_ms(),
-                disable_after,
-            )?;
-            if let Some(now_disabled) = noted.filter(|n| n.disabled.is_some()) {
-                tracing::warn!(endpoint = %now_disabled.id, "webhook endpoint disabled");
-            }
-        }
-        let now = now_ms();
-        let mut steps = vec![(
-            started,
-            Step::WebhookAttempt {
-                webhook_id: d.webhook_id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                attempt: d.attempts + 1,
-                status: outcome.status,
-                error: outcome.error.clone(),
-                duration_ms: outcome.duration_ms,
-                response_excerpt: outcome.response_excerpt.clone(),
-            },
-        )];
-        let result = AttemptResult {
-            delivered: outcome.delivered,
-            status: outcome.status,
-            error: outcome.error.clone(),
-        };
-        let timeout = self.callback_timeout_ms(record);
-        let update = self.store.update(record.id, now, |r| {
-            let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
-                self.retry_at(made, now, &outcome)
-            })?;
-            Ok::<_, crate::job::StaleAttempt>((effect, r.settle(now, timeout)))
-        })?;
-        let Update::Done(record, (effect, settled)) = update else {
-            return self
-                .store
-                .append_steps(record.id, &steps)
-                .map_err(Into::into);
-        };
-        if settled.is_some() {
-            steps.push(self.transition(&record, record.state, now));
-        }
-        // Before the dead letter, which gathers its attempts from the timeline.
-        self.store.append_steps(record.id, &steps)?;
-        if effect == AttemptEffect::DeadLettered {
-            let reason = result.error.unwrap_or_else(|| "out of attempts".into());
-            self.record_dead_letter(&record, &d.webhook_id, body, reason, now)?;
-        }
-        if settled.is_some() {
-            self.store.commit().await?;
-            if matches!(record.state, State::Failed(_)) {
-                self.push_and_note(&record, None)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores the dead-letter entry of one exhausted delivery, with all its attempts.
-    fn record_dead_letter(
-        &self,
-        record: &Request,
-        webhook_id: &str,
-        body: &str,
-        reason: String,
-        now: u64,
-    ) -> Result<()> {
-        let Some(d) = record
-            .deliveries
-            .iter()
-            .find(|d| d.webhook_id == webhook_id)
-        else {
-            return Ok(());
-        };
-        let attempts = self
-            .store
-            .timeline(record.id)?
-            .into_iter()
-            .filter_map(|(at_ms, step)| match step {
-                Step::WebhookAttempt {
-                    webhook_id,
-                    status,
-                    error,
-                    duration_ms,
-                    response_excerpt,
-                    ..
-                } if webhook_id == d.webhook_id => Some(AttemptLog {
-                    at_ms,
-                    status,
-                    error,
-                    duration_ms,
-                    response_excerpt,
-                }),
-                _ => None,
-            })
-            .collect();
-        self.store.insert_dead_letter(&DeadLetter {
-            request_id: record.id,
-            channel_id: record.channel_id,
-            project_id: record.project_id,
-            webhook_id: d.webhook_id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
-            url: d.url.clone(),
-            payload: body.to_string(),
-            reason: reason.clone(),
-            attempts,
-            dead_ms: now,
-        })?;
-        self.store.append_step(
-            record.id,
-            now,
-            &Step::DeadLettered {
-                webhook_id: d.webhook_id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                reason,
-            },
-        )?;
-        tracing::warn!(
-            channel_id = %record.channel_id,
-            webhook_id = %d.webhook_id,
-            "delivery dead-lettered"
-        );
-        Ok(())
-    }
-
     /// Settles a `generated` request whose deliveries are all settled.
     async fn settle(&self, id: u64) -> Result<()> {
         let now = now_ms();
@@ -447,10 +265,17 @@ impl Engine {
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
             self.store.append_steps(id, &[step])?;
-            self.store.commit().await?;
-            if matches!(record.state, State::Failed(_)) {
-                self.push_and_note(&record, None)?;
-            }
+            self.settled(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the state a request settled in durable, then pushes it if it failed (a
+    /// delivered or completed one has nothing new for the browser).
+    async fn settled(&self, record: &Request) -> Result<()> {
+        self.store.commit().await?;
+        if matches!(record.state, State::Failed(_)) {
+            self.push_and_note(record, None)?;
         }
         Ok(())
     }
@@ -518,18 +343,6 @@ impl Engine {
 
     /// The timeline step of a state the record entered; finished requests are counted.
     pub(super) fn transition(&self, record: &Request, state: State, now: u64) -> (u64, Step) {
-        let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
-        match state {
-            State::Completed => {
-                self.metrics
-                    .finished(&record.workflow.name, "completed", "", Some(since_accept))
-            }
-            State::Failed(f) => {
-                self.metrics
-                    .finished(&record.workflow.name, "failed", f.as_str(), None)
-            }
-            _ => {}
-        }
-        (now, Step::Transition { state })
+        super::transition(&self.metrics, record, state, now)
     }
 }

@@ -13,6 +13,7 @@
 //! unrecorded result, no push for an unrecorded callback.
 
 mod accept;
+mod attempt;
 mod dlq;
 mod drive;
 mod lanes;
@@ -21,8 +22,8 @@ mod retention;
 mod sync;
 
 pub use accept::AcceptInput;
+pub use attempt::REQUEST_ENDPOINT;
 pub use dlq::Redrive;
-pub use drive::REQUEST_ENDPOINT;
 pub use retention::Swept;
 pub use sync::{SyncAnswer, SyncInput};
 
@@ -33,7 +34,7 @@ use crate::ai::Models;
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::delivery::{Deliverer, Outcome};
+use crate::delivery::Deliverer;
 use crate::error::{Error, Result};
 use crate::job::{CallbackData, ChannelId, Event, ProjectId, Request, State, Step};
 use crate::metrics::{Gauges, Metrics};
@@ -256,6 +257,13 @@ impl Engine {
             }
             Update::Missing => return Err(Error::NotFound("request".into())),
         };
+        // Counted now: once the record is in `Callback`, a scheduler round may finish it
+        // (it is due at once) before the commit below returns.
+        self.metrics.callback(if record.state == State::Callback {
+            "accepted"
+        } else {
+            "error"
+        });
         let step = match input {
             CallbackInput::Data { body, .. } => Step::CallbackReceived { body },
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
@@ -263,12 +271,6 @@ impl Engine {
         let steps = [(now, step), self.transition(&record, record.state, now)];
         self.store.append_steps(record.id, &steps)?;
         self.store.commit().await?;
-        let outcome = if record.state == State::Callback {
-            "accepted"
-        } else {
-            "error"
-        };
-        self.metrics.callback(outcome);
         if record.state == State::Callback {
             self.finish_callback(record.id).await;
         } else {
@@ -280,15 +282,14 @@ impl Engine {
     /// Pushes the record's latest message to its channel; the timeline step saying so
     /// (with how many sockets got it) is for the caller to write.
     fn push_latest(&self, record: &Request) -> Option<(u64, Step)> {
-        let message = payload::latest_push(record)?;
+        let push = payload::latest_push(record)?;
         let topic = ws::topic(&record.project_id, &record.channel_id);
         let sockets = self
             .hub
-            .push(&record.channel_id, &topic, "response", &message);
-        let status = payload::push_status(&message);
-        self.metrics.pushed(status);
+            .push(&record.channel_id, &topic, "response", &push.payload);
+        self.metrics.pushed(push.status.as_str());
         let step = Step::Pushed {
-            status: status.to_string(),
+            status: push.status.as_str().to_string(),
             sockets: sockets as u32,
         };
         Some((now_ms(), step))
@@ -296,10 +297,7 @@ impl Engine {
 
     /// The callback timeout of a request: its workflow's, else the server's.
     fn callback_timeout_ms(&self, record: &Request) -> u64 {
-        record
-            .workflow
-            .callback_timeout_ms
-            .unwrap_or(self.config.callback_timeout.as_millis() as u64)
+        callback_timeout_ms(&self.config, record)
     }
 
     /// When the first attempt of a new delivery is due.
@@ -313,24 +311,33 @@ impl Engine {
         now + jittered(delay).as_millis() as u64
     }
 
-    /// When attempt number `made + 1` of a delivery is due after `outcome`, or `None` when
-    /// the schedule is used up or retrying cannot help. The scheduled delay (±20% jitter)
-    /// stretches to the receiver's `Retry-After`, clamped to [delay, 2×delay], and to at
-    /// least the throttle delay after a 429 or a timeout.
-    fn retry_at(&self, made: u32, now: u64, outcome: &Outcome) -> Option<u64> {
-        if outcome.permanent {
-            return None;
+    /// What a webhook attempt depends on, borrowed for one attempt.
+    fn attempts(&self) -> attempt::Ctx<'_> {
+        attempt::Ctx {
+            store: &self.store,
+            catalog: &self.catalog,
+            deliverer: &self.deliverer,
+            metrics: &self.metrics,
+            config: &self.config,
         }
-        let scheduled = jittered(*self.config.retry_schedule.get(made as usize)?);
-        let mut delay = match outcome.retry_after {
-            Some(asked) => asked.clamp(scheduled, scheduled * 2),
-            None => scheduled,
-        };
-        if outcome.slow_down() {
-            delay = delay.max(self.config.webhook_throttle_delay);
-        }
-        Some(now + delay.as_millis() as u64)
     }
+}
+
+/// The callback timeout of `record`: its workflow's, else the server's.
+fn callback_timeout_ms(config: &Config, record: &Request) -> u64 {
+    record
+        .workflow
+        .callback_timeout_ms
+        .unwrap_or(config.callback_timeout.as_millis() as u64)
+}
+
+/// The timeline step of a state `record` entered at `now`; finished requests are counted.
+fn transition(metrics: &Metrics, record: &Request, state: State, now: u64) -> (u64, Step) {
+    if state.is_terminal() {
+        let since_accept = Duration::from_millis(now.saturating_sub(record.created_ms));
+        metrics.finished(&record.workflow.name, state, since_accept);
+    }
+    (now, Step::Transition { state })
 }
 
 /// `delay` scaled by a random factor in [0.8, 1.2].
@@ -342,6 +349,9 @@ pub fn jittered(delay: Duration) -> Duration {
 impl Replay for Engine {
     fn latest(&self, channel: &ChannelId) -> Result<Option<String>> {
         let record = self.store.request_by_channel(channel)?;
-        Ok(record.as_ref().and_then(payload::latest_push))
+        Ok(record
+            .as_ref()
+            .and_then(payload::latest_push)
+            .map(|push| push.payload))
     }
 }

@@ -1,39 +1,15 @@
-//! Reading request bodies within the size limit, parsing JSON with field-naming errors,
-//! and writing JSON responses.
-
-use std::convert::Infallible;
+//! Request bodies: read within the size limit and the body read timeout, and parsed as
+//! JSON with errors that name the offending field.
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use hyper::{Request, StatusCode};
-use serde::Serialize;
+use hyper::header::CONTENT_LENGTH;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::error::ApiError;
-use crate::clock::now_ms;
 use crate::config::Config;
-
-/// Every response body.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-pub type Response = hyper::Response<Body>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed_unsync()
-}
-
-pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
-    let bytes = serde_json::to_vec(value).expect("responses serialize");
-    let mut response = hyper::Response::new(full(bytes));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
 
 /// After refusing a body, eddy still reads (and drops) this much of it, for at most
 /// [`DRAIN_TIME`], so that a client still sending gets the 413 instead of a connection
@@ -50,15 +26,10 @@ pub async fn read_body(request: Request<Incoming>, config: &Config) -> Result<By
     tokio::time::timeout(timeout, read_limited(request, config.body_limit))
         .await
         .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {}s",
-                    timeout.as_secs()
-                ),
-            ))
+            Err(ApiError::request_timeout(format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs()
+            )))
         })
 }
 
@@ -137,29 +108,22 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// Query parameters as `(name, value)` pairs.
-pub fn query(request: &Request<Incoming>) -> Vec<(String, String)> {
-    request
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+/// The body parsed as JSON into `T`.
+pub async fn read_json<T: DeserializeOwned>(
+    request: Request<Incoming>,
+    config: &Config,
+) -> Result<T, ApiError> {
+    parse(&read_body(request, config).await?)
 }
 
-/// A time as Unix milliseconds or an RFC 3339 string.
-pub fn time_ms(field: &str, value: &Value) -> Result<u64, ApiError> {
-    match value {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| ApiError::invalid(format!("{field}: must be Unix milliseconds"))),
-        Value::String(s) => {
-            let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| ApiError::invalid(format!("{field}: not an RFC 3339 time: {e}")))?;
-            Ok((at.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
-        }
-        _ => Err(ApiError::invalid(format!(
-            "{field}: must be Unix milliseconds or an RFC 3339 time"
-        ))),
+/// [`read_json`], where an empty body means `T::default()`.
+pub async fn read_json_or_default<T: DeserializeOwned + Default>(
+    request: Request<Incoming>,
+    config: &Config,
+) -> Result<T, ApiError> {
+    let bytes = read_body(request, config).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
     }
-    .map(|ms| ms.min(now_ms() + 365 * 24 * 3600 * 1000))
+    parse(&bytes)
 }

@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
-
 use super::error::ApiError;
 use crate::job::ProjectId;
 
@@ -37,17 +35,13 @@ impl RateLimiter {
             return Ok(());
         }
         let wait = ((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64;
-        let mut error = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "rate_limited",
+        Err(ApiError::rate_limited(
             format!(
                 "rate limit of {} requests per second exceeded; retry after {wait}s",
                 self.rate
             ),
-        );
-        error.retry_after = Some(wait);
-        Err(error)
+            wait,
+        ))
     }
 }
 
@@ -113,29 +107,18 @@ impl Drop for AddressSlot {
 
 /// The answer to a connection past the server's cap.
 pub fn too_many_connections() -> ApiError {
-    let mut error = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "api_error",
-        "unavailable",
-        "too many open connections; retry shortly",
-    );
-    error.retry_after = Some(1);
-    error
+    ApiError::unavailable("too many open connections; retry shortly")
 }
 
 /// The answer to a connection past its address's cap.
 pub fn too_many_from_address(limit: usize) -> ApiError {
-    let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limit_error",
-        "rate_limited",
+    ApiError::rate_limited(
         format!(
             "too many open connections from your address (at most {limit}); close some or \
              retry shortly"
         ),
-    );
-    error.retry_after = Some(1);
-    error
+        1,
+    )
 }
 
 /// Answers a connection that is not served with `error` (the request is never read, so
@@ -164,8 +147,8 @@ mod tests {
             assert!(limiter.take(&ProjectId::from_bytes([1; 16])).is_ok());
         }
         let refused = limiter.take(&ProjectId::from_bytes([1; 16])).unwrap_err();
-        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.retry_after, Some(1));
+        assert_eq!(refused.status(), hyper::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after(), Some(1));
         assert!(
             limiter.take(&ProjectId::from_bytes([2; 16])).is_ok(),
             "other projects have their own bucket"

@@ -15,10 +15,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::app::App;
 use super::conn::{Conn, Shared, Timeouts, Tracked};
 use super::error::ApiError;
-use super::json::Response;
-use super::{App, Face, limits};
+use super::limits;
+use super::response::Response;
+use super::route::{self, Face};
 
 /// Serves connections from `listener` as `face` until `shutdown` resolves, then stops
 /// accepting and waits up to `grace` for open requests to finish.
@@ -108,8 +110,8 @@ pub async fn serve(
 
 async fn dispatch(app: Arc<App>, face: Face, request: Request<hyper::body::Incoming>) -> Response {
     match face {
-        Face::Api => super::route(app, request).await,
-        Face::Metrics => super::route_metrics(&app, &request),
+        Face::Api => route::route(&app, request).await,
+        Face::Metrics => route::route_metrics(&app, &request),
     }
 }
 

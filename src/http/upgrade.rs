@@ -21,9 +21,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::App;
-use super::error::ApiError;
-use super::json::{Response, full, query};
+use super::app::App;
+use super::error::{Answer, ApiError};
+use super::input::Query;
+use super::response::full;
 use crate::clock::now_ms;
 use crate::ws::socket;
 
@@ -67,7 +68,7 @@ fn subprotocol_token(protocols: &[String]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, ApiError> {
+pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Answer {
     if !header_has(&request, UPGRADE, "websocket") || !header_has(&request, CONNECTION, "upgrade") {
         return Err(ApiError::invalid(
             "this route speaks WebSocket: send Connection: Upgrade and Upgrade: websocket",
@@ -86,16 +87,10 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         .get(SEC_WEBSOCKET_KEY)
         .ok_or_else(|| ApiError::invalid("Sec-WebSocket-Key: is required"))?;
     let accept = derive_accept_key(key.as_bytes());
-    let params = query(&request);
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let query = Query::of(&request);
     // Phoenix answers 403 to a serializer version it does not speak; eddy speaks 2.x only
     // and takes a missing vsn as 2.0.0 (Phoenix would pick 1.0.0, which eddy lacks).
-    if let Some(vsn) = param("vsn")
+    if let Some(vsn) = query.get("vsn")
         && !vsn.starts_with("2.")
     {
         return Err(ApiError::forbidden(format!(
@@ -103,7 +98,8 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         )));
     }
     let protocols = subprotocols(&request);
-    let token = param("token")
+    let token = query
+        .get("token")
         .map(str::to_string)
         .or_else(|| subprotocol_token(&protocols))
         .ok_or_else(|| ApiError::forbidden("token: is required"))?;
@@ -114,14 +110,9 @@ pub fn upgrade(app: &App, mut request: Request<Incoming>) -> Result<Response, Ap
         .map_err(|e| ApiError::forbidden(e.to_string()))?;
 
     if app.sockets.hub.open_sockets() >= app.engine.config().max_sockets {
-        let mut refused = ApiError::new(
-            hyper::StatusCode::SERVICE_UNAVAILABLE,
-            "api_error",
-            "unavailable",
+        return Err(ApiError::unavailable(
             "too many open sockets; retry shortly",
-        );
-        refused.retry_after = Some(1);
-        return Err(refused);
+        ));
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ctx = app.sockets.clone();

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{ApiKey, Endpoint, StructuredOutput, Workflow};
+use crate::catalog::{ApiKey, Endpoint, ProviderCredential, StructuredOutput, Workflow};
 use crate::clock::rfc3339_ms;
 use crate::job::{DeadLetter, DeliveryOutcome, Request, Step};
 use crate::store::Summary;
@@ -82,6 +82,19 @@ pub fn api_key(k: &ApiKey) -> Value {
         "key": k.hint,
         "created_at": at(k.created_ms),
         "expires_at": opt_at(k.expires_ms),
+    })
+}
+
+/// A provider's credentials: the key masked, never whole.
+pub fn provider(c: &ProviderCredential) -> Value {
+    json!({
+        "provider": c.name,
+        "kind": c.kind.as_str(),
+        "base_url": c.base_url,
+        "api_key": c.masked_key(),
+        "timeout_ms": c.timeout_ms,
+        "created_at": at(c.created_ms),
+        "updated_at": at(c.updated_ms),
     })
 }
 
@@ -166,7 +179,7 @@ pub fn step(at_ms: u64, step: &Step) -> Value {
         Step::Transition { state } => json!({
             "type": "state",
             "state": state.as_str(),
-            "failure": match state { crate::job::State::Failed(f) => Value::from(f.as_str()), _ => Value::Null },
+            "failure": state.failure().map(|f| f.as_str()),
         }),
     };
     v["at"] = at(at_ms);

@@ -13,7 +13,7 @@
 
 mod id;
 #[cfg(test)]
-mod props;
+pub(crate) mod props;
 mod record;
 mod rules;
 
@@ -26,8 +26,8 @@ pub use rules::{AttemptEffect, AttemptResult, StaleAttempt};
 
 use bincode::{Decode, Encode};
 
-/// Where a request is in its life. Persisted inside [`Request`]; the wire name is
-/// [`State::as_str`].
+/// Where a request is in its life. Persisted inside [`Request`]; clients and operators
+/// see its [`Status`] (`as_str`) and, when it failed, its [`Failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum State {
     /// Accepted and durable; the model has not answered yet.
@@ -89,6 +89,19 @@ pub struct InvalidTransition {
 }
 
 impl State {
+    /// Every state, each failure apart, in life-cycle order.
+    pub const ALL: [State; 9] = [
+        State::Pending,
+        State::Generated,
+        State::Delivered,
+        State::Callback,
+        State::Completed,
+        State::Failed(Failure::AiFailed),
+        State::Failed(Failure::WebhookExhausted),
+        State::Failed(Failure::CallbackError),
+        State::Failed(Failure::CallbackTimeout),
+    ];
+
     /// The state after `event`, or why the event does not apply.
     pub fn on(self, event: Event) -> Result<State, InvalidTransition> {
         use Event as E;
@@ -134,16 +147,80 @@ impl State {
         matches!(self, State::Completed | State::Failed(_))
     }
 
-    /// The name clients and operators see.
+    /// The state without its failure reason.
+    pub fn status(self) -> Status {
+        match self {
+            State::Pending => Status::Pending,
+            State::Generated => Status::Generated,
+            State::Delivered => Status::Delivered,
+            State::Callback => Status::Callback,
+            State::Completed => Status::Completed,
+            State::Failed(_) => Status::Failed,
+        }
+    }
+
+    /// The name clients and operators see: its status's.
+    pub fn as_str(self) -> &'static str {
+        self.status().as_str()
+    }
+
+    /// Why the request failed, if it did.
+    pub fn failure(self) -> Option<Failure> {
+        match self {
+            State::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// A state as requests are listed, filtered and counted by it: the one place its names
+/// are spelled (the console's `status` filter, the CLI, the views, the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Pending,
+    Generated,
+    Delivered,
+    Callback,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    /// Every status, in life-cycle order.
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Generated,
+        Status::Delivered,
+        Status::Callback,
+        Status::Completed,
+        Status::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Pending => "pending",
-            State::Generated => "generated",
-            State::Delivered => "delivered",
-            State::Callback => "callback",
-            State::Completed => "completed",
-            State::Failed(_) => "failed",
+            Status::Pending => "pending",
+            Status::Generated => "generated",
+            Status::Delivered => "delivered",
+            Status::Callback => "callback",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
         }
+    }
+}
+
+/// A name that is no [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not one of {names}", names = Status::ALL.map(Status::as_str).join(", "))]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(name: &str) -> Result<Status, UnknownStatus> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| UnknownStatus(name.to_string()))
     }
 }
 
@@ -162,18 +239,6 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(super) const STATES: [State; 9] = [
-        State::Pending,
-        State::Generated,
-        State::Delivered,
-        State::Callback,
-        State::Completed,
-        State::Failed(Failure::AiFailed),
-        State::Failed(Failure::WebhookExhausted),
-        State::Failed(Failure::CallbackError),
-        State::Failed(Failure::CallbackTimeout),
-    ];
 
     pub(super) const EVENTS: [Event; 10] = [
         Event::AiSucceeded,
@@ -250,7 +315,7 @@ mod tests {
     #[test]
     fn every_state_event_pair_follows_the_table() {
         let mut allowed_pairs = 0;
-        for state in STATES {
+        for state in State::ALL {
             for event in EVENTS {
                 match (allowed(state, event), state.on(event)) {
                     (Some(want), Ok(got)) => {
@@ -265,11 +330,28 @@ mod tests {
         assert_eq!(allowed_pairs, 12);
     }
 
+    /// Every status's name reads back as that status, every state has one, and an unknown
+    /// name is refused with the names there are.
+    #[test]
+    fn status_names_round_trip() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse(), Ok(status));
+        }
+        for state in State::ALL {
+            assert!(Status::ALL.contains(&state.status()), "{state:?}");
+        }
+        let err = "done".parse::<Status>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "'done' is not one of pending, generated, delivered, callback, completed, failed"
+        );
+    }
+
     /// Terminal states accept no event but an operator's re-drive of a request that
     /// failed for want of a delivery.
     #[test]
     fn terminal_states_never_move_on_their_own() {
-        for state in STATES.into_iter().filter(|s| s.is_terminal()) {
+        for state in State::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in EVENTS {
                 let revived =
                     state == State::Failed(Failure::WebhookExhausted) && event == Event::Redriven;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
-use super::tests::{EVENTS, STATES, allowed};
+use super::tests::{EVENTS, allowed};
 use super::{
     AiResult, AttemptResult, CallbackData, ChannelId, Delivery, DeliveryOutcome, Event, Failure,
     InvalidTransition, ProjectId, Request, State, WorkflowSnapshot,
@@ -36,7 +36,7 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 /// A request as `accept` stores it; `event_driven` gives its workflow an `event_name`.
-fn accepted(event_driven: bool) -> Request {
+pub(crate) fn accepted(event_driven: bool) -> Request {
     let mut r = Request::pending(
         (1, ChannelId::from_bytes([7; 16])),
         ProjectId::from_bytes([9; 16]),
@@ -369,5 +369,5 @@ proptest! {
 /// them all.
 #[test]
 fn every_state_is_reachable_from_pending() {
-    assert_eq!(reachable(State::Pending), STATES.into_iter().collect());
+    assert_eq!(reachable(State::Pending), State::ALL.into_iter().collect());
 }

@@ -280,10 +280,7 @@ impl Request {
     }
 
     pub fn failure(&self) -> Option<Failure> {
-        match self.state {
-            State::Failed(f) => Some(f),
-            _ => None,
-        }
+        self.state.failure()
     }
 }
 

@@ -27,7 +27,7 @@ use bincode::{Decode, Encode};
 use super::ids::{pair, unpair};
 use super::open::Inner;
 use super::{CodecError, Result, Store, be_u64, codec, due_key, request_key};
-use crate::job::{ChannelId, Failure, ProjectId, Request, State};
+use crate::job::{ChannelId, Failure, ProjectId, Request, State, Status};
 
 /// What a list shows of a request, kept beside its log key.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -53,10 +53,7 @@ impl Summary {
     }
 
     pub fn failure(&self) -> Option<Failure> {
-        match self.state {
-            State::Failed(f) => Some(f),
-            _ => None,
-        }
+        self.state.failure()
     }
 }
 
@@ -65,43 +62,27 @@ fn summary_of(value: &[u8]) -> std::result::Result<Summary, CodecError> {
     codec::decode(value.get(8..).ok_or(CodecError::Empty)?)
 }
 
-/// The one-byte code of a state in `log_state` keys.
-pub fn state_code(state: State) -> u8 {
-    match state {
-        State::Pending => 1,
-        State::Generated => 2,
-        State::Delivered => 3,
-        State::Callback => 4,
-        State::Completed => 5,
-        State::Failed(_) => 6,
+/// The one-byte code of a status: its slot among the counts, and for the final ones their
+/// phase in `log_state` keys.
+pub fn status_code(status: Status) -> u8 {
+    match status {
+        Status::Pending => 1,
+        Status::Generated => 2,
+        Status::Delivered => 3,
+        Status::Callback => 4,
+        Status::Completed => 5,
+        Status::Failed => 6,
     }
 }
 
 /// The phase of a state in `log_state` keys: active (1), completed (5) or failed (6).
 fn phase(state: State) -> u8 {
-    match state {
-        State::Completed => 5,
-        State::Failed(_) => 6,
-        _ => 1,
-    }
+    phase_of_code(status_code(state.status()))
 }
 
-/// The phase of a state code.
+/// The phase of a status code.
 fn phase_of_code(code: u8) -> u8 {
     if code >= 5 { code } else { 1 }
-}
-
-/// The code of a state by its wire name (`pending` … `failed`).
-pub fn state_code_of(name: &str) -> Option<u8> {
-    Some(match name {
-        "pending" => 1,
-        "generated" => 2,
-        "delivered" => 3,
-        "callback" => 4,
-        "completed" => 5,
-        "failed" => 6,
-        _ => return None,
-    })
 }
 
 fn workflow_hash(name: &str) -> [u8; 8] {
@@ -141,8 +122,7 @@ impl Cursor {
 /// What to list.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery<'a> {
-    /// A state code ([`state_code_of`]).
-    pub state: Option<u8>,
+    pub status: Option<Status>,
     pub workflow: Option<&'a str>,
     /// Created at or after.
     pub since_ms: u64,
@@ -183,7 +163,7 @@ pub(super) fn count_states(inner: &Inner) -> Result<[i64; 7]> {
         let (k, v) = kv?;
         match k.get(16) {
             // An active entry is told apart by its summary; a finished one by its key.
-            Some(&1) => counts[state_code(summary_of(&v)?.state) as usize] += 1,
+            Some(&1) => counts[status_code(summary_of(&v)?.state.status()) as usize] += 1,
             Some(&code) => counts[(code as usize).min(6)] += 1,
             None => {}
         }
@@ -228,12 +208,14 @@ impl Store {
     ) -> Result<(Vec<Summary>, Option<String>)> {
         let inner = self.inner()?;
         let wf = query.workflow.map(workflow_hash);
-        let phases: Vec<u8> = match query.state {
-            Some(code) => vec![phase_of_code(code)],
+        let phases: Vec<u8> = match query.status {
+            Some(status) => vec![phase_of_code(status_code(status))],
             None => vec![1, 5, 6],
         };
-        // An active state is told apart from the other active states by its summary.
-        let exact = query.state.filter(|code| phase_of_code(*code) == 1);
+        // An active status is told apart from the other active ones by its summary.
+        let exact = query
+            .status
+            .filter(|status| phase_of_code(status_code(*status)) == 1);
         // The newest `limit` matching requests of each phase, then the newest `limit` of all.
         let mut found: Vec<(sled::IVec, Summary)> = Vec::new();
         for ph in phases {
@@ -253,7 +235,7 @@ impl Store {
                     continue;
                 }
                 let summary = summary_of(&v)?;
-                if exact.is_some_and(|code| state_code(summary.state) != code) {
+                if exact.is_some_and(|status| summary.state.status() != status) {
                     continue;
                 }
                 found.push((k, summary));
@@ -286,7 +268,7 @@ impl Store {
     ) -> Result<usize> {
         let inner = self.inner()?;
         let mut deleted = 0;
-        for code in [phase(State::Completed), 6] {
+        for code in [Status::Completed, Status::Failed].map(status_code) {
             let prefix = key(&[project.as_bytes(), &[code]]);
             let range = key(&[&prefix, &tail(0, 0)])..key(&[&prefix, &tail(cutoff_ms, 0)]);
             for kv in inner.log_state.range(range) {

@@ -56,10 +56,11 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
 pub use idempotency::Claim;
-pub use log::{Cursor, LogQuery, Summary, state_code, state_code_of};
+pub use log::{Cursor, LogQuery, Summary, status_code};
 pub use open::Health;
 pub use requests::{Update, decode_request, encode_request};
 
+use crate::job::Status;
 use due::due_key;
 use open::Inner;
 use requests::{request_key, stored_record};
@@ -182,28 +183,22 @@ impl Store {
     }
 
     fn count_state(&self, state: crate::job::State, delta: i64) {
-        self.shared.state_counts[state_code(state) as usize].fetch_add(delta, Ordering::Relaxed);
+        let slot = status_code(state.status()) as usize;
+        self.shared.state_counts[slot].fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// Requests per state: `(state name, count)`.
-    pub fn state_counts(&self) -> Vec<(&'static str, i64)> {
-        [
-            "pending",
-            "generated",
-            "delivered",
-            "callback",
-            "completed",
-            "failed",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            (
-                *name,
-                self.shared.state_counts[i + 1].load(Ordering::Relaxed),
-            )
-        })
-        .collect()
+    /// Requests per status.
+    pub fn state_counts(&self) -> Vec<(Status, i64)> {
+        Status::ALL
+            .into_iter()
+            .map(|status| {
+                let slot = status_code(status) as usize;
+                (
+                    status,
+                    self.shared.state_counts[slot].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Entries in the dead-letter queue (all projects).

@@ -101,33 +101,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A join frame parses, and its reply echoes both refs and the topic exactly.
-    #[test]
-    fn parse_and_reply_echo_refs() {
-        let f = parse(r#"["3","3","ai_response:a:b","phx_join",{}]"#).unwrap();
-        assert_eq!(f.join_ref, json!("3"));
-        assert_eq!(f.event, "phx_join");
-        let r = reply(&f, "ok", &json!({}));
-        assert_eq!(
-            r,
-            r#"["3","3","ai_response:a:b","phx_reply",{"status":"ok","response":{}}]"#
-        );
-        let hb = parse(r#"[null,7,"phoenix","heartbeat",{}]"#).unwrap();
-        assert_eq!(
-            reply(&hb, "ok", &json!({})),
-            r#"[null,7,"phoenix","phx_reply",{"status":"ok","response":{}}]"#
-        );
-    }
-
-    /// Number refs come back as the doubles a client sent: parsing rounds correctly (serde_json's
+    /// A frame parses and its reply echoes both refs and the topic exactly: string refs
+    /// (a join), a null join_ref and a number ref (a heartbeat), and refs that are doubles,
+    /// which come back as the doubles sent: parsing rounds correctly (serde_json's
     /// `float_roundtrip`), so a 17-digit float is not echoed one unit in the last place off.
     #[test]
-    fn float_refs_echo_the_same_double() {
-        let f = parse(r#"[1.0715660391465826e-75,-1.81996730402717e-179,"t","e",{}]"#).unwrap();
-        assert_eq!(
-            reply(&f, "ok", &json!({})),
-            r#"[1.0715660391465826e-75,-1.81996730402717e-179,"t","phx_reply",{"status":"ok","response":{}}]"#
-        );
+    fn replies_echo_refs_and_topic() {
+        let ok = r#""phx_reply",{"status":"ok","response":{}}]"#;
+        for (refs, topic, event) in [
+            (r#""3","3""#, "ai_response:a:b", "phx_join"),
+            ("null,7", "phoenix", "heartbeat"),
+            ("1.0715660391465826e-75,-1.81996730402717e-179", "t", "e"),
+        ] {
+            let f = parse(&format!(r#"[{refs},"{topic}","{event}",{{}}]"#)).unwrap();
+            assert_eq!(f.event, event);
+            assert_eq!(
+                reply(&f, "ok", &json!({})),
+                format!(r#"[{refs},"{topic}",{ok}"#)
+            );
+        }
     }
 
     /// Anything that is not a v2 frame is an error, never a panic.

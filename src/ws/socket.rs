@@ -348,8 +348,10 @@ fn close_frame(code: CloseCode, reason: &'static str) -> Message {
 mod tests {
     use super::*;
 
-    /// Join refusals name SPEC §5's reasons, only the canonical spelling of the token's
-    /// own channel is accepted, and nothing is accepted once the token has expired.
+    /// Join refusals name their reason as ModelRiver's clients expect it (the topic's
+    /// format, its project or channel UUID, an expired token), only the canonical spelling
+    /// of the token's own channel is accepted, and nothing is accepted once the token has
+    /// expired.
     #[test]
     fn join_rules() {
         let project = uuid::Uuid::new_v4();

@@ -31,8 +31,11 @@ try {
 
   await page.selectOption("#status", "completed");
   await page.click("#filters button[type=submit]");
-  await page.waitForFunction(() =>
-    [...document.querySelectorAll("#request-rows tr")].every((tr) => tr.children[2].textContent === "completed"));
+  // The list is emptied while the filtered page loads, and `every` holds for no rows.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#request-rows tr")];
+    return rows.length > 0 && rows.every((tr) => tr.children[2].textContent === "completed");
+  });
   result.filtered_rows = await page.locator("#request-rows tr").count();
 
   await row.click();

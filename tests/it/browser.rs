@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Browser, Callback, KEY, Receiver, TestServer, seed_request, start};
+use crate::support::{
+    Browser, Callback, KEY, Receiver, TestServer, seed_request, seeded, start, text,
+};
 
 /// Quick recovery for tests: phoenix's own backoff, scaled down.
 fn fast() -> Value {
@@ -17,19 +19,10 @@ fn fast() -> Value {
 /// A server with the seed's event-driven workflow and a receiver that calls back like the
 /// seed's backend once callbacks are released (they are held at first).
 async fn event_driven(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver) {
-    let server = start(tweak).await;
-    let receiver = Receiver::start().await;
-    server.event_workflow("content_generator", json!({})).await;
-    server.register_webhook(&receiver.url).await;
+    let (server, receiver) = seeded(tweak).await;
     receiver.call_back(KEY, Callback::Enrich);
     receiver.hold_callbacks();
     (server, receiver)
-}
-
-fn text<'a>(ticket: &'a Value, field: &str) -> &'a str {
-    ticket[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} in {ticket}"))
 }
 
 /// On one socket, joins on topics the token does not grant are refused with each of SPEC
@@ -151,11 +144,7 @@ async fn heartbeats_keep_the_socket_open() {
     let mut browser = Browser::start().await;
     let mut opts = fast();
     opts["heartbeatIntervalMs"] = json!(200);
-    browser.socket("tab", &ticket, opts).await;
-    let join = browser
-        .join("tab", "mine", text(&ticket, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    browser.join_ticket("tab", "mine", &ticket, opts).await;
     let opened = browser.next(|e| e["ev"] == "open").await;
     let mut last = opened.clone();
     for _ in 0..18 {
@@ -190,11 +179,7 @@ async fn silent_socket_is_closed_and_phoenix_recovers() {
     let (server, _receiver) = event_driven(|c| c.ws_idle_timeout = Duration::from_secs(1)).await;
     let ticket = server.send_async(seed_request("content_generator")).await;
     let mut browser = Browser::start().await;
-    browser.socket("tab", &ticket, fast()).await;
-    let join = browser
-        .join("tab", "mine", text(&ticket, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    let join = browser.join_ticket("tab", "mine", &ticket, fast()).await;
     let first = browser.response("mine", "ai_generated").await;
     let opened = browser.next(|e| e["ev"] == "open").await;
     let closed = browser.next(|e| e["ev"] == "close").await;
@@ -221,12 +206,9 @@ async fn silent_socket_is_closed_and_phoenix_recovers() {
 async fn two_tabs_get_every_push() {
     let (server, receiver) = event_driven(|_| {}).await;
     let ticket = server.send_async(seed_request("content_generator")).await;
-    let topic = text(&ticket, "websocket_channel");
     let mut browser = Browser::start().await;
     for tab in ["tab1", "tab2"] {
-        browser.socket(tab, &ticket, fast()).await;
-        let join = browser.join(tab, tab, topic).await;
-        assert_eq!(join["status"], "ok", "{join}");
+        browser.join_ticket(tab, tab, &ticket, fast()).await;
     }
     let generated1 = browser.response("tab1", "ai_generated").await;
     let generated2 = browser.response("tab2", "ai_generated").await;
@@ -274,11 +256,7 @@ async fn late_join_gets_the_latest_message_at_once() {
     assert!(pushes.iter().all(|p| p["sockets"] == 0), "{pushes:?}");
 
     let mut browser = Browser::start().await;
-    browser.socket("tab", &ticket, fast()).await;
-    let join = browser
-        .join("tab", "late", text(&ticket, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    browser.join_ticket("tab", "late", &ticket, fast()).await;
     let next = browser
         .next(|e| e["ev"] == "frame" && e["event"] != "phx_reply")
         .await;
@@ -301,11 +279,7 @@ async fn phoenix_reconnects_after_the_server_drops_it() {
     let ticket = server.send_async(seed_request("content_generator")).await;
     let channel = text(&ticket, "channel_id").to_string();
     let mut browser = Browser::start().await;
-    browser.socket("tab", &ticket, fast()).await;
-    let join = browser
-        .join("tab", "mine", text(&ticket, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    browser.join_ticket("tab", "mine", &ticket, fast()).await;
     let generated = browser.response("mine", "ai_generated").await;
     server.wait_for_status(&channel, "delivered").await;
 
@@ -355,11 +329,7 @@ async fn reconnect_endpoint_issues_a_fresh_token() {
         assert_eq!(fresh[field], ticket[field], "{field}");
     }
     let mut browser = Browser::start().await;
-    browser.socket("tab", &fresh, fast()).await;
-    let join = browser
-        .join("tab", "mine", text(&fresh, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    browser.join_ticket("tab", "mine", &fresh, fast()).await;
     let push = browser.response("mine", "ai_generated").await;
     assert_eq!(push["channel_id"], channel);
 
@@ -390,11 +360,7 @@ async fn standard_workflow_dual_delivery() {
     server.register_webhook(&receiver.url).await;
     let ticket = server.send_async(seed_request("summarizer")).await;
     let mut browser = Browser::start().await;
-    browser.socket("tab", &ticket, fast()).await;
-    let join = browser
-        .join("tab", "mine", text(&ticket, "websocket_channel"))
-        .await;
-    assert_eq!(join["status"], "ok", "{join}");
+    browser.join_ticket("tab", "mine", &ticket, fast()).await;
     let success = browser.response("mine", "success").await;
     assert_eq!(success["data"], json!({"summary": "two lines"}));
     assert_eq!(success["channel_id"], ticket["channel_id"]);
@@ -419,9 +385,7 @@ async fn leave_then_join_again() {
     let ticket = server.send_async(seed_request("content_generator")).await;
     let topic = text(&ticket, "websocket_channel");
     let mut browser = Browser::start().await;
-    browser.socket("tab", &ticket, fast()).await;
-    let join = browser.join("tab", "first", topic).await;
-    assert_eq!(join["status"], "ok", "{join}");
+    let join = browser.join_ticket("tab", "first", &ticket, fast()).await;
     let generated = browser.response("first", "ai_generated").await;
     browser
         .send(json!({"op": "leave", "channel": "first"}))

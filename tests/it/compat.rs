@@ -8,7 +8,10 @@ use serde_json::{Map, Value, json};
 
 use crate::support::receiver::Received;
 use crate::support::tools::node_json;
-use crate::support::{Browser, Callback, KEY, Phoenix, Receiver, WAIT, headphones, start};
+use crate::support::{
+    Browser, Callback, KEY, Phoenix, Receiver, eventually, headphones, ok_if, start,
+    start_with_receiver, text,
+};
 
 /// Data that JavaScript prints back differently from how Rust, Python or a model write
 /// it: integer-like keys out of order, `1.0`, tiny, huge and big numbers, `-0`, a double
@@ -83,13 +86,6 @@ async fn hook_for(receiver: &Receiver, channel_id: &str, seen: usize) -> Receive
         .unwrap_or_else(|| panic!("no webhook for {channel_id}"))
 }
 
-fn text(value: &Value, field: &str) -> String {
-    value[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} in {value}"))
-        .to_string()
-}
-
 /// `X-ModelRiver-Signature` verifies the way ModelRiver's demo backend and its webhook
 /// test server check it, and `mr-signature` the seed's way and over the raw body, and
 /// Standard Webhooks too, on every kind of webhook (`task.ai_generated`, `task.completed`
@@ -128,7 +124,7 @@ async fn every_signature_verifies_awkward_data_under_node() {
     ] {
         let ticket = server.send_async(request(workflow)).await;
         seen += 1;
-        let hook = hook_for(&receiver, &text(&ticket, "channel_id"), seen).await;
+        let hook = hook_for(&receiver, text(&ticket, "channel_id"), seen).await;
         assert_eq!(hook.json()["type"], kind);
         assert!(hook.json()["data"].is_object(), "{}", hook.json());
         assert_all_pass(&checks(&hook, &secret).await, workflow);
@@ -141,22 +137,15 @@ async fn every_signature_verifies_awkward_data_under_node() {
     body["webhook_url"] = json!(receiver.url);
     let ticket = server.send_async(body).await;
     seen += 1;
-    let hook = hook_for(&receiver, &text(&ticket, "channel_id"), seen).await;
+    let hook = hook_for(&receiver, text(&ticket, "channel_id"), seen).await;
     assert_eq!(hook.header("x-modelriver-webhook-id"), "request");
-    assert_all_pass(&checks(&hook, &request_secret).await, "webhook_url");
+    assert_all_pass(&checks(&hook, request_secret).await, "webhook_url");
 
     // During a rotation's grace the single-valued signatures carry the new secret only.
-    let (status, rotated) = server
-        .post(
-            &format!("/console/webhooks/{endpoint}/rotate-secret"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
-    let new_secret = text(&rotated, "secret");
+    let new_secret = server.rotate_secret(&endpoint).await;
     let ticket = server.send_async(request("evented")).await;
     seen += 1;
-    let hook = hook_for(&receiver, &text(&ticket, "channel_id"), seen).await;
+    let hook = hook_for(&receiver, text(&ticket, "channel_id"), seen).await;
     assert_all_pass(&checks(&hook, &new_secret).await, "new secret");
     let old = checks(&hook, &secret).await;
     assert_eq!(
@@ -240,14 +229,14 @@ async fn request_events_make_the_request_event_driven() {
     assert_eq!(hook["ai_response"]["data"], headphones());
     let completed = socket.push_with_status("completed").await;
     assert_eq!(completed["data"]["slug"], "prosound-x1-wireless-headphones");
-    let view = server.wait_for_status(&channel_id, "completed").await;
+    let view = server.wait_for_status(channel_id, "completed").await;
     assert_eq!(view["event_name"], "webhook_received");
 
     let ticket = server
         .send_async(demo_request(json!("webhook"), json!(["webhook_received"])))
         .await;
     server
-        .wait_for_status(&text(&ticket, "channel_id"), "completed")
+        .wait_for_status(text(&ticket, "channel_id"), "completed")
         .await;
 }
 
@@ -257,23 +246,19 @@ async fn request_events_make_the_request_event_driven() {
 /// enriched `completed`, seen with the official phoenix client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_shows_the_enriched_result_not_the_raw_one() {
-    let server = start(|_| {}).await;
-    let receiver = Receiver::start().await;
+    let (server, receiver) = start_with_receiver(|_| {}).await;
     server
         .event_workflow("content_generator", json!({"response_delay_ms": 100}))
         .await;
-    server.register_webhook(&receiver.url).await;
     receiver.call_back(KEY, Callback::Enrich);
     receiver.hold_callbacks();
     let ticket = server
         .send_async(crate::support::seed_request("content_generator"))
         .await;
     let mut browser = Browser::start().await;
-    browser.socket("page", &ticket, json!({})).await;
-    let join = browser
-        .join("page", "chat", &text(&ticket, "websocket_channel"))
+    browser
+        .join_ticket("page", "chat", &ticket, json!({}))
         .await;
-    assert_eq!(join["status"], "ok", "{join}");
     let generated = browser.response("chat", "ai_generated").await;
     assert_eq!(generated["channel_id"], ticket["channel_id"]);
     assert_eq!(generated["event_name"], "content_ready");
@@ -325,14 +310,8 @@ async fn ws_token_decodes_as_the_sdk_decodes_it() {
     );
 
     server.restart_in_place().await;
-    let websocket_url = text(&ticket, "websocket_url");
-    let mut socket = Phoenix::connect(&websocket_url, &token)
-        .await
-        .expect("the token outlives a restart");
-    assert_eq!(
-        socket.join(&text(&ticket, "websocket_channel")).await["status"],
-        "ok"
-    );
+    // The token outlives a restart.
+    server.join(&ticket).await;
 
     server
         .restart_with(|c| c.ws_token_ttl = std::time::Duration::from_secs(1))
@@ -345,19 +324,12 @@ async fn ws_token_decodes_as_the_sdk_decodes_it() {
         .await;
     assert_eq!(status, 200, "{fresh}");
     let short = text(&fresh, "ws_token");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually("the SDK to see the token expired", async || {
         let decoded = node_json("modelriver.mjs", "token", &json!({ "token": short })).await;
-        if decoded["expired"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never expired: {decoded}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let refused = Phoenix::connect(&text(&fresh, "websocket_url"), &short).await;
+        ok_if(decoded["expired"] == true, decoded)
+    })
+    .await;
+    let refused = Phoenix::connect(text(&fresh, "websocket_url"), short).await;
     assert!(refused.is_err(), "an expired token is refused");
 }
 
@@ -378,9 +350,8 @@ async fn sdk_reload_paths_reach_the_result() {
         .send_async(crate::support::seed_request("content_generator"))
         .await;
     let mut browser = Browser::start().await;
-    browser.socket("first", &stored, json!({})).await;
     browser
-        .join("first", "before", &text(&stored, "websocket_channel"))
+        .join_ticket("first", "before", &stored, json!({}))
         .await;
     let generated = browser.response("before", "ai_generated").await;
     browser
@@ -396,11 +367,9 @@ async fn sdk_reload_paths_reach_the_result() {
     )
     .await;
     assert_eq!(decoded["expired"], false, "{decoded}");
-    browser.socket("reloaded", &stored, json!({})).await;
-    let join = browser
-        .join("reloaded", "after", &text(&stored, "websocket_channel"))
+    browser
+        .join_ticket("reloaded", "after", &stored, json!({}))
         .await;
-    assert_eq!(join["status"], "ok", "{join}");
     assert_eq!(browser.response("after", "ai_generated").await, generated);
 
     // reconnectWithBackend(): the backend relays {channel_id} to /api/v1/ai/reconnect.
@@ -429,11 +398,9 @@ async fn sdk_reload_paths_reach_the_result() {
         decoded["payload"]["channel_id"], stored["channel_id"],
         "{decoded}"
     );
-    browser.socket("backend", &fresh, json!({})).await;
-    let join = browser
-        .join("backend", "fresh", &text(&fresh, "websocket_channel"))
+    browser
+        .join_ticket("backend", "fresh", &fresh, json!({}))
         .await;
-    assert_eq!(join["status"], "ok", "{join}");
     assert_eq!(browser.response("fresh", "ai_generated").await, generated);
 
     receiver.release_callbacks();

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Api, Receiver, seed_request, start};
+use crate::support::{Api, Receiver, holding_workflow, message_request, seed_request, start};
 
 async fn put(api: &Api, path: &str, body: Value) -> (u16, Value) {
     let reply = api
@@ -202,18 +202,10 @@ async fn listing_big_requests_reads_only_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let eddy = crate::support::Eddy::spawn(dir.path(), "0s");
     let api = eddy.api();
-    let (status, body) = api
-        .post(
-            "/console/workflow",
-            json!({"name": "w", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    api.create_workflow(holding_workflow("w")).await;
     let big = "x".repeat(900_000);
     for _ in 0..60 {
-        api.send_async(json!({"workflow": "w", "messages": [{"role": "user", "content": big}]}))
-            .await;
+        api.send_async(message_request("w", &big)).await;
     }
     let pid = eddy.child.id();
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("peak RSS resets");

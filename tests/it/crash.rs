@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::support::{Callback, Eddy, KEY, Receiver, WAIT, http_client, seed_request, start};
+use crate::support::{
+    Callback, Eddy, KEY, Receiver, eventually, http_client, ok_if, poll, seed_request, start,
+};
 
 /// A graceful restart while a delivery is failing: the new server resumes the same
 /// delivery (same `webhook-id`) and the request completes.
@@ -118,8 +120,7 @@ async fn kill_9_loses_no_accepted_request() {
     let api = eddy.api();
 
     // Every accepted request completes.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let completed = loop {
+    let (Ok(completed) | Err(completed)) = poll(Duration::from_secs(45), async || {
         let (status, list) = api
             .get("/console/requests?status=completed&limit=1000")
             .await;
@@ -130,11 +131,13 @@ async fn kill_9_loses_no_accepted_request() {
             .iter()
             .map(|r| r["channel_id"].as_str().unwrap().to_string())
             .collect();
-        if completed.is_superset(&accepted) || Instant::now() > deadline {
-            break completed;
+        if completed.is_superset(&accepted) {
+            Ok(completed)
+        } else {
+            Err(completed)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let missing: Vec<&String> = accepted.difference(&completed).collect();
     if !missing.is_empty() {
         let view = api.request(missing[0]).await;
@@ -173,24 +176,17 @@ async fn kill_9_loses_no_accepted_request() {
 
     // Every request was called back successfully (repeats of a delivery may see 409).
     // The last answers may still be on their way back to the receiver.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("every request to be called back", async || {
         let called_back: BTreeSet<String> = receiver
             .callbacks()
             .iter()
             .filter(|c| c.status == 200)
             .map(|c| c.channel_id.clone())
             .collect();
-        if called_back.is_superset(&accepted) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {total} requests were called back",
-            called_back.intersection(&accepted).count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let seen = called_back.intersection(&accepted).count();
+        ok_if(seen == total, format!("{seen} of {total} called back"))
+    })
+    .await;
     eprintln!("kill -9 test took {:?}", started.elapsed());
 }
 
@@ -217,14 +213,10 @@ async fn sigterm_exits_zero_and_parks_work() {
         .status()
         .expect("kill runs");
     assert!(sent.success());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = eddy.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "eddy did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = eventually("eddy to stop on SIGTERM", async || {
+        eddy.child.try_wait().expect("wait").ok_or("still running")
+    })
+    .await;
     assert!(status.success(), "exit status {status}");
 
     receiver.call_back(KEY, Callback::Enrich);

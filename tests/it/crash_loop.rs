@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-use crate::support::{Callback, Eddy, KEY, Receiver, WAIT, seed_request};
+use crate::support::{Callback, Eddy, KEY, Receiver, WAIT, poll, seed_request};
 
 /// Ten rounds of: start the binary on the same store and port, accept 20 requests while a
 /// flaky backend (40% 500s) is being delivered to and calling back, then `kill -9` at a
@@ -67,8 +67,7 @@ async fn ten_kills_lose_nothing() {
 
     let eddy = Eddy::spawn_on(dir.path(), &listen, &schedule);
     let api = eddy.api();
-    let deadline = Instant::now() + WAIT * 2;
-    let states = loop {
+    let (Ok(states) | Err(states)) = poll(WAIT * 2, async || {
         let (status, list) = api.get("/console/requests?limit=1000").await;
         assert_eq!(status, 200, "{list}");
         let states: BTreeMap<String, String> = list["data"]
@@ -87,11 +86,9 @@ async fn ten_kills_lose_nothing() {
                 .get(c)
                 .is_some_and(|s| s == "completed" || s == "failed")
         });
-        if done || Instant::now() > deadline {
-            break states;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if done { Ok(states) } else { Err(states) }
+    })
+    .await;
     let lost: Vec<&String> = accepted
         .iter()
         .filter(|c| !states.contains_key(*c))

@@ -2,12 +2,14 @@
 //! secret rotation, and how timeouts, redirects and `Retry-After` are treated.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::sign::{assert_signed, seed_signature, standard_signature};
-use crate::support::{Api, Receiver, TestServer, WAIT, seed_request, start};
+use crate::support::{Api, Receiver, TestServer, WAIT, seed_request, start, start_with_receiver};
 
 /// A standard (no `event_name`) testing workflow called `summarizer`.
 async fn standard_workflow(server: &TestServer) {
@@ -19,12 +21,12 @@ async fn standard_workflow(server: &TestServer) {
 }
 
 /// The `(attempt, http_status, error)` of every webhook attempt on a request's timeline.
-fn attempts(view: &Value) -> Vec<(u64, Option<u64>, Option<String>)> {
-    view["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["type"] == "webhook_attempt")
+type Attempts = Vec<(u64, Option<u64>, Option<String>)>;
+
+/// The [`Attempts`] on a request view's timeline.
+fn attempts(view: &Value) -> Attempts {
+    Api::steps(view, "webhook_attempt")
+        .into_iter()
         .map(|s| {
             (
                 s["attempt"].as_u64().unwrap(),
@@ -33,6 +35,19 @@ fn attempts(view: &Value) -> Vec<(u64, Option<u64>, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// Sends one request of a standard workflow delivering to `receiver` and waits until it
+/// completes; returns its view and its webhook attempts.
+async fn one_standard_request(server: &TestServer, receiver: &Receiver) -> (Value, Attempts) {
+    standard_workflow(server).await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("summarizer")).await;
+    let view = server
+        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
+        .await;
+    let attempts = attempts(&view);
+    (view, attempts)
 }
 
 /// An endpoint receives a workflow's deliveries only if its `events` is empty or names the
@@ -68,20 +83,16 @@ async fn endpoints_receive_only_their_events() {
         second[0].header("webhook-id"),
         "each endpoint has its own delivery"
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let view = server.request(channel).await;
-        let deliveries = view["deliveries"].as_array().unwrap();
-        assert_eq!(deliveries.len(), 2, "{view:#}");
-        if deliveries.iter().all(|d| d["status"] == "delivered") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries never settled: {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let view = server
+        .wait_for_view(channel, "both deliveries delivered", |view| {
+            view["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "delivered")
+        })
+        .await;
+    assert_eq!(view["deliveries"].as_array().unwrap().len(), 2, "{view:#}");
     assert!(
         other.received().is_empty(),
         "review_complete endpoint got a delivery"
@@ -124,14 +135,7 @@ async fn rotated_secret_signs_with_both() {
     let receiver = Receiver::start().await;
     standard_workflow(&server).await;
     let (endpoint, old) = server.register_webhook(&receiver.url).await;
-    let (status, rotated) = server
-        .post(
-            &format!("/console/webhooks/{endpoint}/rotate-secret"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["secret"].as_str().unwrap().to_string();
+    let new = server.rotate_secret(&endpoint).await;
     assert_ne!(new, old);
     let ticket = server.send_async(seed_request("summarizer")).await;
     let hooks = receiver.wait_for(1).await;
@@ -160,13 +164,7 @@ async fn slow_receiver_times_out_and_is_retried() {
     let server = start(|c| c.webhook_timeout = Duration::from_millis(300)).await;
     let receiver = Receiver::start().await;
     receiver.script_delays(&[Duration::from_secs(3)]);
-    standard_workflow(&server).await;
-    server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("summarizer")).await;
-    let view = server
-        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
-        .await;
-    let attempts = attempts(&view);
+    let (view, attempts) = one_standard_request(&server, &receiver).await;
     assert_eq!(attempts.len(), 2, "{view:#}");
     assert_eq!(attempts[0].0, 1);
     assert_eq!(attempts[0].1, None, "{view:#}");
@@ -189,13 +187,7 @@ async fn redirects_are_not_followed() {
     let elsewhere = Receiver::start().await;
     receiver.script(&[302]);
     receiver.add_response_header("location", &elsewhere.url);
-    standard_workflow(&server).await;
-    server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("summarizer")).await;
-    let view = server
-        .wait_for_status(ticket["channel_id"].as_str().unwrap(), "completed")
-        .await;
-    let attempts = attempts(&view);
+    let (view, attempts) = one_standard_request(&server, &receiver).await;
     assert_eq!(attempts.len(), 2, "{view:#}");
     assert_eq!((attempts[0].0, attempts[0].1), (1, Some(302)));
     assert_eq!((attempts[1].0, attempts[1].1), (2, Some(200)));
@@ -233,15 +225,13 @@ async fn retry_after_is_honoured_within_twice_the_delay() {
 /// `ai_failed`, pushed to the browser; an event-driven workflow sends no webhook then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_failure_pushes_ai_failed() {
-    let server = start(|_| {}).await;
-    let receiver = Receiver::start().await;
+    let (server, receiver) = start_with_receiver(|_| {}).await;
     server
         .create_workflow(json!({
             "name": "live", "event_name": "content_ready",
             "provider": "openai", "model": "gpt-4o"
         }))
         .await;
-    server.register_webhook(&receiver.url).await;
     let ticket = server.send_async(seed_request("live")).await;
     let mut socket = server.join(&ticket).await;
     let error = socket.push_with_status("error").await;
@@ -295,20 +285,15 @@ async fn private_webhook_urls_are_refused_by_default() {
     }
     // Requests that were accepted must settle without the receiver hearing of them.
     for channel in &channels {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let view = server.request(channel).await;
-            let settled = view["deliveries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|d| d["status"] != "pending");
-            if settled && view["status"] != "pending" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never settled: {view:#}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let settled = |view: &Value| {
+            view["status"] != "pending"
+                && view["deliveries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["status"] != "pending")
+        };
+        server.wait_for_view(channel, "settled", settled).await;
     }
     let hit: BTreeSet<String> = receiver
         .received()
@@ -326,4 +311,107 @@ async fn delete(api: &Api, path: &str) -> (u16, Value) {
         .call(reqwest::Method::DELETE, path, Some(&api.key), None, &[])
         .await;
     (reply.status, reply.json)
+}
+
+/// How many times the rotation races below are run.
+const ROUNDS: usize = 100;
+
+/// An endpoint for 40,000 events: copying it takes long enough that, before the fix, a
+/// rotation's read and its write were often far enough apart for the races below.
+async fn big_endpoint(server: &TestServer, url: &str) -> String {
+    let mut events: Vec<String> = (0..10_000).map(|i| format!("e{i}")).collect();
+    events.push("content_ready".into());
+    let body = json!({"url": url, "events": events});
+    let (status, body) = server.post("/console/webhooks", body).await;
+    assert_eq!(status, 201, "{}", body["error"]);
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// Rotates the secret of `endpoint` with `n` requests at once; returns the new secrets.
+async fn rotate_at_once(server: &TestServer, endpoint: &str, n: usize) -> Vec<String> {
+    let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (api, path) = ((**server).clone(), path.clone());
+            tokio::spawn(async move { api.post(&path, json!({})).await })
+        })
+        .collect();
+    let mut secrets = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        secrets.push(body["secret"].as_str().unwrap().to_string());
+    }
+    secrets
+}
+
+/// Regression (issue 13): two rotations at once both read the endpoint before either
+/// wrote, so the later write dropped the earlier one's new secret, which then never signed
+/// anything although its caller had been told to use it. Now, round after round, both
+/// secrets two concurrent rotations hand out sign the next delivery (one as the current
+/// secret, the other as the previous one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_both_sign() {
+    let server = start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    server.event_workflow("content_generator", json!({})).await;
+    let endpoint = big_endpoint(&server, &receiver.url).await;
+    for round in 0..ROUNDS {
+        let secrets = rotate_at_once(&server, &endpoint, 2).await;
+        server.send_async(seed_request("content_generator")).await;
+        let hook = receiver.wait_for(round + 1).await.swap_remove(round);
+        let (id, ts) = (hook.header("webhook-id"), hook.header("webhook-timestamp"));
+        let signatures: Vec<&str> = hook.header("webhook-signature").split(' ').collect();
+        for secret in &secrets {
+            let expected = standard_signature(secret, id, ts, &hook.body);
+            assert!(
+                signatures.contains(&expected.as_str()),
+                "round {round}: a secret a rotation handed out does not sign"
+            );
+        }
+    }
+}
+
+/// Regression (issue 13): a rotation read the endpoint, a delivery answered 410 Gone
+/// disabled it, and the rotation wrote back what it had read: the endpoint was enabled
+/// again. Now a disable made while rotations run stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_keeps_a_disable_made_meanwhile() {
+    let server = start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(410);
+    server.event_workflow("content_generator", json!({})).await;
+    let endpoint = big_endpoint(&server, &receiver.url).await;
+    for trial in 0..ROUNDS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rotators: Vec<_> = (0..4)
+            .map(|_| {
+                let (api, stop) = ((*server).clone(), stop.clone());
+                let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = api.post(&path, json!({})).await;
+                        assert_eq!(status, 200, "{body}");
+                    }
+                })
+            })
+            .collect();
+        let ticket = server.send_async(seed_request("content_generator")).await;
+        // Failed (webhook_exhausted) once the 410 is recorded, after the endpoint noted it.
+        let channel = ticket["channel_id"].as_str().unwrap();
+        server.wait_for_status(channel, "failed").await;
+        stop.store(true, Ordering::Relaxed);
+        for rotator in rotators {
+            rotator.await.unwrap();
+        }
+        let (_, view) = server.get(&format!("/console/webhooks/{endpoint}")).await;
+        assert_eq!(
+            view["status"], "disabled",
+            "trial {trial}: a rotation enabled the endpoint again"
+        );
+        let (status, view) = server
+            .post(&format!("/console/webhooks/{endpoint}/enable"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{}", view["error"]);
+    }
 }

@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Callback, KEY, Receiver, WAIT, seed_request, start};
+use crate::support::{
+    Callback, KEY, Receiver, TestServer, eventually, holding_workflow, message_request, ok_if,
+    seed_request, start,
+};
 
 /// A tmpfs of `mib` MiB mounted on a new temporary directory, unmounted on drop.
 struct SmallDisk {
@@ -92,19 +94,8 @@ async fn full_disk_refuses_new_work_and_recovers() {
     receiver.wait_for(5).await;
 
     let filler = disk.fill(8 << 20);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server
-            .post("/v1/ai/async", seed_request("content_generator"))
-            .await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refusal =
+        refused_on_a_full_disk(&server, &mut accepted, || seed_request("content_generator")).await;
     assert_eq!(refusal["error"]["code"], "unavailable");
     assert!(
         refusal["error"]["message"]
@@ -124,38 +115,66 @@ async fn full_disk_refuses_new_work_and_recovers() {
     }
 
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let accepted = eventually("requests to be accepted again", async || {
         let (status, body) = server
             .post("/v1/ai/async", seed_request("content_generator"))
             .await;
-        if status == 200 {
-            server
-                .wait_for_status(body["channel_id"].as_str().unwrap(), "completed")
-                .await;
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A workflow in test mode that answers after 10 minutes: its requests stay pending, so
-/// the store does nothing in the background.
-async fn holding_workflow(api: &crate::support::Api) {
-    let (status, body) = api
-        .post(
-            "/console/workflow",
-            json!({"name": "hold", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
+        assert!(status == 200 || status == 503, "{status} {body}");
+        ok_if(status == 200, body)
+    })
+    .await;
+    server
+        .wait_for_status(accepted["channel_id"].as_str().unwrap(), "completed")
         .await;
-    assert_eq!(status, 201, "{body}");
 }
 
-fn hold_request(bytes: usize) -> serde_json::Value {
-    json!({"workflow": "hold", "messages": [{"role": "user", "content": "x".repeat(bytes)}]})
+/// Sends `request()` until the server refuses one with 503 (the disk is full); returns
+/// that refusal. The requests accepted until then go into `accepted`.
+async fn refused_on_a_full_disk(
+    server: &TestServer,
+    accepted: &mut Vec<String>,
+    request: impl Fn() -> Value,
+) -> Value {
+    eventually("a request refused on a full disk", async || {
+        let (status, body) = server.post("/v1/ai/async", request()).await;
+        if status == 503 {
+            return Ok(body);
+        }
+        assert_eq!(status, 200, "{body}");
+        accepted.push(body["channel_id"].as_str().unwrap().to_string());
+        Err(accepted.len())
+    })
+    .await
+}
+
+/// A server on a new 64 MiB disk without a reserve of free space (so a full disk meets
+/// sled's own "no space left"), with the workflow `hold`, changed by `tweak`.
+async fn on_a_small_disk(tweak: impl FnOnce(&mut eddy::Config)) -> (SmallDisk, TestServer) {
+    let disk = SmallDisk::mount(64);
+    let data = disk.path().join("store");
+    let server = start(|c| {
+        c.data = data;
+        c.min_free_bytes = 0;
+        tweak(c);
+    })
+    .await;
+    server.create_workflow(holding_workflow("hold")).await;
+    (disk, server)
+}
+
+/// Five accepted requests of the `hold` workflow (they stay pending); their channel ids.
+async fn hold_five(server: &TestServer) -> Vec<String> {
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        let ticket = server.send_async(hold_request(1000)).await;
+        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
+    }
+    accepted
+}
+
+/// A request of the `hold` workflow (see [`holding_workflow`]) with `bytes` of message.
+fn hold_request(bytes: usize) -> Value {
+    message_request("hold", &"x".repeat(bytes))
 }
 
 /// The sequence of issue 16: start on a small disk, accept requests, stop, fill the disk,
@@ -165,19 +184,9 @@ fn hold_request(bytes: usize) -> serde_json::Value {
 /// `snap.<lsn>.generating` that made every later start fail with "Read corrupted data".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_on_a_full_disk_does_not_break_the_store() {
-    let disk = SmallDisk::mount(64);
-    let data = disk.path().join("store");
-    let mut server = start(|c| {
-        c.data = data.clone();
-        c.min_free_bytes = 0;
-    })
-    .await;
-    holding_workflow(&server).await;
-    let mut accepted = Vec::new();
-    for _ in 0..5 {
-        let ticket = server.send_async(hold_request(1000)).await;
-        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
-    }
+    let (disk, mut server) = on_a_small_disk(|_| {}).await;
+    let data = server.data_dir();
+    let accepted = hold_five(&server).await;
     server.shutdown().await;
 
     // However little room is left (0 to 256 KiB, in 4 KiB steps), a start that fails
@@ -232,7 +241,7 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_snapshot_is_cleared_at_start() {
     let mut server = start(|_| {}).await;
-    holding_workflow(&server).await;
+    server.create_workflow(holding_workflow("hold")).await;
     let ticket = server.send_async(hold_request(100)).await;
     let channel = ticket["channel_id"].as_str().unwrap().to_string();
     server.shutdown().await;
@@ -254,33 +263,9 @@ async fn an_incomplete_snapshot_is_cleared_at_start() {
 /// restart, with `/healthz` 200 throughout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_error_heals_once_space_returns() {
-    let disk = SmallDisk::mount(64);
-    let data = disk.path().join("store");
-    let server = start(|c| {
-        c.data = data.clone();
-        c.min_free_bytes = 0;
-    })
-    .await;
-    holding_workflow(&server).await;
-    let mut accepted = Vec::new();
-    for _ in 0..5 {
-        let ticket = server.send_async(hold_request(1000)).await;
-        accepted.push(ticket["channel_id"].as_str().unwrap().to_string());
-    }
-    let filler = disk.fill(0);
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
-        let (status, body) = server.post("/v1/ai/async", hold_request(100_000)).await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        accepted.push(body["channel_id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never refused on a full disk");
-    };
-    assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");
-    let health = wait_for_health(&server, 503).await;
-    assert_eq!(health["store"]["writable"], false, "{health}");
+    let (disk, server) = on_a_small_disk(|_| {}).await;
+    let mut accepted = hold_five(&server).await;
+    let filler = fill_until_the_store_fails(&server, &disk, &mut accepted).await;
 
     std::fs::remove_file(filler).unwrap();
     wait_for_health(&server, 200).await;
@@ -292,22 +277,68 @@ async fn a_full_disk_error_heals_once_space_returns() {
     }
 }
 
+/// Fills the disk, then sends requests (each one accepted is added to `accepted`) until
+/// the store meets a real "no space left" error: the request is refused with 503 and
+/// `/healthz` says the store cannot write. Returns the filler, to delete.
+async fn fill_until_the_store_fails(
+    server: &TestServer,
+    disk: &SmallDisk,
+    accepted: &mut Vec<String>,
+) -> PathBuf {
+    let filler = disk.fill(0);
+    let refusal = refused_on_a_full_disk(server, accepted, || hold_request(100_000)).await;
+    assert_eq!(refusal["error"]["code"], "unavailable", "{refusal}");
+    let health = wait_for_health(server, 503).await;
+    assert_eq!(health["store"]["writable"], false, "{health}");
+    filler
+}
+
+/// Regression (issue 13): a delete took the workflow, endpoint or provider out of memory
+/// before writing the store, so when the write failed the client got 503 and yet the
+/// resource was gone (until a restart brought it back). Now a delete the store refuses
+/// leaves the resource in place, and the same delete works once space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_store_refused_leaves_the_resource_in_place() {
+    let (disk, server) = on_a_small_disk(|c| c.allow_private_providers = true).await;
+    let (endpoint, _) = server.register_webhook("http://127.0.0.1:9/hook").await;
+    let provider = json!({"provider": "local", "base_url": "http://127.0.0.1:9/v1"});
+    assert_eq!(server.post("/console/providers", provider).await.0, 201);
+    let resources = [
+        "/console/workflow/hold".to_string(),
+        format!("/console/webhooks/{endpoint}"),
+        "/console/providers/local".to_string(),
+    ];
+    let filler = fill_until_the_store_fails(&server, &disk, &mut Vec::new()).await;
+    let mut gone = Vec::new();
+    for path in &resources {
+        let (status, body) = server.delete(path).await;
+        assert_eq!(status, 503, "DELETE {path}: {body}");
+        if server.get(path).await.0 != 200 {
+            gone.push(path);
+        }
+    }
+    assert!(gone.is_empty(), "gone after a refused delete: {gone:?}");
+
+    std::fs::remove_file(filler).unwrap();
+    wait_for_health(&server, 200).await;
+    for path in &resources {
+        let (status, body) = server.delete(path).await;
+        assert_eq!(status, 200, "DELETE {path}: {body}");
+        assert_eq!(server.get(path).await.0, 404, "{path}");
+    }
+}
+
 /// Polls `/healthz` until it answers `status`; returns its body.
-async fn wait_for_health(server: &crate::support::TestServer, status: u16) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+async fn wait_for_health(server: &TestServer, status: u16) -> Value {
+    eventually(&format!("/healthz to answer {status}"), async || {
         let reply = server
             .call(reqwest::Method::GET, "/healthz", None, None, &[])
             .await;
         if reply.status == status {
-            return reply.json;
+            Ok(reply.json)
+        } else {
+            Err((reply.status, reply.json))
         }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz stayed {} {}",
-            reply.status,
-            reply.json
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, Callback, KEY, Receiver, WAIT, seed_request, start};
+use crate::support::{Api, Callback, KEY, Receiver, eventually, ok_if, seed_request, start};
 
 /// Sends one request to an event-driven workflow whose only endpoint always fails, and
 /// waits until its delivery is dead-lettered; returns `(channel_id, dlq entry)`.
-async fn dead_letter(server: &Api, workflow: &str) -> (String, Value) {
+pub(crate) async fn dead_letter(server: &Api, workflow: &str) -> (String, Value) {
     let ticket = server.send_async(seed_request(workflow)).await;
     let channel = ticket["channel_id"].as_str().unwrap().to_string();
     server.wait_for_status(&channel, "failed").await;
@@ -216,15 +216,11 @@ async fn entries_survive_restarts_until_retention() {
     server
         .restart_with(|c| c.dlq_retention = Duration::from_millis(1))
         .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the expired dead letter to be purged", async || {
         let (_, list) = server.get("/console/dlq").await;
-        if ids(&list).is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never purged: {list:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok_if(ids(&list).is_empty(), list)
+    })
+    .await;
 }
 
 /// `410 Gone` disables the endpoint at once: the delivery is dead-lettered with that

@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::compat::awkward;
 use crate::support::tools::{npm_ci, pip_install, venv_python};
-use crate::support::{Browser, KEY, TestServer, WAIT, http_client, start};
+use crate::support::{Api, Browser, KEY, TestServer, WAIT, http_client, start};
 
 #[derive(Clone, Copy)]
 enum Example {
@@ -141,8 +141,9 @@ async fn drive(example: Example, name: &str) {
         .as_str()
         .expect("websocket_channel");
     let mut browser = Browser::start().await;
-    browser.socket("page", &ticket, json!({})).await;
-    assert_eq!(browser.join("page", "chat", topic).await["status"], "ok");
+    browser
+        .join_ticket("page", "chat", &ticket, json!({}))
+        .await;
     let completed = browser.response("chat", "completed").await;
     let data = &completed["data"];
     assert_eq!(data["enriched_by"], name, "{completed}");
@@ -155,21 +156,12 @@ async fn drive(example: Example, name: &str) {
 
     // The backend calls back before it answers the webhook, so the attempt may be
     // recorded after the request completed.
-    let deadline = std::time::Instant::now() + WAIT;
-    let (view, attempts) = loop {
-        let view = server.wait_for_status(&channel, "completed").await;
-        let attempts: Vec<Value> = view["timeline"]
-            .as_array()
-            .expect("timeline")
-            .iter()
-            .filter(|s| s["type"] == "webhook_attempt")
-            .cloned()
-            .collect();
-        if !attempts.is_empty() || std::time::Instant::now() > deadline {
-            break (view, attempts);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let view = server
+        .wait_for_view(&channel, "completed, its attempt recorded", |view| {
+            view["status"] == "completed" && !Api::steps(view, "webhook_attempt").is_empty()
+        })
+        .await;
+    let attempts = Api::steps(&view, "webhook_attempt");
     assert_eq!(attempts.len(), 1, "verified the first time: {attempts:?}");
     assert_eq!(attempts[0]["http_status"], 200);
     assert_eq!(view["event_name"], "webhook_received");
@@ -184,11 +176,9 @@ async fn drive(example: Example, name: &str) {
         .await;
     assert_eq!(status, 200, "{fresh}");
     assert_eq!(fresh["websocket_channel"], topic);
-    browser.socket("reloaded", &fresh, json!({})).await;
-    assert_eq!(
-        browser.join("reloaded", "again", topic).await["status"],
-        "ok"
-    );
+    browser
+        .join_ticket("reloaded", "again", &fresh, json!({}))
+        .await;
     assert_eq!(browser.response("again", "completed").await, completed);
     browser.finish().await;
 }

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::sign::{assert_compact, assert_signed};
 use crate::support::{
-    Api, Callback, Receiver, WAIT, headphones, is_rfc3339_ms_z, seed_request, sign, start,
+    Api, Callback, Receiver, TestServer, WAIT, assert_fields, headphones, is_rfc3339_ms_z,
+    seed_request, sign, start, text,
 };
 
 /// The seed's own example: a structured-output workflow with `event_name`, a signed
@@ -26,25 +27,10 @@ async fn seed_example_end_to_end() {
 
     // Step 1: the app fires the request and gets its ticket at once.
     let ticket = server.send_async(seed_request("content_generator")).await;
-    let mut keys: Vec<&str> = ticket
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "channel_id",
-            "customer_data",
-            "message",
-            "project_id",
-            "status",
-            "websocket_channel",
-            "websocket_url",
-            "ws_token"
-        ]
+    assert_fields(
+        &ticket,
+        "channel_id customer_data message project_id status websocket_channel websocket_url \
+         ws_token",
     );
     assert_eq!(ticket["message"], "success");
     assert_eq!(ticket["status"], "pending");
@@ -81,27 +67,10 @@ async fn seed_example_end_to_end() {
     let hooks = receiver.wait_for(1).await;
     let hook = &hooks[0];
     let body = hook.json();
-    let mut fields: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
-    assert_eq!(
-        fields,
-        [
-            "ai_response",
-            "callback_required",
-            "callback_url",
-            "channel_id",
-            "customer_data",
-            "data",
-            "event",
-            "meta",
-            "timestamp",
-            "type"
-        ]
+    assert_fields(
+        &body,
+        "ai_response callback_required callback_url channel_id customer_data data event meta \
+         timestamp type",
     );
     assert_eq!(body["type"], "task.ai_generated");
     assert_eq!(body["event"], "content_ready");
@@ -203,10 +172,7 @@ async fn seed_example_end_to_end() {
 
     // A second callback is refused.
     let (status, error) = server
-        .post(
-            &format!("/v1/callback/{channel_id}"),
-            json!({"data": {"again": true}}),
-        )
+        .callback(&channel_id, json!({"data": {"again": true}}))
         .await;
     assert_eq!(status, 409, "{error}");
     assert_eq!(error["error"]["code"], "already_completed");
@@ -277,6 +243,17 @@ async fn standard_workflow_pushes_success_and_sends_task_completed() {
     assert_eq!(view["deliveries"][0]["status"], "delivered");
 }
 
+/// Sends the seed's request and waits on its channel for the `error` push, which must name
+/// the request and carry `code`; returns the ticket and the push.
+async fn error_push(server: &TestServer, code: &str) -> (Value, Value) {
+    let ticket = server.send_async(seed_request("content_generator")).await;
+    let mut socket = server.join(&ticket).await;
+    let error = socket.push_with_status("error").await;
+    assert_eq!(error["channel_id"], ticket["channel_id"], "{error}");
+    assert_eq!(error["error"]["code"], code, "{error}");
+    (ticket, error)
+}
+
 /// No callback within the workflow's `callback_timeout_ms`: the request fails with
 /// `callback_timeout`, the browser gets the error, and a late callback is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,13 +264,8 @@ async fn missing_callback_times_out() {
         .event_workflow("content_generator", json!({"callback_timeout_ms": 300}))
         .await;
     server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("content_generator")).await;
-    let channel_id = ticket["channel_id"].as_str().unwrap().to_string();
-    let mut socket = server.join(&ticket).await;
-
-    let error = socket.push_with_status("error").await;
-    assert_eq!(error["channel_id"], channel_id);
-    assert_eq!(error["error"]["code"], "callback_timeout", "{error}");
+    let (ticket, error) = error_push(&server, "callback_timeout").await;
+    let channel_id = text(&ticket, "channel_id");
     assert!(
         error["error"]["message"]
             .as_str()
@@ -301,16 +273,13 @@ async fn missing_callback_times_out() {
     );
     assert_eq!(error["customer_data"], ticket["customer_data"]);
 
-    let view = server.wait_for_status(&channel_id, "failed").await;
+    let view = server.wait_for_status(channel_id, "failed").await;
     assert_eq!(view["failure"], "callback_timeout");
     let types = Api::timeline_types(&view);
     assert!(types.contains(&"callback_timeout".to_string()), "{types:?}");
 
     let (status, body) = server
-        .post(
-            &format!("/v1/callback/{channel_id}"),
-            json!({"data": {"late": true}}),
-        )
+        .callback(channel_id, json!({"data": {"late": true}}))
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "already_completed");
@@ -331,19 +300,14 @@ async fn error_callback_pushes_callback_error() {
     );
     server.event_workflow("content_generator", json!({})).await;
     server.register_webhook(&receiver.url).await;
-    let ticket = server.send_async(seed_request("content_generator")).await;
-    let channel_id = ticket["channel_id"].as_str().unwrap().to_string();
-    let mut socket = server.join(&ticket).await;
-
-    let error = socket.push_with_status("error").await;
-    assert_eq!(error["channel_id"], channel_id);
-    assert_eq!(error["error"]["code"], "callback_error", "{error}");
+    let (ticket, error) = error_push(&server, "callback_error").await;
+    let channel_id = text(&ticket, "channel_id");
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("Database connection timeout"), "{message}");
 
     let callbacks = receiver.wait_for_callbacks(1).await;
     assert_eq!(callbacks[0].status, 200, "{:?}", callbacks[0]);
-    let view = server.wait_for_status(&channel_id, "failed").await;
+    let view = server.wait_for_status(channel_id, "failed").await;
     assert_eq!(view["failure"], "callback_error");
     let entry = view["timeline"]
         .as_array()
@@ -381,11 +345,8 @@ async fn webhook_retries_keep_one_webhook_id() {
     }
 
     let view = server.wait_for_status(&channel_id, "completed").await;
-    let attempts: Vec<(u64, u64, String)> = view["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["type"] == "webhook_attempt")
+    let attempts: Vec<(u64, u64, String)> = Api::steps(&view, "webhook_attempt")
+        .into_iter()
         .map(|s| {
             (
                 s["attempt"].as_u64().unwrap(),
@@ -548,23 +509,16 @@ async fn callback_before_the_webhook_answer_is_accepted() {
     assert_eq!(server.request(&channel_id).await["status"], "generated");
 
     let (status, reply) = server
-        .post(
-            &format!("/v1/callback/{channel_id}"),
-            json!({"data": {"early": true}}),
-        )
+        .callback(&channel_id, json!({"data": {"early": true}}))
         .await;
     assert_eq!(status, 200, "{reply}");
     server.wait_for_status(&channel_id, "completed").await;
     // Once the delayed 2xx is recorded, the request is still completed.
-    let deadline = std::time::Instant::now() + WAIT;
-    let view = loop {
-        let view = server.request(&channel_id).await;
-        if view["deliveries"][0]["status"] == "delivered" {
-            break view;
-        }
-        assert!(std::time::Instant::now() < deadline, "{view:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let view = server
+        .wait_for_view(&channel_id, "the delayed 2xx recorded", |view| {
+            view["deliveries"][0]["status"] == "delivered"
+        })
+        .await;
     assert_eq!(view["status"], "completed", "{view:#}");
     let mut socket = server.join(&ticket).await;
     let push = socket.next_push(WAIT).await;

@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::raw::{addr, exchange};
-use crate::support::{Api, KEY, Receiver, WAIT, http_client, seed_request, start};
+use crate::support::{
+    Api, KEY, Receiver, WAIT, eventually, http_client, ok_if, seed_request, start,
+};
 
 async fn healthy(api: &Api) {
     let (status, body) = api.get("/healthz").await;
@@ -187,11 +189,11 @@ async fn revoked_and_expired_keys_stop_at_once() {
         (401, json!("invalid_api_key"))
     );
 
-    let deadline = Instant::now() + WAIT;
-    while b.get("/console/workflow").await.0 == 200 {
-        assert!(Instant::now() < deadline, "the key never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the short-lived key to expire", async || {
+        let (status, body) = b.get("/console/workflow").await;
+        ok_if(status != 200, body)
+    })
+    .await;
     assert_eq!(b.get("/console/workflow").await.0, 401);
     let (status, _) = server
         .post(
@@ -329,17 +331,15 @@ async fn connection_and_socket_caps() {
     assert_eq!(body["error"]["code"], "unavailable");
     drop(held);
     // The held connections' permits return once the server sees them closed.
-    let deadline = Instant::now() + WAIT;
-    while !exchange(
-        &server,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .starts_with("HTTP/1.1 200")
-    {
-        assert!(Instant::now() < deadline, "connections were never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the held connections to be released", async || {
+        let answer = exchange(
+            &server,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        ok_if(answer.starts_with("HTTP/1.1 200"), answer)
+    })
+    .await;
 
     server
         .create_workflow(json!({"name": "w", "provider": "testing", "model": "m"}))
@@ -418,4 +418,59 @@ async fn huge_receiver_answers_are_cut() {
         "{:.60}",
         &excerpt[excerpt.len() - 60..]
     );
+}
+
+/// Regression (issue 13): an `expires_at` more than a year ahead was silently cut to one
+/// year, while `expires_in_days` allows ten years. Now a key expires when asked, in either
+/// form, up to 3650 days ahead, and a later `expires_at` is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_when_asked_or_is_refused() {
+    let server = start(|_| {}).await;
+    const DAY: u64 = 24 * 3600 * 1000;
+    let now = eddy::clock::now_ms();
+    for at in [now + 2 * 365 * DAY, now + 3649 * DAY] {
+        let as_text = eddy::clock::rfc3339_ms(at);
+        for given in [json!(at), json!(as_text)] {
+            let (status, key) = server
+                .post("/console/keys", json!({"expires_at": given}))
+                .await;
+            assert_eq!(status, 201, "{key}");
+            assert_eq!(key["expires_at"], as_text, "asked for {given}");
+        }
+    }
+    let (status, body) = server
+        .post("/console/keys", json!({"expires_at": now + 3651 * DAY}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("expires_at: "), "{message}");
+}
+
+/// Regression (issue 13): `/admin` read its token only after `Bearer ` to the letter, while
+/// API keys could also be sent after `bearer` or with more spaces. Now one parser reads
+/// every bearer token: API keys, the admin token and the metrics token alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bearer_token_is_read_alike() {
+    const ADMIN: &str = "admin-token-0123456789";
+    let server = start(|c| c.admin_token = Some(ADMIN.into())).await;
+    let routes = [
+        ("/admin/projects", ADMIN),
+        ("/console/project", KEY),
+        ("/metrics", crate::support::METRICS_TOKEN),
+    ];
+    for (path, token) in routes {
+        for scheme in ["Bearer ", "bearer ", "BEARER ", "Bearer    "] {
+            let authorization = format!("{scheme}{token}");
+            let reply = server
+                .call(
+                    reqwest::Method::GET,
+                    path,
+                    None,
+                    None,
+                    &[("authorization", &authorization)],
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{path} with {scheme:?}: {}", reply.json);
+        }
+    }
 }

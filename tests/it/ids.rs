@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::support::{Receiver, seed_request, start};
+use crate::support::{Receiver, holding_workflow, message_request, seed_request, start};
 
 /// True if the 16 hex digits at the start of `hex` read as a time within a day of now in
 /// Unix milliseconds (what a `dead_ms` or `created_ms` in clear would be).
@@ -25,20 +25,11 @@ fn reads_as_now(hex: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_ids_are_uuid_v4_sharing_no_bits() {
     let server = start(|_| {}).await;
-    let (status, body) = server
-        .post(
-            "/console/workflow",
-            json!({"name": "w", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    server.create_workflow(holding_workflow("w")).await;
     let mut ids = Vec::new();
     for i in 0..64 {
         let ticket = server
-            .send_async(
-                json!({"workflow": "w", "messages": [{"role": "user", "content": format!("{i}")}]}),
-            )
+            .send_async(message_request("w", &i.to_string()))
             .await;
         let text = ticket["channel_id"].as_str().unwrap().to_string();
         let uuid = uuid::Uuid::parse_str(&text).unwrap();

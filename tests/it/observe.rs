@@ -5,12 +5,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    Callback, Eddy, KEY, METRICS_TOKEN, Receiver, WAIT, http_client, seed_request, start, tools,
+    Callback, Eddy, KEY, METRICS_TOKEN, Receiver, eventually, http_client, ok_if, seed_request,
+    start, tools,
 };
 
 fn channels(list: &Value) -> Vec<String> {
@@ -116,15 +117,11 @@ async fn retention_sweeps_finished_requests() {
         server.wait_for_status(&channel, "completed").await;
         done.push(channel);
     }
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the completed requests to be swept", async || {
         let (_, list) = server.get("/console/requests").await;
-        if channels(&list) == [slow.clone()] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not swept: {list:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ok_if(channels(&list) == [slow.clone()], list)
+    })
+    .await;
     for channel in &done {
         let (status, _) = server.get(&format!("/console/requests/{channel}")).await;
         assert_eq!(status, 404);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 
 use crate::support::powerfs::PowerFs;
-use crate::support::{Api, Eddy, KEY};
+use crate::support::{Api, Eddy, KEY, holding_workflow};
 
 /// Acknowledged ids, shared by the sending tasks.
 type Acked = Arc<Mutex<BTreeSet<String>>>;
@@ -80,13 +80,7 @@ async fn round(
     let mut eddy = Eddy::spawn(data, "0s");
     let api = eddy.api();
     // Created on the first round; a later one finds it (409) unless a cut lost it.
-    let (status, body) = api
-        .post(
-            "/console/workflow",
-            json!({"name": "w", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
+    let (status, body) = api.post("/console/workflow", holding_workflow("w")).await;
     assert!(status == 201 || status == 409, "{status} {body}");
     let acked: Acked = Arc::default();
     let (enough, mut enough_rx) = tokio::sync::watch::channel(false);
@@ -230,14 +224,7 @@ async fn an_acknowledgement_leaves_no_dirty_page_behind() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = dir.path().join("store");
     let server = crate::support::start(|c| c.data = data.clone()).await;
-    let (status, body) = server
-        .post(
-            "/console/workflow",
-            json!({"name": "w", "provider": "testing", "model": "test-mode",
-                   "mode": "testing", "response_delay_ms": 600_000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    server.create_workflow(holding_workflow("w")).await;
     for i in 0..6 {
         let load = if i % 2 == 0 {
             Load::Outputs { big: 300_000 }

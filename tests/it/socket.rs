@@ -8,14 +8,13 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::phoenix::Closed;
-use crate::support::{Phoenix, Receiver, TestServer, WAIT, seed_request, start};
+use crate::support::{
+    Phoenix, Receiver, TestServer, WAIT, eventually, ok_if, seed_request, seeded, start,
+};
 
 /// A server with the seed's workflow and endpoint, and one accepted request's ticket.
 async fn with_ticket(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver, Value) {
-    let server = start(tweak).await;
-    let receiver = Receiver::start().await;
-    server.event_workflow("content_generator", json!({})).await;
-    server.register_webhook(&receiver.url).await;
+    let (server, receiver) = seeded(tweak).await;
     let ticket = server.send_async(seed_request("content_generator")).await;
     (server, receiver, ticket)
 }
@@ -70,24 +69,19 @@ async fn joins_after_the_token_expired_are_refused() {
     )
     .await
     .expect("connects before the token expires");
-    let deadline = std::time::Instant::now() + WAIT;
     let mut joined_once = false;
-    loop {
+    let refusal = eventually("a join refused after the token expired", async || {
         let reply = socket.join(topic).await;
-        if reply["status"] == "ok" {
-            joined_once = true;
-            assert_eq!(socket.leave(topic).await["status"], "ok");
-            assert_eq!(socket.heartbeat().await["status"], "ok");
-        } else {
-            assert_eq!(reply["response"]["reason"], "token_expired", "{reply}");
-            break;
+        if reply["status"] != "ok" {
+            return Ok(reply);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still joining after the token expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        joined_once = true;
+        assert_eq!(socket.leave(topic).await["status"], "ok");
+        assert_eq!(socket.heartbeat().await["status"], "ok");
+        Err(reply)
+    })
+    .await;
+    assert_eq!(refusal["response"]["reason"], "token_expired", "{refusal}");
     assert!(joined_once, "the first join, before expiry, succeeds");
     assert_eq!(
         socket.heartbeat().await["status"],
@@ -211,16 +205,8 @@ async fn malformed_frame_closes_only_that_socket() {
     let mut bad = server.join(&ticket).await;
     let mut good = server.join(&ticket).await;
     bad.send_text("{\"not\":\"a frame\"}".to_string()).await;
-    loop {
-        match bad.next_frame(WAIT).await {
-            Ok(_) => continue,
-            Err(Closed::Closed(Some(frame))) => {
-                assert_eq!(frame.code, CloseCode::Invalid);
-                break;
-            }
-            Err(e) => panic!("expected a close frame, got {e:?}"),
-        }
-    }
+    let close = closed_by_server(&mut bad).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Invalid);
     assert_eq!(
         good.heartbeat().await,
         json!({"status": "ok", "response": {}})
@@ -233,16 +219,8 @@ async fn shutdown_closes_sockets_with_1001() {
     let (mut server, _receiver, ticket) = with_ticket(|_| {}).await;
     let mut socket = server.join(&ticket).await;
     server.shutdown().await;
-    loop {
-        match socket.next_frame(WAIT).await {
-            Ok(_) => continue,
-            Err(Closed::Closed(Some(frame))) => {
-                assert_eq!(frame.code, CloseCode::Away);
-                break;
-            }
-            Err(e) => panic!("expected a close frame, got {e:?}"),
-        }
-    }
+    let close = closed_by_server(&mut socket).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Away);
 }
 
 /// Waits for the server to end `socket`; returns its close frame, if it sent one.
@@ -336,23 +314,16 @@ async fn slow_reader_is_dropped() {
         let join_ref = json!(uuid::Uuid::new_v4().to_string());
         stuck.send(join_ref, topic, "phx_join", json!({})).await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let health = eventually("the slow reader to be dropped", async || {
         assert_eq!(
             good.heartbeat().await,
             json!({"status": "ok", "response": {}})
         );
         let (_, health) = server.get("/healthz").await;
-        if health["slow_readers"] == 1 {
-            assert_eq!(health["open_sockets"], 1, "{health}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slow reader was not dropped: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ok_if(health["slow_readers"] == 1, health)
+    })
+    .await;
+    assert_eq!(health["open_sockets"], 1, "{health}");
 }
 
 /// Joining a joined topic again closes the earlier join (`phx_close` with its ref), as

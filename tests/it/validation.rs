@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Receiver, Reply, TestServer, seed_request, start};
+use crate::support::{Receiver, Reply, TestServer, assert_fields, seed_request, seeded, start};
 
 /// Asserts `{"error": {"message", "type", "code"}}` with `status` and `code`; returns the
 /// message.
@@ -25,9 +25,7 @@ fn assert_error(reply: &Reply, status: u16, code: &str) -> String {
     let error = reply.json["error"]
         .as_object()
         .unwrap_or_else(|| panic!("no error envelope: {}", reply.json));
-    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["code", "message", "type"], "{}", reply.json);
+    assert_fields(&reply.json["error"], "code message type");
     assert_eq!(reply.json.as_object().unwrap().len(), 1, "{}", reply.json);
     assert_eq!(error["code"], code, "{}", reply.json);
     assert!(error["type"].as_str().is_some_and(|t| !t.is_empty()));
@@ -36,11 +34,7 @@ fn assert_error(reply: &Reply, status: u16, code: &str) -> String {
 
 /// A server with the seed's event workflow and a webhook endpoint, ready for requests.
 async fn ready() -> (TestServer, Receiver) {
-    let server = start(|_| {}).await;
-    let receiver = Receiver::start().await;
-    server.event_workflow("content_generator", json!({})).await;
-    server.register_webhook(&receiver.url).await;
-    (server, receiver)
+    seeded(|_| {}).await
 }
 
 async fn post_raw(server: &TestServer, path: &str, body: &[u8]) -> Reply {
@@ -530,4 +524,41 @@ async fn another_projects_resources_are_404() {
     assert!(view["callback"].is_null(), "{view}");
     let (status, _) = server.get(&format!("/console/webhooks/{endpoint}")).await;
     assert_eq!(status, 200);
+}
+
+/// Regression (issue 13): a `/console` path that exists, asked with a method it does not
+/// take, was 404 `no route` (the other routes answer 405). Now it is 405
+/// `method_not_allowed`, and a path that does not exist is still 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_on_a_console_path_is_405() {
+    let server = start(|_| {}).await;
+    let wrong = [
+        (Method::DELETE, "/console/project"),
+        (Method::PUT, "/console/workflow"),
+        (Method::PATCH, "/console/workflow/w"),
+        (Method::PUT, "/console/structured-outputs/schema_x"),
+        (Method::PUT, "/console/webhooks"),
+        (Method::GET, "/console/webhooks/wh_x/rotate-secret"),
+        (Method::DELETE, "/console/webhooks/wh_x/enable"),
+        (Method::DELETE, "/console/keys"),
+        (Method::GET, "/console/keys/key_x"),
+        (Method::POST, "/console/requests"),
+        (Method::DELETE, "/console/requests/x"),
+    ];
+    for (method, path) in wrong {
+        let reply = server
+            .call(method, path, Some(&server.key), None, &[])
+            .await;
+        assert_error(&reply, 405, "method_not_allowed");
+    }
+    let reply = server
+        .call(
+            Method::GET,
+            "/console/nothing",
+            Some(&server.key),
+            None,
+            &[],
+        )
+        .await;
+    assert_error(&reply, 404, "not_found");
 }

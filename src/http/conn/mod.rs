@@ -248,7 +248,7 @@ impl Conn {
     /// Hands hyper a stand-in request in place of the rest of the input, to be answered
     /// with `error`.
     fn refuse(&mut self, error: ApiError) {
-        tracing::debug!(status = %error.status, message = %error.message, "refused a request head");
+        tracing::debug!(status = %error.status(), message = %error.message(), "refused a request head");
         self.pending.truncate(self.checked);
         self.pending.extend_from_slice(STAND_IN);
         self.checked = self.pending.len();

@@ -1,12 +1,10 @@
 //! A client of eddy's HTTP API with the helpers tests share: authorized JSON calls,
 //! setting up the seed's resources, polling a request's status, joining its channel.
 
-use std::time::{Duration, Instant};
-
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Phoenix, Reply, WAIT, headphones, merge};
+use super::{Phoenix, Reply, eventually, headphones, merge};
 
 /// Talks to one eddy at `base` with bearer `key`.
 #[derive(Clone)]
@@ -138,6 +136,22 @@ impl Api {
         ticket
     }
 
+    /// `POST /v1/callback/{channel}`, as the backend calls back.
+    pub async fn callback(&self, channel: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("/v1/callback/{channel}"), body).await
+    }
+
+    /// Rotates an endpoint's signing secret; returns the new one.
+    pub async fn rotate_secret(&self, endpoint: &str) -> String {
+        let path = format!("/console/webhooks/{endpoint}/rotate-secret");
+        let (status, rotated) = self.post(&path, json!({})).await;
+        assert_eq!(status, 200, "rotate-secret: {rotated}");
+        rotated["secret"]
+            .as_str()
+            .expect("the new secret")
+            .to_string()
+    }
+
     /// `GET /console/requests/{channel}` that must succeed.
     pub async fn request(&self, channel: &str) -> Value {
         let (status, body) = self.get(&format!("/console/requests/{channel}")).await;
@@ -148,18 +162,23 @@ impl Api {
     /// Polls the request until its status is `status`; panics with the last view after
     /// the wait.
     pub async fn wait_for_status(&self, channel: &str, status: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        self.wait_for_view(channel, status, |view| view["status"] == status)
+            .await
+    }
+
+    /// Polls the request's console view until `done(view)`; returns that view, or panics
+    /// with `what` and the last view after the wait.
+    pub async fn wait_for_view(
+        &self,
+        channel: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(&format!("request {channel}: {what}"), async || {
             let view = self.request(channel).await;
-            if view["status"] == status {
-                return view;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "request {channel} never reached {status}: {view:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if done(&view) { Ok(view) } else { Err(view) }
+        })
+        .await
     }
 
     /// A Phoenix client joined on the ticket's channel with the ticket's token.
@@ -176,6 +195,16 @@ impl Api {
         let reply = socket.join(topic).await;
         assert_eq!(reply["status"], "ok", "join reply: {reply}");
         socket
+    }
+
+    /// The entries of a request view's timeline of type `kind`, in order.
+    pub fn steps<'a>(view: &'a Value, kind: &str) -> Vec<&'a Value> {
+        view["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .filter(|s| s["type"] == kind)
+            .collect()
     }
 
     /// The `type`s of a request view's timeline, in order.

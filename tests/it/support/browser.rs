@@ -143,6 +143,23 @@ impl Browser {
         self.send(json!({"op": "connect", "socket": id})).await;
     }
 
+    /// What a page does with a ticket: a phoenix socket `socket` on the ticket's URL and
+    /// token (see [`Browser::socket`]), joined on the ticket's topic as channel `channel`.
+    /// Asserts that the join succeeded; returns the join event.
+    pub async fn join_ticket(
+        &mut self,
+        socket: &str,
+        channel: &str,
+        ticket: &Value,
+        opts: Value,
+    ) -> Value {
+        self.socket(socket, ticket, opts).await;
+        let topic = super::text(ticket, "websocket_channel");
+        let join = self.join(socket, channel, topic).await;
+        assert_eq!(join["status"], "ok", "join of {topic}: {join}");
+        join
+    }
+
     /// Joins `topic` on socket `socket` as channel `channel`; returns the join event.
     pub async fn join(&mut self, socket: &str, channel: &str, topic: &str) -> Value {
         self.send(json!({"op": "join", "socket": socket, "channel": channel, "topic": topic}))

@@ -10,20 +10,22 @@ use tokio::sync::watch;
 use super::WAIT;
 
 pub struct Log<T> {
+    /// What the items are, for a wait's failure ("webhooks at the receiver").
+    what: &'static str,
     items: Mutex<Vec<T>>,
     count: watch::Sender<usize>,
 }
 
-impl<T: Clone> Default for Log<T> {
-    fn default() -> Self {
+impl<T: Clone> Log<T> {
+    /// An empty log of `what`.
+    pub fn of(what: &'static str) -> Self {
         Log {
+            what,
             items: Mutex::new(Vec::new()),
             count: watch::channel(0).0,
         }
     }
-}
 
-impl<T: Clone> Log<T> {
     pub fn push(&self, item: T) {
         let mut items = self.items.lock().unwrap();
         items.push(item);
@@ -36,14 +38,15 @@ impl<T: Clone> Log<T> {
     }
 
     /// Waits (up to [`WAIT`]) until at least `n` items arrived; returns all of them.
-    /// Panics naming `what` if they did not.
-    pub async fn wait_for(&self, n: usize, what: &str) -> Vec<T> {
+    /// Panics naming what they are if they did not.
+    pub async fn wait_for(&self, n: usize) -> Vec<T> {
         let mut count = self.count.subscribe();
         let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n)).await;
         let all = self.all();
         assert!(
             matches!(reached, Ok(Ok(_))),
-            "{what}: {} arrived, expected {n}",
+            "{}: {} arrived, expected {n}",
+            self.what,
             all.len()
         );
         all

@@ -20,7 +20,7 @@ pub mod tools;
 pub mod wait;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ pub use binary::Eddy;
 pub use browser::Browser;
 pub use phoenix::Phoenix;
 pub use receiver::{Callback, Receiver};
+pub use wait::{eventually, ok_if, poll};
 
 /// The bootstrap API key of every test server: `mr_live_` and 40 alphanumerics.
 pub const KEY: &str = "mr_live_0123456789abcdefghijABCDEFGHIJ0123456789";
@@ -68,7 +69,7 @@ pub fn seed_request(workflow: &str) -> Value {
 
 /// A reqwest client for plain-HTTP test traffic.
 pub fn http_client() -> reqwest::Client {
-    eddy::delivery::install_crypto();
+    eddy::egress::install_crypto();
     reqwest::Client::builder()
         .timeout(WAIT)
         .build()
@@ -143,17 +144,10 @@ impl TestServer {
     async fn launch_on(&mut self, listener: TcpListener) {
         let addr = listener.local_addr().expect("local addr");
         // sled releases its lock on drop; a store just closed may hold it for a moment.
-        let deadline = Instant::now() + WAIT;
-        let server = loop {
-            match eddy::Server::open(self.config.clone()).await {
-                Ok(server) => break server,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("store not ready yet ({e}), retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot open the store: {e}"),
-            }
-        };
+        let server = eventually("the store to open", async || {
+            eddy::Server::open(self.config.clone()).await
+        })
+        .await;
         let server = match self.config.metrics_listen {
             Some(addr) => {
                 let metrics = TcpListener::bind(addr).await.expect("bind metrics");
@@ -216,17 +210,10 @@ impl TestServer {
             .expect("base is http://IP:PORT");
         self.shutdown().await;
         self.api.http = http_client();
-        let deadline = Instant::now() + WAIT;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("port {addr} not free yet ({e}), retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot bind {addr} again: {e}"),
-            }
-        };
+        let listener = eventually(&format!("port {addr} to be free again"), async || {
+            TcpListener::bind(addr).await
+        })
+        .await;
         self.launch_on(listener).await;
     }
 }
@@ -245,6 +232,65 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// A server (see [`start`]) and a [`Receiver`] registered as its webhook endpoint.
+pub async fn start_with_receiver(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver) {
+    let server = start(tweak).await;
+    let receiver = Receiver::start().await;
+    server.register_webhook(&receiver.url).await;
+    (server, receiver)
+}
+
+/// The seed's setup: [`start_with_receiver`] and the event-driven testing workflow
+/// `content_generator` (see [`Api::event_workflow`]).
+pub async fn seeded(tweak: impl FnOnce(&mut eddy::Config)) -> (TestServer, Receiver) {
+    let (server, receiver) = start_with_receiver(tweak).await;
+    server.event_workflow("content_generator", json!({})).await;
+    (server, receiver)
+}
+
+/// A test-mode workflow `name` that answers after ten minutes: its requests stay pending,
+/// so nothing happens in the background while a test looks at the store.
+pub fn holding_workflow(name: &str) -> Value {
+    json!({"name": name, "provider": "testing", "model": "test-mode",
+           "mode": "testing", "response_delay_ms": 600_000})
+}
+
+/// An async request body for `workflow` with one user message `content`.
+pub fn message_request(workflow: &str, content: &str) -> Value {
+    json!({"workflow": workflow, "messages": [{"role": "user", "content": content}]})
+}
+
+/// A header as text; panics if it is missing.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} is missing"))
+        .to_str()
+        .expect("header is text")
+}
+
+/// A string field of a JSON object; panics naming the field if it is missing.
+pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {value}"))
+}
+
+/// Asserts that the JSON object `value` has exactly the fields `names` (space-separated,
+/// in any order).
+pub fn assert_fields(value: &Value, names: &str) {
+    let mut fields: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    let mut expected: Vec<&str> = names.split_whitespace().collect();
+    expected.sort_unstable();
+    assert_eq!(fields, expected, "{value}");
 }
 
 /// Shallow merge of object `extra` into object `into`.
@@ -281,6 +327,45 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+/// A fake server (a webhook receiver, a model API) on its own port: its `state`, served by
+/// [`serve_http`] until this is dropped. Derefs to the state.
+pub struct FakeServer<S> {
+    state: Arc<S>,
+    pub addr: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl<S: Send + Sync + 'static> FakeServer<S> {
+    /// Serves `state` on `listener`, answering each request with `handle(state, request)`.
+    pub fn on<F, Fut, B>(listener: TcpListener, state: S, handle: F) -> FakeServer<S>
+    where
+        F: Fn(Arc<S>, hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+        Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let addr = listener.local_addr().expect("fake server address");
+        let state = Arc::new(state);
+        let task = tokio::spawn(serve_http(listener, state.clone(), handle));
+        FakeServer { state, addr, task }
+    }
+}
+
+impl<S> std::ops::Deref for FakeServer<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.state
+    }
+}
+
+impl<S> Drop for FakeServer<S> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Serves HTTP/1 on `listener` until the task is dropped, answering each request with

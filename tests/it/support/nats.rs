@@ -177,7 +177,7 @@ impl Nats {
     /// Waits until every running server is healthy; false if one exited (its port was
     /// taken meanwhile).
     async fn ready(&mut self) -> bool {
-        eddy::delivery::install_crypto();
+        eddy::egress::install_crypto();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()

@@ -15,15 +15,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::WAIT;
 
-/// One server frame, decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    pub join_ref: Value,
-    pub msg_ref: Value,
-    pub topic: String,
-    pub event: String,
-    pub payload: Value,
-}
+/// One server frame, decoded by this client (eddy's frame type is only the record it is
+/// read into: `[join_ref, ref, topic, event, payload]`).
+pub use eddy::ws::frame::Frame;
 
 /// What ended a wait for a frame.
 #[derive(Debug)]

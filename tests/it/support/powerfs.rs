@@ -16,6 +16,9 @@
 //!   replaces every file's bytes by its durable bytes and every directory's entries by its
 //!   durable entries, so a file whose entry was never synced is gone, whatever its bytes,
 //!   and mounts again (a new mount, so the kernel's caches start empty).
+//! - [`PowerFs::slow_syncs`] makes every sync take a while before it makes anything
+//!   durable, as a slow disk does; a power cut meanwhile drops what it had not made
+//!   durable yet. A test can then see what a program lets happen before its data is safe.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -51,6 +54,10 @@ enum Node {
 struct State {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
+    /// How long a sync takes ([`PowerFs::slow_syncs`]).
+    sync_delay: Duration,
+    /// Power cuts so far: a slow sync that began before a cut makes nothing durable.
+    cuts: u64,
 }
 
 impl State {
@@ -122,6 +129,34 @@ struct Shared(Arc<Mutex<State>>);
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes something durable with `make_durable` and answers the sync: at once, or after
+    /// the sync delay (on another thread, so other calls go on meanwhile) unless the power
+    /// was cut in between.
+    fn sync(&self, reply: ReplyEmpty, make_durable: impl FnOnce(&mut State) + Send + 'static) {
+        let (delay, cuts) = {
+            let state = self.lock();
+            (state.sync_delay, state.cuts)
+        };
+        if delay.is_zero() {
+            make_durable(&mut self.lock());
+            return reply.ok();
+        }
+        let shared = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let mut state = shared.lock();
+            if state.cuts == cuts {
+                make_durable(&mut state);
+            }
+            reply.ok();
+        });
+    }
+
+    /// Runs `f` on the regular file `ino`, under the lock; a directory has no data.
+    fn on_file<T>(&self, ino: INodeNo, f: impl FnOnce(&mut File) -> T) -> Result<T, Errno> {
+        self.lock().file(ino.0).map(f).ok_or(Errno::EISDIR)
     }
 
     fn reply_entry(&self, ino: Option<u64>, reply: ReplyEntry) {
@@ -265,13 +300,15 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let start = (offset as usize).min(file.data.len());
-        let end = (start + size as usize).min(file.data.len());
-        reply.data(&file.data[start..end]);
+        let read = self.on_file(ino, |file| {
+            let start = (offset as usize).min(file.data.len());
+            let end = (start + size as usize).min(file.data.len());
+            file.data[start..end].to_vec()
+        });
+        match read {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn write(
@@ -286,18 +323,20 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut state = self.lock();
-        let Some(file) = state.file(ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        let end = offset as usize + data.len();
-        if file.data.len() < end {
-            file.data.resize(end, 0);
+        let written = self.on_file(ino, |file| {
+            let end = offset as usize + data.len();
+            if file.data.len() < end {
+                file.data.resize(end, 0);
+            }
+            file.data[offset as usize..end].copy_from_slice(data);
+            file.dirty
+                .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
+            data.len() as u32
+        });
+        match written {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
         }
-        file.data[offset as usize..end].copy_from_slice(data);
-        file.dirty
-            .extend(offset / PAGE..=(end as u64).saturating_sub(1) / PAGE);
-        reply.written(data.len() as u32);
     }
 
     fn flush(
@@ -319,17 +358,17 @@ impl Filesystem for Shared {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut state = self.lock();
-        if let Some(file) = state.file(ino.0) {
-            let len = file.data.len();
-            file.durable.resize(len, 0);
-            for page in std::mem::take(&mut file.dirty) {
-                let start = ((page * PAGE) as usize).min(len);
-                let end = (start + PAGE as usize).min(len);
-                file.durable[start..end].copy_from_slice(&file.data[start..end]);
+        self.sync(reply, move |state| {
+            if let Some(file) = state.file(ino.0) {
+                let len = file.data.len();
+                file.durable.resize(len, 0);
+                for page in std::mem::take(&mut file.dirty) {
+                    let start = ((page * PAGE) as usize).min(len);
+                    let end = (start + PAGE as usize).min(len);
+                    file.durable[start..end].copy_from_slice(&file.data[start..end]);
+                }
             }
-        }
-        reply.ok();
+        });
     }
 
     fn readdir(
@@ -372,10 +411,11 @@ impl Filesystem for Shared {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(Node::Dir { entries, durable }) = self.lock().nodes.get_mut(&ino.0) {
-            *durable = entries.clone();
-        }
-        reply.ok();
+        self.sync(reply, move |state| {
+            if let Some(Node::Dir { entries, durable }) = state.nodes.get_mut(&ino.0) {
+                *durable = entries.clone();
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -415,6 +455,8 @@ impl PowerFs {
         let state = Shared(Arc::new(Mutex::new(State {
             nodes,
             next_ino: INodeNo::ROOT.0 + 1,
+            sync_delay: Duration::ZERO,
+            cuts: 0,
         })));
         let mut fs = PowerFs {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -439,9 +481,24 @@ impl PowerFs {
         self.dir.path()
     }
 
+    /// From now on every sync (`fsync`, `fdatasync`, a directory's `fsync`) takes `delay`
+    /// before it makes anything durable and returns; `Duration::ZERO` makes syncs instant
+    /// again.
+    pub fn slow_syncs(&self, delay: Duration) {
+        self.state.lock().sync_delay = delay;
+    }
+
+    /// The instant the power fails: no sync under way or begun from now on makes anything
+    /// durable. For a test that kills the processes after this instant ([`PowerFs::power_cut`]
+    /// calls it too): killing one that waits for a slow sync lets that sync finish first.
+    pub fn power_fails(&self) {
+        self.state.lock().cuts += 1;
+    }
+
     /// Drops everything not made durable, as a power cut does. The processes that used
     /// the file system must be dead (their open files keep the mount busy).
     pub fn power_cut(&mut self) {
+        self.power_fails();
         if let Some(session) = self.session.take() {
             session.umount_and_join().expect("unmounts");
         }

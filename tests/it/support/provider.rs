@@ -17,8 +17,8 @@ use hyper::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
+use super::FakeServer;
 use super::log::Log;
 
 /// `prompt_tokens` / `input_tokens` of every answer.
@@ -63,11 +63,7 @@ pub struct Seen {
 impl Seen {
     /// A header as text; panics if it is missing.
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("header {name} is missing"))
-            .to_str()
-            .expect("header is text")
+        super::header(&self.headers, name)
     }
 }
 
@@ -81,34 +77,25 @@ struct Inner {
 
 /// A fake provider; its API root is [`FakeProvider::base_url`].
 pub struct FakeProvider {
-    inner: Arc<Inner>,
+    inner: FakeServer<Inner>,
     /// `http://127.0.0.1:PORT/v1`.
     pub base_url: String,
-    task: JoinHandle<()>,
-}
-
-impl Drop for FakeProvider {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl FakeProvider {
     /// A fake answering `Text("Hello from the fake")` until told otherwise.
     pub async fn start(wire: Wire) -> FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
-        let addr = listener.local_addr().expect("fake address");
-        let inner = Arc::new(Inner {
+        let inner = Inner {
             wire,
             script: Mutex::new(VecDeque::new()),
             fallback: Mutex::new(Answer::Text("Hello from the fake".into())),
-            seen: Log::default(),
-        });
-        let task = tokio::spawn(super::serve_http(listener, inner.clone(), handle));
+            seen: Log::of("requests to the fake provider"),
+        };
+        let inner = FakeServer::on(listener, inner, handle);
         FakeProvider {
+            base_url: format!("http://{}/v1", inner.addr),
             inner,
-            base_url: format!("http://{addr}/v1"),
-            task,
         }
     }
 
@@ -133,10 +120,7 @@ impl FakeProvider {
 
     /// Waits until at least `n` requests arrived; returns all of them.
     pub async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        self.inner
-            .seen
-            .wait_for(n, "requests to the fake provider")
-            .await
+        self.inner.seen.wait_for(n).await
     }
 }
 

@@ -15,10 +15,9 @@ use hyper::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::WAIT;
 use super::log::Log;
+use super::{FakeServer, WAIT, poll};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -39,11 +38,7 @@ impl Received {
 
     /// A header as text; panics if it is missing.
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("header {name} is missing"))
-            .to_str()
-            .expect("header is text")
+        super::header(&self.headers, name)
     }
 }
 
@@ -89,16 +84,9 @@ struct Inner {
 
 /// A webhook endpoint on `127.0.0.1`.
 pub struct Receiver {
-    inner: Arc<Inner>,
+    inner: FakeServer<Inner>,
     /// `http://127.0.0.1:PORT/hook`.
     pub url: String,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Receiver {
@@ -112,24 +100,25 @@ impl Receiver {
 
     /// A receiver serving on an already bound listener.
     pub fn on(listener: TcpListener) -> Receiver {
-        let addr = listener.local_addr().expect("receiver address");
-        let inner = Arc::new(Inner {
-            status: AtomicU16::new(200),
-            script: Mutex::new(VecDeque::new()),
-            delays: Mutex::new(VecDeque::new()),
-            response_headers: Mutex::new(Vec::new()),
-            response_body: Mutex::new(None),
-            received: Log::default(),
-            callback: Mutex::new((Callback::None, None)),
-            gate: watch::channel(true).0,
-            callbacks: Log::default(),
-            http: super::http_client(),
-        });
-        let task = tokio::spawn(super::serve_http(listener, inner.clone(), handle));
+        let inner = FakeServer::on(
+            listener,
+            Inner {
+                status: AtomicU16::new(200),
+                script: Mutex::new(VecDeque::new()),
+                delays: Mutex::new(VecDeque::new()),
+                response_headers: Mutex::new(Vec::new()),
+                response_body: Mutex::new(None),
+                received: Log::of("webhooks at the receiver"),
+                callback: Mutex::new((Callback::None, None)),
+                gate: watch::channel(true).0,
+                callbacks: Log::of("callbacks the receiver made"),
+                http: super::http_client(),
+            },
+            handle,
+        );
         Receiver {
+            url: format!("http://{}/hook", inner.addr),
             inner,
-            url: format!("http://{addr}/hook"),
-            task,
         }
     }
 
@@ -192,10 +181,7 @@ impl Receiver {
 
     /// Waits until at least `n` requests were received; returns all of them.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        self.inner
-            .received
-            .wait_for(n, "webhooks at the receiver")
-            .await
+        self.inner.received.wait_for(n).await
     }
 
     /// Every callback made so far, in order of completion.
@@ -205,10 +191,7 @@ impl Receiver {
 
     /// Waits until at least `n` callbacks were answered by eddy; returns all of them.
     pub async fn wait_for_callbacks(&self, n: usize) -> Vec<CallbackResult> {
-        self.inner
-            .callbacks
-            .wait_for(n, "callbacks the receiver made")
-            .await
+        self.inner.callbacks.wait_for(n).await
     }
 
     /// Asserts that no further request arrives within `quiet`.
@@ -311,31 +294,26 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .unwrap_or_default()
         .to_string();
     // Like a real backend, keep calling back while eddy cannot be reached (restarting).
-    let deadline = Instant::now() + WAIT;
-    let (status, reply) = loop {
-        let result = inner
-            .http
+    let body = serde_json::to_vec(&sent).expect("json");
+    // The probe owns what it uses (a task spawned with a borrowing probe is not `Send`).
+    let http = inner.http.clone();
+    let answered = poll(WAIT, move || {
+        let request = http
             .post(&url)
             .bearer_auth(&key)
             .header("content-type", "application/json")
-            .body(serde_json::to_vec(&sent).expect("json"))
-            .send()
-            .await;
-        match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap_or_default();
-                break (
-                    status,
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                );
-            }
-            Err(e) if Instant::now() > deadline => {
-                break (0, json!({"transport_error": e.to_string()}));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            .body(body.clone());
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let reply = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Ok::<_, reqwest::Error>((status, reply))
         }
-    };
+    })
+    .await;
+    let (status, reply) =
+        answered.unwrap_or_else(|e| (0, json!({"transport_error": e.to_string()})));
     inner.callbacks.push(CallbackResult {
         channel_id,
         sent,
