@@ -16,7 +16,7 @@
 //! | `EDDY_WORK` | work-queue stream, `eddy.work.<id>` | one message per firing | until acknowledged |
 //! | `eddy-workers` | durable pull consumer of `EDDY_WORK` | shared by all nodes | |
 //! | `EDDY_TIMELINE` | stream, `eddy.tl.<id>` | one message per round of steps | twice the request retention |
-//! | `eddy.push.<project>.<channel>` | core subject | WebSocket pushes | none (at most once) |
+//! | `eddy.push.<channel>` | core subject | WebSocket pushes | none (at most once) |
 //!
 //! A bucket is the stream `KV_<bucket>` with the settings async-nats would give it
 //! (history 1, direct gets, rollups, no message deletes): async-nats 0.51's own
@@ -32,7 +32,7 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, Stor
 use async_nats::jetstream::{self, ErrorCode};
 
 use super::{ClusterError, Result, Settings, key};
-use crate::job::{ChannelId, ProjectId};
+use crate::job::ChannelId;
 
 /// The logical names of the buckets, in the order they are created.
 pub const BUCKETS: [&str; 9] = [
@@ -193,13 +193,8 @@ impl Layout {
         format!("{}.tl.{}", self.prefix, key::num(id))
     }
 
-    pub fn push_subject(&self, project: &ProjectId, channel: &ChannelId) -> String {
-        format!(
-            "{}.push.{}.{}",
-            self.prefix,
-            key::hex(project.as_bytes()),
-            key::hex(channel.as_bytes())
-        )
+    pub fn push_subject(&self, channel: &ChannelId) -> String {
+        format!("{}.push.{}", self.prefix, key::hex(channel.as_bytes()))
     }
 
     /// The subject every node subscribes to for pushes.

@@ -1,6 +1,6 @@
 //! WebSocket pushes across nodes. A browser's socket is on one node; the callback that
 //! completes its request may arrive on another. So a push is published on the core
-//! subject `<prefix>.push.<project>.<channel>`, and every node subscribes to
+//! subject `<prefix>.push.<channel>`, and every node subscribes to
 //! `<prefix>.push.>` once, at start, and hands what arrives to its own hub (the publishing
 //! node included: it gets its own push back through NATS).
 //!
@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::{ClusterError, Layout, Result, key};
-use crate::job::{ChannelId, ProjectId};
+use crate::job::ChannelId;
 
 const TOPIC: &str = "Eddy-Topic";
 const EVENT: &str = "Eddy-Event";
@@ -26,7 +26,6 @@ const EVENT: &str = "Eddy-Event";
 /// One push: what the hub of the node holding the socket sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Push {
-    pub project: ProjectId,
     pub channel: ChannelId,
     pub topic: String,
     pub event: String,
@@ -56,7 +55,7 @@ impl Pushes {
         headers.insert(EVENT, push.event.as_str());
         self.client
             .publish_with_headers(
-                self.layout.push_subject(&push.project, &push.channel),
+                self.layout.push_subject(&push.channel),
                 headers,
                 Bytes::from(push.payload.clone()),
             )
@@ -90,13 +89,11 @@ impl Pushes {
 }
 
 fn parse(prefix: &str, message: &async_nats::Message) -> Option<Push> {
-    let rest = message.subject.strip_prefix(prefix)?;
-    let (project, channel) = rest.split_once('.')?;
-    let id16 = |t: &str| <[u8; 16]>::try_from(key::parse_hex(t)?).ok();
+    let channel = message.subject.strip_prefix(prefix)?;
+    let channel = <[u8; 16]>::try_from(key::parse_hex(channel)?).ok()?;
     let headers = message.headers.as_ref()?;
     Some(Push {
-        project: ProjectId::from_bytes(id16(project)?),
-        channel: ChannelId::from_bytes(id16(channel)?),
+        channel: ChannelId::from_bytes(channel),
         topic: headers.get(TOPIC)?.as_str().to_string(),
         event: headers.get(EVENT)?.as_str().to_string(),
         payload: String::from_utf8(message.payload.to_vec()).ok()?,

@@ -1,14 +1,15 @@
 //! The cluster mode's work queue, timeline stream and push subject against three real
 //! nats-servers (`support::nats`): each firing goes to one node and repeats are stored
 //! once; work held by a dead node goes to another; deferred work comes back after its
-//! delay; a timeline reads back in order on any node; a push reaches every node.
+//! delay; a timeline reads back in order on any node; a push reaches every node, and
+//! through it the sockets of every node's hub.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use eddy::cluster::{Cluster, Job, Push};
-use eddy::job::{ChannelId, ProjectId};
+use eddy::job::ChannelId;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -162,7 +163,6 @@ async fn a_timeline_reads_back_in_order_from_any_node() {
 
 fn push(n: u8) -> Push {
     Push {
-        project: ProjectId::from_bytes([1; 16]),
         channel: ChannelId::from_bytes([n; 16]),
         topic: format!("ai_response:{n}"),
         event: "response".into(),
@@ -223,4 +223,71 @@ async fn a_push_reaches_every_node_and_malformed_ones_are_skipped() {
         };
         assert_eq!(got, push(5));
     }
+}
+
+/// Three nodes' hubs joined to the cluster: a push made on node 0 reaches, in order, a
+/// socket joined on node 2 and none on node 1; node 0 counts only its own sockets; node
+/// 2's own push reaches its socket too (back through NATS).
+#[tokio::test]
+async fn a_push_on_one_node_reaches_the_socket_on_another_in_order() {
+    use eddy::ws::Hub;
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    let nats = Nats::three().await;
+    let mut hubs = Vec::new();
+    for i in 0..3 {
+        let hub = Arc::new(Hub::new());
+        hub.join_cluster(node_on(&nats, i).await.pushes())
+            .await
+            .unwrap();
+        hubs.push(hub);
+    }
+    let channel = ChannelId::from_bytes([7; 16]);
+    let other = ChannelId::from_bytes([8; 16]);
+    let socket = |hub: &Hub, channel| {
+        let (tx, rx) = mpsc::channel::<Utf8Bytes>(64);
+        hub.subscribe(channel, hub.socket_opened(), tx, CancellationToken::new());
+        rx
+    };
+    let mut on_2 = socket(&hubs[2], channel);
+    let mut on_1 = socket(&hubs[1], other);
+    // Interest in node 2's subscription takes a moment to cross to node 0's server.
+    eventually("node 0's pushes to reach node 2", async || {
+        hubs[0].push(&channel, "t", "warm", "{}");
+        let got = tokio::time::timeout(Duration::from_millis(100), on_2.recv()).await;
+        ok_if(got.is_ok(), ())
+    })
+    .await;
+    for n in 0..20 {
+        assert_eq!(
+            hubs[0].push(&channel, "t", "response", &format!("{{\"n\":{n}}}")),
+            0
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let frame = tokio::time::timeout(WAIT, on_2.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if !frame.as_str().contains("warm") {
+            seen.push(frame.as_str().to_string());
+        }
+    }
+    let expected: Vec<String> = (0..20)
+        .map(|n| format!(r#"[null,null,"t","response",{{"n":{n}}}]"#))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(hubs[2].push(&channel, "t", "own", "{}"), 1);
+    let own = tokio::time::timeout(WAIT, on_2.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(own.as_str(), r#"[null,null,"t","own",{}]"#);
+    assert!(
+        on_1.try_recv().is_err(),
+        "a socket on another channel got nothing"
+    );
 }
