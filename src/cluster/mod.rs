@@ -13,6 +13,7 @@
 //! | `cas` | compare-and-set on a bucket key, fenced on servers that lose concurrent CAS writes |
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
+//! | `records` | request records, their due keys and idempotency claims: the sled store's rules on buckets |
 //! | `push` | WebSocket pushes on a core subject every node subscribes to |
 //! | `check` | `eddy cluster check`: what is wrong with the NATS side and how to fix it |
 //!
@@ -36,6 +37,7 @@ pub mod key;
 pub mod layout;
 pub mod listing;
 pub mod push;
+pub mod records;
 pub mod timeline;
 pub mod work;
 
@@ -49,6 +51,7 @@ pub use connect::{Link, ServerVersion};
 pub use layout::Layout;
 pub use listing::Change;
 pub use push::{Push, Pushes};
+pub use records::Records;
 pub use timeline::Timeline;
 pub use work::{Job, WorkQueue};
 
@@ -230,6 +233,10 @@ impl Cluster {
 
     pub async fn work(&self) -> Result<WorkQueue> {
         WorkQueue::open(&self.js, &self.layout).await
+    }
+
+    pub async fn records(&self) -> Result<Records> {
+        Records::open(self).await
     }
 
     pub fn pushes(&self) -> Pushes {
