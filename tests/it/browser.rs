@@ -1,7 +1,7 @@
 //! The browser side, proven with the official `phoenix` JS client (pinned in
 //! `tests/js/package.json`) under Node: what ModelRiver's client SDK runs on. Each test
 //! drives a real eddy and a real phoenix `Socket` (see `support::browser`) through one
-//! rule of SPEC §5.
+//! rule of the README's "WebSocket" section.
 
 use std::time::Duration;
 

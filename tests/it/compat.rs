@@ -1,4 +1,4 @@
-//! ModelRiver's own code against eddy (SPEC §7): what its demo backend, its webhook test
+//! ModelRiver's own code against eddy (README, "ModelRiver compatibility"): what its demo backend, its webhook test
 //! server and its SDK read, computed the way they compute it. Signatures and tokens are
 //! checked under Node (`tests/js/modelriver.mjs`), the page is the official `phoenix`
 //! client (`support::browser`), the backend a real webhook receiver.

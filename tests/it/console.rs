@@ -1,4 +1,4 @@
-//! The console API of SPEC §3: the request log with its filters, workflow CRUD, API keys,
+//! The console API (README, "Observing"): the request log with its filters, workflow CRUD, API keys,
 //! and secrets shown only once.
 
 use reqwest::Method;

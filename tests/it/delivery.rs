@@ -1,4 +1,4 @@
-//! Webhook delivery details of SPEC §4: who receives a delivery, how it is signed across a
+//! Webhook delivery details (README, "Delivery and the dead-letter queue"): who receives a delivery, how it is signed across a
 //! secret rotation, and how timeouts, redirects and `Retry-After` are treated.
 
 use std::collections::BTreeSet;

@@ -84,7 +84,7 @@ async fn seed_example_end_to_end() {
     assert_eq!(body["callback_required"], true);
     assert_eq!(body["customer_data"], metadata);
     assert_eq!(body["meta"]["workflow_name"], "content_generator");
-    // Test mode reports itself (SPEC §3), whatever the workflow's provider is.
+    // Test mode reports itself (as ModelRiver's test mode does), whatever the workflow's provider is.
     assert_eq!(body["meta"]["provider"], "Testing");
     assert_eq!(body["meta"]["model"], "test-mode");
     let timestamp = body["timestamp"].as_str().expect("timestamp");
@@ -492,7 +492,7 @@ async fn callback_metadata_reaches_the_browser() {
 }
 
 /// A callback that arrives while eddy is still waiting for the webhook's 2xx is accepted
-/// (SPEC §4); the request completes, and the late 2xx neither undoes that nor starts a
+/// (as ModelRiver allows); the request completes, and the late 2xx neither undoes that nor starts a
 /// callback timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_before_the_webhook_answer_is_accepted() {

@@ -1,4 +1,4 @@
-//! Phoenix Channels v2 at `/socket/websocket` (SPEC §5): token checks on the upgrade, join
+//! Phoenix Channels v2 at `/socket/websocket` (README, "WebSocket"): token checks on the upgrade, join
 //! refusals with their reasons, heartbeats, leaving, and replay to reconnecting clients.
 
 use std::time::Duration;
@@ -90,7 +90,7 @@ async fn joins_after_the_token_expired_are_refused() {
     );
 }
 
-/// Joins on topics the token was not issued for are refused with SPEC §5's reasons, and
+/// Joins on topics the token was not issued for are refused with ModelRiver's four reasons, and
 /// the socket stays usable for the right topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_refusals_name_the_reason() {

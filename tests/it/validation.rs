@@ -1,5 +1,5 @@
 //! Bad requests get the JSON error envelope with a fitting 4xx and store nothing; the
-//! `/api` alias and `Idempotency-Key` behave as SPEC §2 and §4 say.
+//! `/api` alias and `Idempotency-Key` behave as the README's "The flow" says.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -56,7 +56,7 @@ async fn assert_nothing_stored(server: &TestServer) {
 }
 
 /// Without a key, with a malformed or an unknown key, every `/v1` and `/console` route
-/// answers 401 `invalid_api_key` with SPEC §2's exact message, and stores nothing.
+/// answers 401 `invalid_api_key` with ModelRiver's exact message, and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_key_is_401() {
     let (server, receiver) = ready().await;

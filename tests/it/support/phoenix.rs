@@ -193,7 +193,7 @@ impl Phoenix {
     }
 
     /// The next `response` push with this `status`, skipping repeats of earlier ones (a
-    /// push racing with a join may arrive twice, SPEC §5 allows it).
+    /// push racing with a join may arrive twice; the README's "WebSocket" section allows it).
     pub async fn push_with_status(&mut self, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {

@@ -41,7 +41,7 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) 
     format!("v1,{}", STANDARD.encode(hmac_sha256(&key, &message)))
 }
 
-/// The headers SPEC §4 puts on every webhook.
+/// The headers on every webhook (README, "Webhook headers").
 pub const WEBHOOK_HEADERS: [&str; 9] = [
     "content-type",
     "mr-signature",
@@ -54,7 +54,7 @@ pub const WEBHOOK_HEADERS: [&str; 9] = [
     "webhook-signature",
 ];
 
-/// Asserts the SPEC §4 headers of one webhook and that both signatures verify, computed
+/// Asserts the webhook headers of one webhook and that both signatures verify, computed
 /// independently of eddy: `mr-signature` the seed's way, `webhook-signature` the Standard
 /// Webhooks way (and through `eddy::signature::verify_standard` too).
 pub fn assert_signed(hook: &Received, endpoint_id: Option<&str>, secret: &str, channel_id: &str) {
