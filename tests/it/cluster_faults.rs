@@ -1,6 +1,7 @@
 //! The cluster mode's NATS layer when servers fail: a killed stream leader, writes whose
 //! acknowledgement never comes (followers frozen with `SIGSTOP`), every server killed at
-//! once, a node's own server killed. Three real nats-servers each (`support::nats`).
+//! once, a node's own server killed (its writes and its watch go on). Three real
+//! nats-servers each (`support::nats`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,5 +252,57 @@ async fn a_node_reconnects_to_another_server_when_its_own_dies() {
     assert_eq!(
         bucket.get_leader("before").await.unwrap().unwrap().value,
         "1"
+    );
+}
+
+/// A node watching the catalog through server 0 keeps seeing changes made on another node
+/// after server 0 is killed (its watch is re-created on the server it reconnects to, from
+/// where it left off): what keeps every node's catalog cache current.
+#[tokio::test]
+async fn a_watch_goes_on_after_the_watchers_server_dies() {
+    use futures_util::StreamExt;
+
+    let mut nats = Nats::three().await;
+    let writer = node_on(&nats, 1).await.bucket("catalog").await.unwrap();
+    writer.put("w.before", Bytes::from("1")).await.unwrap();
+    let watcher = Cluster::open(on_server(&nats, 0)).await.unwrap();
+    let mut changes = watcher
+        .bucket("catalog")
+        .await
+        .unwrap()
+        .watch(">")
+        .await
+        .unwrap();
+    let mut next = async || loop {
+        match tokio::time::timeout(Duration::from_secs(60), changes.next()).await {
+            Ok(Some(Ok(change))) => return change,
+            Ok(Some(Err(e))) => eprintln!("watch: {e}"),
+            other => panic!(
+                "the watch ended or stalled: {:?}",
+                other.map(|o| o.is_some())
+            ),
+        }
+    };
+    assert_eq!(next().await.entry.key, "w.before");
+    let mut reconnected = watcher.link.reconnected();
+    nats.kill(0);
+    tokio::time::timeout(WAIT, reconnected.changed())
+        .await
+        .expect("a reconnect within the wait")
+        .unwrap();
+    poll(Duration::from_secs(60), async || {
+        writer.put("w.after", Bytes::from("2")).await
+    })
+    .await
+    .expect("the writer writes once the bucket has a leader");
+    writer.delete("w.before").await.unwrap();
+    let (after, deleted) = (next().await, next().await);
+    assert_eq!(
+        (after.entry.key.as_str(), after.deleted),
+        ("w.after", false)
+    );
+    assert_eq!(
+        (deleted.entry.key.as_str(), deleted.deleted),
+        ("w.before", true)
     );
 }
