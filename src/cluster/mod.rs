@@ -14,6 +14,7 @@
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
 //! | `records` | request records, their due keys and idempotency claims: the sled store's rules on buckets |
+//! | `worker` | running the jobs a node takes: slots, extensions while a job runs, settling |
 //! | `push` | WebSocket pushes on a core subject every node subscribes to |
 //! | `check` | `eddy cluster check`: what is wrong with the NATS side and how to fix it |
 //!
@@ -40,6 +41,7 @@ pub mod push;
 pub mod records;
 pub mod timeline;
 pub mod work;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -54,6 +56,7 @@ pub use push::{Push, Pushes};
 pub use records::Records;
 pub use timeline::Timeline;
 pub use work::{Job, WorkQueue};
+pub use worker::Outcome;
 
 /// Failures talking to NATS. Expected outcomes (a key that exists, a CAS that lost) are
 /// values of [`Create`] and [`Cas`] instead.

@@ -117,6 +117,12 @@ impl WorkQueue {
             .boxed())
     }
 
+    /// How long a job taken by a node waits for its acknowledgement (or an extension)
+    /// before it goes to another node.
+    pub fn ack_wait(&self) -> Duration {
+        self.layout.workers.ack_wait
+    }
+
     /// Messages waiting for a node, and handed out but not acknowledged.
     pub async fn backlog(&self) -> Result<(u64, usize)> {
         let info = self

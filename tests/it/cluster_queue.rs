@@ -291,3 +291,154 @@ async fn a_push_on_one_node_reaches_the_socket_on_another_in_order() {
         "a socket on another channel got nothing"
     );
 }
+
+/// Three nodes serving the work queue with two slots each: 30 jobs run once each, never
+/// more than two at once on a node, and the queue is empty afterwards.
+#[tokio::test]
+async fn served_jobs_run_once_each_within_each_nodes_slots() {
+    use eddy::cluster::Outcome;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_util::sync::CancellationToken;
+
+    let nats = Nats::three().await;
+    let (gate, _) = tokio::sync::watch::channel(false);
+    let (ran_tx, mut ran) = mpsc::unbounded_channel();
+    let (stop, mut queues, mut running) = (CancellationToken::new(), Vec::new(), Vec::new());
+    for n in 0..3 {
+        let queue = node_on(&nats, n).await.work().await.unwrap();
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (gate, ran_tx) = (gate.subscribe(), ran_tx.clone());
+        let (now_, most_) = (now.clone(), most.clone());
+        queue.serve(2, stop.clone(), move |id, _due| {
+            let (mut gate, ran_tx, now, most) =
+                (gate.clone(), ran_tx.clone(), now_.clone(), most_.clone());
+            async move {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let _ = gate.wait_for(|open| *open).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let _ = ran_tx.send((n, id));
+                Outcome::Done
+            }
+        });
+        queues.push(queue);
+        running.push((now, most));
+    }
+    for id in 1..=30u64 {
+        queues[0]
+            .publish(id, 5)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+    }
+    eventually("every node to fill its slots", async || {
+        let busy: Vec<usize> = running
+            .iter()
+            .map(|(now, _)| now.load(Ordering::SeqCst))
+            .collect();
+        ok_if(busy == [2, 2, 2], busy)
+    })
+    .await;
+    gate.send_replace(true);
+    let mut ids = HashSet::new();
+    while ids.len() < 30 {
+        let (_, id) = tokio::time::timeout(WAIT, ran.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ids.insert(id), "job {id} ran twice");
+    }
+    for (n, (_, most)) in running.iter().enumerate() {
+        assert!(
+            most.load(Ordering::SeqCst) <= 2,
+            "node {n} ran more than its 2 slots"
+        );
+    }
+    eventually("the queue to be empty", async || {
+        let backlog = queues[0].backlog().await.unwrap();
+        ok_if(backlog == (0, 0), backlog)
+    })
+    .await;
+    stop.cancel();
+}
+
+/// A job whose handler runs longer than `ack_wait` is kept by its node (extended while it
+/// runs), not given to another; a deferred job comes back after its delay. The long job
+/// ends when the deferred one comes back, 3 s later, past the 2 s `ack_wait`.
+#[tokio::test]
+async fn a_long_job_is_kept_and_a_deferred_one_comes_back() {
+    use eddy::cluster::Outcome;
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+
+    let nats = Nats::three().await;
+    let mut settings = nats.settings();
+    settings.ack_wait = Duration::from_secs(2);
+    let (back_tx, _) = tokio::sync::watch::channel(false);
+    let runs: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let mut queues = Vec::new();
+    for n in 0..2 {
+        settings.servers.rotate_left(n);
+        let queue = eddy::cluster::Cluster::open(settings.clone())
+            .await
+            .unwrap()
+            .work()
+            .await
+            .unwrap();
+        let (back_tx, runs) = (back_tx.clone(), runs.clone());
+        queue.serve(2, stop.clone(), move |id, _due| {
+            let (back_tx, runs) = (back_tx.clone(), runs.clone());
+            async move {
+                let before = {
+                    let mut runs = runs.lock().unwrap();
+                    runs.push((id, Instant::now()));
+                    runs.iter().filter(|(i, _)| *i == id).count() - 1
+                };
+                match (id, before) {
+                    (1, _) => {
+                        let _ = back_tx.subscribe().wait_for(|back| *back).await;
+                        Outcome::Done
+                    }
+                    (_, 0) => Outcome::Defer(Duration::from_secs(3)),
+                    _ => {
+                        back_tx.send_replace(true);
+                        Outcome::Done
+                    }
+                }
+            }
+        });
+        queues.push(queue);
+    }
+    queues[0].publish(1, 1).await.unwrap().wait().await.unwrap();
+    queues[0].publish(2, 1).await.unwrap().wait().await.unwrap();
+    eventually("both jobs to finish", async || {
+        let backlog = queues[1].backlog().await.unwrap();
+        let twice = runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id == 2)
+            .count()
+            == 2;
+        ok_if(twice && backlog == (0, 0), backlog)
+    })
+    .await;
+    stop.cancel();
+    let runs = runs.lock().unwrap().clone();
+    let of = |id| {
+        runs.iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(1).len(), 1, "the long job ran once: {runs:?}");
+    let deferred = of(2);
+    assert!(
+        deferred[1] - deferred[0] >= Duration::from_secs(3),
+        "{runs:?}"
+    );
+}
