@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
-use crate::cluster::{self, Push, Pushes};
+use crate::cluster::{self, Cluster, Push};
 use crate::job::ChannelId;
 
 /// One socket's subscription to one channel.
@@ -110,7 +110,7 @@ impl Hub {
     /// here (the others are on other nodes).
     pub fn push(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
         let Some(out) = self.cluster.get() else {
-            return self.deliver(channel, topic, event, payload);
+            return self.push_here(channel, topic, event, payload);
         };
         let _ = out.send(Push {
             channel: *channel,
@@ -123,9 +123,16 @@ impl Hub {
 
     /// Makes this hub one of a cluster's: from now on its pushes are published on NATS,
     /// and every push published by any node is delivered to this hub's sockets. The
-    /// subscription is in place when this returns; both tasks end when the connection
-    /// closes (or the hub is dropped).
-    pub async fn join_cluster(self: &Arc<Self>, pushes: Pushes) -> cluster::Result<()> {
+    /// subscription is in place when this returns; the tasks end when the connection
+    /// closes (or the hub is dropped). Core NATS delivers at most once, so after every
+    /// reconnect `resend` is called with the channels joined here, to send them their
+    /// latest message again (from the record, with [`Hub::push_here`]).
+    pub async fn join_cluster(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        resend: impl Fn(&Hub, Vec<ChannelId>) + Send + 'static,
+    ) -> cluster::Result<()> {
+        let pushes = cluster.pushes();
         let mut incoming = pushes.subscribe().await?;
         let (tx, mut outgoing) = mpsc::unbounded_channel::<Push>();
         if self.cluster.set(tx).is_err() {
@@ -137,7 +144,7 @@ impl Hub {
         tokio::spawn(async move {
             while let Some(p) = incoming.next().await {
                 let Some(hub) = hub.upgrade() else { break };
-                hub.deliver(&p.channel, &p.topic, &p.event, &p.payload);
+                hub.push_here(&p.channel, &p.topic, &p.event, &p.payload);
             }
         });
         tokio::spawn(async move {
@@ -147,11 +154,20 @@ impl Hub {
                 }
             }
         });
+        let (hub, mut reconnected) = (Arc::downgrade(self), cluster.link.reconnected());
+        tokio::spawn(async move {
+            while reconnected.changed().await.is_ok() {
+                let Some(hub) = hub.upgrade() else { break };
+                let joined: Vec<ChannelId> = hub.lock().keys().copied().collect();
+                resend(&hub, joined);
+            }
+        });
         Ok(())
     }
 
-    /// Hands a push to the sockets joined on `channel` here.
-    fn deliver(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
+    /// Hands a push to the sockets joined on `channel` on this node only. Returns how many
+    /// sockets got it.
+    pub fn push_here(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
         let mut channels = self.lock();
         let Some(subs) = channels.get_mut(channel) else {
             return 0;

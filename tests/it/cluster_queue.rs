@@ -239,9 +239,8 @@ async fn a_push_on_one_node_reaches_the_socket_on_another_in_order() {
     let mut hubs = Vec::new();
     for i in 0..3 {
         let hub = Arc::new(Hub::new());
-        hub.join_cluster(node_on(&nats, i).await.pushes())
-            .await
-            .unwrap();
+        let node = node_on(&nats, i).await;
+        hub.join_cluster(&node, |_, _| {}).await.unwrap();
         hubs.push(hub);
     }
     let channel = ChannelId::from_bytes([7; 16]);
@@ -441,4 +440,41 @@ async fn a_long_job_is_kept_and_a_deferred_one_comes_back() {
         deferred[1] - deferred[0] >= Duration::from_secs(3),
         "{runs:?}"
     );
+}
+
+/// A node whose NATS server dies reconnects to another and asks for the latest message of
+/// every channel joined on it (pushes made while it was cut off never reach it); what it
+/// resends with `push_here` reaches its own socket.
+#[tokio::test]
+async fn after_a_reconnect_the_hub_resends_its_joined_channels() {
+    use eddy::ws::Hub;
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    let mut nats = Nats::three().await;
+    let mut settings = nats.settings();
+    settings.servers = vec![nats.url(0)];
+    let node = eddy::cluster::Cluster::open(settings).await.unwrap();
+    let hub = Arc::new(Hub::new());
+    let (asked_tx, mut asked) = mpsc::unbounded_channel();
+    hub.join_cluster(&node, move |hub, channels| {
+        for channel in &channels {
+            hub.push_here(channel, "t", "latest", "{}");
+        }
+        let _ = asked_tx.send(channels);
+    })
+    .await
+    .unwrap();
+    let channel = ChannelId::from_bytes([9; 16]);
+    let (tx, mut socket) = mpsc::channel::<Utf8Bytes>(8);
+    hub.subscribe(channel, hub.socket_opened(), tx, CancellationToken::new());
+    nats.kill(0);
+    let channels = tokio::time::timeout(Duration::from_secs(60), asked.recv()).await;
+    assert_eq!(channels.unwrap().unwrap(), [channel]);
+    let frame = tokio::time::timeout(WAIT, socket.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.as_str(), r#"[null,null,"t","latest",{}]"#);
 }
