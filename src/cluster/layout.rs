@@ -13,6 +13,7 @@
 //! | `eddy_catalog` | bucket | projects, keys, workflows, …; watched by every node | forever |
 //! | `eddy_meta` | bucket | keys shared by every node, by `create` | forever |
 //! | `eddy_fence` | bucket | CAS fences (see `cas`) | `fence_ttl` (60 s) |
+//! | `eddy_lease` | bucket | leases on costly effects (a model call), by `create` | `lease_ttl` |
 //! | `EDDY_WORK` | work-queue stream, `eddy.work.<id>` | one message per firing | until acknowledged |
 //! | `eddy-workers` | durable pull consumer of `EDDY_WORK` | shared by all nodes | |
 //! | `EDDY_TIMELINE` | stream, `eddy.tl.<id>` | one message per round of steps | twice the request retention |
@@ -35,8 +36,8 @@ use super::{ClusterError, Result, Settings, key};
 use crate::job::ChannelId;
 
 /// The logical names of the buckets, in the order they are created.
-pub const BUCKETS: [&str; 9] = [
-    "requests", "bodies", "due", "idem", "dlq", "log", "catalog", "meta", "fence",
+pub const BUCKETS: [&str; 10] = [
+    "requests", "bodies", "due", "idem", "dlq", "log", "catalog", "meta", "fence", "lease",
 ];
 
 /// A bucket of the layout.
@@ -122,6 +123,7 @@ impl Layout {
                     "idem" => s.idempotency_ttl,
                     "dlq" => s.dlq_retention,
                     "fence" => s.fence_ttl,
+                    "lease" => s.lease_ttl,
                     _ => Duration::ZERO,
                 };
                 let bucket = format!("{p}_{name}");

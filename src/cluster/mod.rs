@@ -114,6 +114,9 @@ pub struct Settings {
     pub resolve_for: Duration,
     /// How long a fence key lives; it must outlive any CAS still in flight.
     pub fence_ttl: Duration,
+    /// How long a lease on a costly effect (a model call) holds: past it, a node that
+    /// died holding it no longer blocks the effect. Longer than the longest model call.
+    pub lease_ttl: Duration,
     /// Compare-and-set: fenced, plain, or chosen by the servers' version.
     pub cas: CasMode,
     pub request_retention: Duration,
@@ -143,6 +146,7 @@ impl Settings {
             request_timeout: Duration::from_secs(3),
             resolve_for: Duration::from_secs(30),
             fence_ttl: Duration::from_secs(60),
+            lease_ttl: (defaults.provider_timeout * 2).max(Duration::from_secs(60)),
             cas: CasMode::Auto,
             request_retention: defaults.request_retention,
             dlq_retention: defaults.dlq_retention,

@@ -8,6 +8,7 @@
 //! | `requests` | `requests` | `<id>` | `[v][Request]`, as the sled store encodes it |
 //! | `due` | `due` | `<due minute>.<due_ms>.<id>` | empty |
 //! | `idempotency` | `idem` | `<project>.<sha256>` | id ‖ created_ms, both `u64` BE |
+//! | (none) | `lease` | `<id>.<effect>` | the taker's name |
 //!
 //! The rules carried over:
 //! - A record moves only through [`Records::update`]: read → the caller's closure → CAS
@@ -22,6 +23,11 @@
 //!   record is stored; a repeat that finds the claim waits for its record (the claimant
 //!   may be between the two writes), and takes over a claim whose record never came or
 //!   that expired.
+//! - A costly effect that several nodes may decide from the same record (two work
+//!   messages for one request: a re-fire, a redelivery) is done by the node that takes
+//!   its lease ([`Records::lease`]): one `create`, exact on every server version, and no
+//!   change to the stored record. The lease expires with the bucket's `max_age`
+//!   (`lease_ttl`), so a node that died holding it delays the effect, never blocks it.
 //!
 //! Not here yet, because they need the sled store's private helpers made shared at the
 //! seam: request ids and channel ids (`store::ids`' keyed permutation), big texts in
@@ -46,6 +52,7 @@ pub struct Records {
     requests: Bucket,
     due: Bucket,
     idem: Bucket,
+    lease: Bucket,
 }
 
 /// The due-index key of `(due_ms, id)`: the minute first, so one minute lists by prefix.
@@ -81,6 +88,7 @@ impl Records {
             requests: cluster.bucket("requests").await?,
             due: cluster.bucket("due").await?,
             idem: cluster.bucket("idem").await?,
+            lease: cluster.bucket("lease").await?,
         })
     }
 
@@ -165,6 +173,20 @@ impl Records {
                 Cas::Conflict => current = self.requests.get_leader(&key).await?,
             }
         }
+    }
+
+    /// Takes the lease on `effect` of record `id`, where `effect` names the effect with
+    /// the record's state it was decided from (`model.<attempts so far>`): true for the
+    /// one node that takes it, false for every other until it expires (`lease_ttl`).
+    /// A lease is never released: once the effect is recorded the record has moved on,
+    /// and the next decision names another effect.
+    pub async fn lease(&self, id: u64, effect: &str) -> Result<bool> {
+        let key = format!("{}.{effect}", key::num(id));
+        let taker = Bytes::from(self.lease.token());
+        Ok(matches!(
+            self.lease.create(&key, taker).await?,
+            Create::Created(_)
+        ))
     }
 
     /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.

@@ -1,6 +1,6 @@
 //! Request records in JetStream (`cluster::records`) against three real nats-servers: the
 //! sled store's rules (updates by closure and CAS, the due index following the record,
-//! idempotency claims) hold when several nodes write the same records at once.
+//! idempotency claims, leases) hold when several nodes write the same records at once.
 
 use eddy::cluster::Records;
 use eddy::job::{ChannelId, ProjectId, Request, State};
@@ -169,4 +169,45 @@ async fn one_idempotency_key_makes_one_request_across_nodes() {
         .await;
     assert_eq!(claim.unwrap(), Claim::New);
     assert!(nodes[0].request_leader(40).await.unwrap().is_some());
+}
+
+/// Three nodes racing for the lease on one model call: one takes it; another effect of
+/// the same record is free; once the lease expires (a node died holding it), the call can
+/// be leased again.
+#[tokio::test]
+async fn one_node_takes_a_lease_and_it_expires() {
+    use crate::support::wait::{eventually, ok_if};
+    use std::time::Duration;
+
+    let nats = Nats::three().await;
+    let mut settings = nats.settings();
+    settings.lease_ttl = Duration::from_secs(2);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        settings.servers.rotate_left(i);
+        let node = eddy::cluster::Cluster::open(settings.clone())
+            .await
+            .unwrap();
+        nodes.push(node.records().await.unwrap());
+    }
+    let races: Vec<_> = nodes
+        .iter()
+        .cloned()
+        .map(|node| tokio::spawn(async move { node.lease(5, "model.0").await.unwrap() }))
+        .collect();
+    let mut taken = 0;
+    for race in races {
+        taken += race.await.unwrap() as usize;
+    }
+    assert_eq!(taken, 1, "one node takes the lease");
+    assert!(
+        nodes[0].lease(5, "model.1").await.unwrap(),
+        "another effect is free"
+    );
+    assert!(!nodes[1].lease(5, "model.0").await.unwrap());
+    eventually("the lease to expire", async || {
+        let again = nodes[2].lease(5, "model.0").await.unwrap();
+        ok_if(again, again)
+    })
+    .await;
 }
