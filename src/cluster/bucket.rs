@@ -283,16 +283,17 @@ impl Bucket {
             })
     }
 
-    /// Sends one write of `key` expecting it at `expect` (0: absent) and waits for its fate.
+    /// Sends one write of `key` expecting it at `expect` (0: absent; `None`: anything) and
+    /// waits for its fate.
     pub(super) async fn attempt(
         &self,
         key: &str,
         value: Bytes,
-        expect: u64,
+        expect: Option<u64>,
         token: &str,
         op: &'static str,
     ) -> Attempt {
-        let future = match self.send(key, value, Some(expect), token, op).await {
+        let future = match self.send(key, value, expect, token, op).await {
             Ok(future) => future,
             Err(e @ (ClusterError::TooLarge { .. } | ClusterError::Settings(_))) => {
                 return Attempt::Refused(e);
@@ -313,9 +314,29 @@ impl Bucket {
     }
 
     /// Writes `key` unconditionally and waits for the quorum's acknowledgement. Only for
-    /// keys no one changes by CAS (index entries, dead letters).
+    /// keys no one changes by CAS (index entries, dead letters), so sending the same put
+    /// again is harmless: while the stream has no leader (an election after a server
+    /// died) or an acknowledgement does not come, it is sent again for up to
+    /// `resolve_for`, as a create or a CAS rides out an election.
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64> {
-        self.put_later(key, value).await?.wait().await
+        let token = self.token();
+        let deadline = tokio::time::Instant::now() + self.resolve_for;
+        loop {
+            let outcome = match self
+                .attempt(key, value.clone(), None, &token, "a put")
+                .await
+            {
+                Attempt::Stored(revision) => return Ok(revision),
+                Attempt::Refused(e) => return Err(e),
+                Attempt::Conflict => return Err(ClusterError::failed("a put", "refused")),
+                Attempt::Unknown => ClusterError::Unknown { op: "a put" },
+                Attempt::Unavailable => ClusterError::failed("a put", "no stream leader"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(outcome);
+            }
+            pause().await;
+        }
     }
 
     /// Sends an unconditional write of `key`; the acknowledgement can be awaited later
@@ -338,7 +359,7 @@ impl Bucket {
         let mut maybe_sent = false;
         loop {
             match self
-                .attempt(key, value.clone(), 0, &token, "a create")
+                .attempt(key, value.clone(), Some(0), &token, "a create")
                 .await
             {
                 Attempt::Stored(revision) => return Ok(Create::Created(revision)),

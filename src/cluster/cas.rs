@@ -106,7 +106,7 @@ impl Bucket {
         let mut maybe_sent = false;
         loop {
             match self
-                .attempt(key, value.clone(), revision, &token, "a CAS")
+                .attempt(key, value.clone(), Some(revision), &token, "a CAS")
                 .await
             {
                 Attempt::Stored(revision) => return Ok(Cas::Written(revision)),

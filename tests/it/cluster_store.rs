@@ -11,7 +11,7 @@ use crate::golden::scenario;
 use crate::support::nats::Nats;
 
 /// A pending request `id` (due at once), as the golden scenario builds one.
-fn pending(id: u64) -> Request {
+pub fn pending(id: u64) -> Request {
     let ids: Vec<(u64, ChannelId)> = (0..scenario::REQUESTS as u64)
         .map(|n| (id + n, ChannelId::from_bytes([id as u8; 16])))
         .collect();
