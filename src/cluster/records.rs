@@ -189,7 +189,10 @@ impl Records {
         ))
     }
 
-    /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.
+    /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`. Lists
+    /// the whole `due` bucket (keys only; ~1 s for 100k keys when measured): the minute
+    /// token that leads each key lets a scheduler that remembers its oldest overdue
+    /// minute list only the minutes up to its horizon instead.
     pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = self
             .due
