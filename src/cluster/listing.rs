@@ -77,15 +77,29 @@ impl Bucket {
     /// The watch follows the bucket across reconnects (an ordered consumer, recreated
     /// where it left off).
     pub async fn watch(&self, filter: &str) -> Result<BoxStream<'static, Result<Change>>> {
+        self.watch_changes(filter, true).await
+    }
+
+    /// Every change of a key matching `filter` made from now on (no current values).
+    pub async fn watch_from_now(&self, filter: &str) -> Result<BoxStream<'static, Result<Change>>> {
+        self.watch_changes(filter, false).await
+    }
+
+    async fn watch_changes(
+        &self,
+        filter: &str,
+        history: bool,
+    ) -> Result<BoxStream<'static, Result<Change>>> {
         let store = self
             .js
             .get_key_value(&self.spec.bucket)
             .await
             .map_err(|e| ClusterError::failed("watching a bucket", e))?;
-        let watch = store
-            .watch_with_history(filter)
-            .await
-            .map_err(|e| ClusterError::failed("watching a bucket", e))?;
+        let watch = match history {
+            true => store.watch_with_history(filter).await,
+            false => store.watch(filter).await,
+        }
+        .map_err(|e| ClusterError::failed("watching a bucket", e))?;
         Ok(watch
             .map(|item| {
                 let entry = item.map_err(|e| ClusterError::failed("watching a bucket", e))?;

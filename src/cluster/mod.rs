@@ -10,6 +10,7 @@
 //! | `layout` | the name and settings of every bucket, stream and consumer; creating them |
 //! | `bucket` | key-value buckets (streams created by eddy): reads, `create`, puts, removal |
 //! | `listing` | a bucket's keys under a prefix, and watches of them (for read models and caches) |
+//! | `mirror` | a node's copy of a bucket kept current by a watch: the read models' base |
 //! | `cas` | compare-and-set on a bucket key, fenced on servers that lose concurrent CAS writes |
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
@@ -37,6 +38,7 @@ pub mod connect;
 pub mod key;
 pub mod layout;
 pub mod listing;
+pub mod mirror;
 pub mod push;
 pub mod records;
 pub mod timeline;
@@ -52,6 +54,7 @@ pub use cas::{Cas, CasMode};
 pub use connect::{Link, ServerVersion};
 pub use layout::Layout;
 pub use listing::Change;
+pub use mirror::Mirror;
 pub use push::{Push, Pushes};
 pub use records::Records;
 pub use timeline::Timeline;
