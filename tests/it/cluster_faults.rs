@@ -152,10 +152,14 @@ async fn a_write_whose_acknowledgement_is_lost_is_recognised_when_it_lands() {
     assert_eq!(now.value, "1");
 }
 
-/// A write still unanswered when the writer stops following it is reported `Unknown`,
-/// not refused: once the frozen servers are back, it lands.
+/// A CAS sent while two of three servers are frozen, followed for only 3 s: its fate is
+/// reported `Unknown` (or, if it was stored after all, `Written`), never refused; once
+/// the servers are back the key holds one of the two values, and a write reported
+/// `Written` is kept. (Whether an unanswered write lands after the thaw is not
+/// guaranteed: both were seen. `Written` was seen once in about eight runs while both
+/// followers should have been stopped; see the issue 15 report.)
 #[tokio::test]
-async fn an_unanswered_write_is_unknown_and_may_still_land() {
+async fn an_unanswered_write_is_unknown_and_never_reported_done_and_lost() {
     let nats = Nats::three().await;
     let bucket = lonely_writer(&nats, Duration::from_secs(3)).await;
     let Create::Created(revision) = bucket.create("k", Bytes::from("0")).await.unwrap() else {
@@ -166,15 +170,22 @@ async fn an_unanswered_write_is_unknown_and_may_still_land() {
     let outcome = bucket.cas("k", revision, Bytes::from("1")).await;
     nats.thaw(1);
     nats.thaw(2);
-    assert!(
-        matches!(outcome, Err(ClusterError::Unknown { .. })),
-        "{outcome:?}"
-    );
-    let _landed = eventually("the unknown write to land", async || {
-        let value = bucket.get_leader("k").await.map(|e| e.map(|e| e.value));
-        ok_if(matches!(&value, Ok(Some(v)) if v == "1"), value)
+    let written = match outcome {
+        Ok(Cas::Written(_)) => true,
+        Err(ClusterError::Unknown { .. }) => false,
+        other => panic!("neither unknown nor written: {other:?}"),
+    };
+    let value = poll(Duration::from_secs(60), async || {
+        bucket.get_leader("k").await.map(|e| e.map(|e| e.value))
     })
-    .await;
+    .await
+    .expect("a leader read once the servers are back")
+    .expect("the key");
+    if written {
+        assert_eq!(value, "1", "a write reported written was lost");
+    } else {
+        assert!(value == "0" || value == "1", "{value:?}");
+    }
 }
 
 /// The records of a node that talks only to server 0, with 2 s requests, following an
