@@ -15,6 +15,9 @@
 //!   error.
 //! - [`catalog`]: projects, API keys, workflows, structured outputs, endpoints, provider
 //!   credentials, and their rules (in memory, written through to the store, committed).
+//! - [`cluster`]: the cluster mode's link to NATS JetStream (the only user of async-nats):
+//!   the connection, the buckets and streams and their settings, fenced compare-and-set,
+//!   the timeline stream, the work queue, push subjects, `eddy cluster check`.
 //! - [`scheduler`]: the timer wheel over the persistent due index.
 //! - [`engine`]: the flow's business rules: accept, drive (the round loop: model, webhook
 //!   attempts, timeouts), the webhook attempt as a unit, callbacks, dead-letter re-drives,
@@ -41,6 +44,7 @@ pub mod ai;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod demo;

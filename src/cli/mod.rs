@@ -1,7 +1,9 @@
-//! The `eddy` command line: `serve`, `demo`, and the operator commands (`dlq`,
-//! `requests`) that talk to a running server. Parses arguments, sets up logging and the
-//! runtime, and hands over to [`crate::server`], [`crate::demo`] or [`remote`].
+//! The `eddy` command line: `serve`, `demo`, the operator commands (`dlq`, `requests`)
+//! that talk to a running server, and `cluster check`, which looks at the NATS side of a
+//! cluster. Parses arguments, sets up logging and the runtime, and hands over to
+//! [`crate::server`], [`crate::demo`], [`remote`] or `cluster`.
 
+mod cluster;
 pub mod remote;
 mod table;
 
@@ -45,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::RequestsCommand,
     },
+    /// Check the NATS side of a cluster of eddy nodes
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
 }
 
 /// Logs go to stderr (stdout carries only the `listening on` line): human-readable by
@@ -82,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Requests { remote, command } => {
             runtime.block_on(remote::requests(remote, command))
         }
+        Command::Cluster { command } => runtime.block_on(cluster::run(command)),
     }
 }
 

@@ -5,16 +5,24 @@
 //! told (through its `lagged` token) to error its channels and close, so one stuck browser
 //! can neither block a push nor grow memory. The hub keeps no history: the latest message
 //! of a channel is derived from the stored record (see `Replay`), so it survives restarts.
+//!
+//! In cluster mode ([`Hub::join_cluster`]) a browser's socket may be on another node than
+//! the callback that completes its request, so a push is not delivered here: it is
+//! published on NATS, in order, and every node's hub (this one included) delivers it to
+//! its own sockets from the node's one standing subscription (see `cluster::push`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures_util::StreamExt;
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
+use crate::cluster::{self, Cluster, Push};
 use crate::job::ChannelId;
 
 /// One socket's subscription to one channel.
@@ -32,6 +40,9 @@ pub struct Hub {
     open_sockets: AtomicUsize,
     pushes: AtomicU64,
     slow_readers: AtomicU64,
+    /// In cluster mode: where pushes go to be published on NATS, one task publishing
+    /// them in the order they were made.
+    cluster: OnceLock<mpsc::UnboundedSender<Push>>,
 }
 
 impl Hub {
@@ -94,8 +105,69 @@ impl Hub {
     }
 
     /// Pushes `event` with `payload` (JSON text) on `topic` to every socket joined on
-    /// `channel`. Returns how many sockets got it. No socket is not an error.
+    /// `channel`. Returns how many sockets got it. No socket is not an error. In cluster
+    /// mode the push goes to every node through NATS, and this counts the sockets joined
+    /// here (the others are on other nodes).
     pub fn push(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
+        let Some(out) = self.cluster.get() else {
+            return self.push_here(channel, topic, event, payload);
+        };
+        let _ = out.send(Push {
+            channel: *channel,
+            topic: topic.into(),
+            event: event.into(),
+            payload: payload.into(),
+        });
+        self.lock().get(channel).map_or(0, Vec::len)
+    }
+
+    /// Makes this hub one of a cluster's: from now on its pushes are published on NATS,
+    /// and every push published by any node is delivered to this hub's sockets. The
+    /// subscription is in place when this returns; the tasks end when the connection
+    /// closes (or the hub is dropped). Core NATS delivers at most once, so after every
+    /// reconnect `resend` is called with the channels joined here, to send them their
+    /// latest message again (from the record, with [`Hub::push_here`]).
+    pub async fn join_cluster(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        resend: impl Fn(&Hub, Vec<ChannelId>) + Send + 'static,
+    ) -> cluster::Result<()> {
+        let pushes = cluster.pushes();
+        let mut incoming = pushes.subscribe().await?;
+        let (tx, mut outgoing) = mpsc::unbounded_channel::<Push>();
+        if self.cluster.set(tx).is_err() {
+            return Err(cluster::ClusterError::Settings(
+                "this hub has joined a cluster already".into(),
+            ));
+        }
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(p) = incoming.next().await {
+                let Some(hub) = hub.upgrade() else { break };
+                hub.push_here(&p.channel, &p.topic, &p.event, &p.payload);
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(p) = outgoing.recv().await {
+                if let Err(e) = pushes.publish(&p).await {
+                    tracing::warn!("cluster: a push was not published: {e}");
+                }
+            }
+        });
+        let (hub, mut reconnected) = (Arc::downgrade(self), cluster.link.reconnected());
+        tokio::spawn(async move {
+            while reconnected.changed().await.is_ok() {
+                let Some(hub) = hub.upgrade() else { break };
+                let joined: Vec<ChannelId> = hub.lock().keys().copied().collect();
+                resend(&hub, joined);
+            }
+        });
+        Ok(())
+    }
+
+    /// Hands a push to the sockets joined on `channel` on this node only. Returns how many
+    /// sockets got it.
+    pub fn push_here(&self, channel: &ChannelId, topic: &str, event: &str, payload: &str) -> usize {
         let mut channels = self.lock();
         let Some(subs) = channels.get_mut(channel) else {
             return 0;

@@ -2,6 +2,10 @@
 //! `phoenix` JS client under Node for the browser side (`browser`).
 
 mod browser;
+mod cluster;
+mod cluster_faults;
+mod cluster_queue;
+mod cluster_store;
 mod compat;
 mod connections;
 mod console;

@@ -17,7 +17,7 @@
 //! type") says what to do; then `EDDY_BLESS=1 cargo test --test it golden` writes the files
 //! again (and the `store_record` fuzz seeds with them).
 
-mod scenario;
+pub mod scenario;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

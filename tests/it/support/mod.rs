@@ -9,6 +9,7 @@ pub mod api;
 pub mod binary;
 pub mod browser;
 pub mod log;
+pub mod nats;
 pub mod phoenix;
 pub mod powerfs;
 pub mod provider;
