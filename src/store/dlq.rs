@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::ids::{IdKey, unpair};
-use super::{Result, Store, codec};
+use super::{Result, SledStore, codec};
 use crate::job::{DeadLetter, ProjectId};
 
 /// `project ‖ dead_ms BE ‖ seq BE`: one project's dead letters are a contiguous range in
@@ -38,7 +38,7 @@ fn next_project(project: &ProjectId) -> Option<ProjectId> {
     Some(ProjectId::from_bytes(n.to_be_bytes()))
 }
 
-impl Store {
+impl SledStore {
     /// Records a dead-lettered delivery; returns its id. Durable with the next commit.
     pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
         let inner = self.inner()?;

@@ -24,7 +24,7 @@ use bincode::{Decode, Encode};
 
 use super::ids::{pair, unpair};
 use super::open::Inner;
-use super::{CodecError, Result, Store, be_u64, codec, due_key, request_key};
+use super::{CodecError, Result, SledStore, be_u64, codec, due_key, request_key};
 use crate::job::{ChannelId, Failure, ProjectId, Request, State, Status};
 
 /// What a list shows of a request, kept beside its log key.
@@ -175,7 +175,7 @@ pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<sled::IVec>)>
     Ok((counts, active))
 }
 
-impl Store {
+impl SledStore {
     /// The text of a list cursor: `cur_` and the sealed `created_ms ‖ id` (see `ids`).
     pub fn cursor_text(&self, cursor: Cursor) -> Result<String> {
         Ok(format!(

@@ -48,6 +48,7 @@ mod ids;
 mod log;
 mod open;
 mod requests;
+mod seam;
 mod space;
 mod timeline;
 
@@ -61,6 +62,7 @@ pub use idempotency::Claim;
 pub use log::{Cursor, LogQuery, Summary, status_code};
 pub use open::Health;
 pub use requests::{Update, decode_request, encode_request};
+pub use seam::Store;
 
 use crate::job::Status;
 use due::due_key;
@@ -97,9 +99,10 @@ const LOCK_STRIPES: usize = 256;
 /// Longest wait for a group commit before the caller gives up (and answers 503).
 pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The store; cheap to clone.
+/// The sled store (the single node's, the default); cheap to clone. Reached through
+/// [`Store`] (see `seam`).
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct SledStore {
     shared: Arc<Shared>,
 }
 
@@ -132,12 +135,12 @@ fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`; new
     /// work is refused while the filesystem has less than `reserve` bytes free. A snapshot
     /// left incomplete by an interrupted start is removed first, and a disk without room
     /// for sled's own writes is refused before sled writes anything.
-    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<SledStore> {
         let stats = Arc::new(CommitStats::default());
         let inner = Inner::open(dir, cache_bytes, stats.clone())?;
         let shared = Arc::new(Shared {
@@ -154,7 +157,7 @@ impl Store {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         });
-        let store = Store { shared };
+        let store = SledStore { shared };
         store.install(inner)?;
         open::watch_health(&store.shared);
         Ok(store)

@@ -1,7 +1,7 @@
 //! Timelines: one key per request in the `timeline` tree, grown by sled's merge operator
 //! (a round's steps in one write), so timelines add no keys to split.
 
-use super::{CodecError, Result, Store, codec};
+use super::{CodecError, Result, SledStore, codec};
 use crate::job::Step;
 
 /// The timeline's merge operator: appends the new frames to the old value.
@@ -11,7 +11,7 @@ pub(super) fn append(_key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Option<Vec<
     Some(value)
 }
 
-impl Store {
+impl SledStore {
     /// Appends a step to a request's timeline. Durable with the next commit.
     pub fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
         self.append_steps(id, std::slice::from_ref(&(at_ms, step.clone())))
