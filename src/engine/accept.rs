@@ -113,7 +113,7 @@ impl Engine {
             customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
 
         let now = now_ms();
-        let ids = self.store.new_request_id()?;
+        let ids = self.store.new_request_id().await?;
         let id = ids.0;
         let mut record = Request::pending(
             ids,
@@ -131,18 +131,19 @@ impl Engine {
                 let ttl = self.config.idempotency_ttl.as_millis() as u64;
                 let claim = self
                     .store
-                    .insert_request_once(&mut record, &project.id, &hash, ttl)?;
+                    .insert_request_once(&mut record, &project.id, &hash, ttl)
+                    .await?;
                 if let Claim::Existing(first) = claim {
-                    let first = self
-                        .store
-                        .request(first)?
-                        .ok_or_else(|| Error::Unavailable("idempotent request vanished".into()))?;
+                    let first =
+                        self.store.request(first).await?.ok_or_else(|| {
+                            Error::Unavailable("idempotent request vanished".into())
+                        })?;
                     // The first request may still be on its way to disk.
                     self.store.commit().await?;
                     return Ok(self.ticket(&first));
                 }
             }
-            None => self.store.insert_request(&mut record)?,
+            None => self.store.insert_request(&mut record).await?,
         }
         self.store.commit().await?;
         self.metrics.accepted(&record.workflow.name);

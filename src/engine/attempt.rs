@@ -91,7 +91,7 @@ impl Ctx<'_> {
         };
         drop(permit);
         let outcome = self.classify(attempt, prepared.endpoint.as_deref(), outcome)?;
-        self.record(attempt, started, &outcome)
+        self.record(attempt, started, &outcome).await
     }
 
     fn prepare(&self, attempt: Attempt<'_>, now: u64) -> Prepared {
@@ -168,7 +168,12 @@ impl Ctx<'_> {
 
     /// Writes the attempt on the record (its next attempt, or its settlement and the
     /// request's) and the timeline, and the dead letter when it was the last one.
-    fn record(&self, attempt: Attempt<'_>, started: u64, outcome: &Outcome) -> Result<Recorded> {
+    async fn record(
+        &self,
+        attempt: Attempt<'_>,
+        started: u64,
+        outcome: &Outcome,
+    ) -> Result<Recorded> {
         let (record, d) = (attempt.record, attempt.delivery);
         let now = now_ms();
         let step = (
@@ -189,12 +194,15 @@ impl Ctx<'_> {
             error: outcome.error.clone(),
         };
         let timeout = callback_timeout_ms(self.config, record);
-        let update = self.store.update(record.id, now, |r| {
-            let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
-                self.retry_at(made, now, outcome)
-            })?;
-            Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
-        })?;
+        let update = self
+            .store
+            .update(record.id, now, |r| {
+                let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
+                    self.retry_at(made, now, outcome)
+                })?;
+                Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
+            })
+            .await?;
         let mut steps = attempt.carry.take();
         steps.push(step);
         let Update::Done(record, (effect, settled)) = update else {

@@ -62,7 +62,7 @@ impl Engine {
         if let Some(why) = self.blocked(&entry) {
             return Err(Error::Conflict(why));
         }
-        let rearmed = self.rearm(project, id, &entry)?;
+        let rearmed = self.rearm(project, id, &entry).await?;
         self.store.commit().await?;
         match rearmed {
             Rearmed::Done { id, due_ms } => {
@@ -86,7 +86,7 @@ impl Engine {
     ) -> Result<Redrive> {
         let mut report = Redrive::default();
         let mut due = Vec::new();
-        let mut walk = || -> Result<()> {
+        let walk = async {
             for (id, entry) in self
                 .store
                 .dead_letters_between(project, since_ms, until_ms)?
@@ -98,7 +98,7 @@ impl Engine {
                     report.skipped.push((id, why));
                     continue;
                 }
-                match self.rearm(project, &id, &entry)? {
+                match self.rearm(project, &id, &entry).await? {
                     Rearmed::Done {
                         id: request,
                         due_ms,
@@ -113,9 +113,9 @@ impl Engine {
                     }
                 }
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
-        let walked = walk();
+        let walked = walk.await;
         self.store.commit().await?;
         for (request, due_ms) in due {
             self.scheduler.schedule(request, due_ms);
@@ -124,11 +124,12 @@ impl Engine {
     }
 
     /// Re-arms the delivery on its record and removes the entry (neither durable yet).
-    fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<Rearmed> {
+    async fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<Rearmed> {
         let now = now_ms();
         let update = self
             .store
-            .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))?;
+            .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))
+            .await?;
         let Update::Done(record, revived) = update else {
             self.store.remove_dead_letter(project, id)?;
             return Ok(Rearmed::Stale);

@@ -113,7 +113,7 @@ impl Engine {
         entered: &mut Vec<LaneKey>,
         carry: &Carry,
     ) -> Option<u64> {
-        let record = match self.store.request(id) {
+        let record = match self.store.request(id).await {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {
@@ -147,7 +147,7 @@ impl Engine {
         for _ in 0..MAX_ROUNDS {
             let current = match record.take() {
                 Some(r) => r,
-                None => match self.store.request(id) {
+                None => match self.store.request(id).await {
                     Ok(Some(r)) => r,
                     Ok(None) => return None,
                     Err(e) => {
@@ -167,7 +167,7 @@ impl Engine {
                 }
             }
         }
-        match self.store.request(id) {
+        match self.store.request(id).await {
             Ok(record) => record?.due_ms,
             Err(_) => Some(now_ms() + 1000),
         }
@@ -293,26 +293,31 @@ impl Engine {
         let attempts = model::attempt_logs(&reports);
         let targets = self.targets(&record, now);
         let timeout = self.callback_timeout_ms(&record);
-        let update = self.store.update(record.id, now, |r| {
-            r.ai_attempts = attempts.clone();
-            match &result {
-                Ok(out) => {
-                    r.record_ai_success(model::ai_result(out, &reports, now), targets.clone(), now)?
+        let update = self
+            .store
+            .update(record.id, now, |r| {
+                r.ai_attempts = attempts.clone();
+                match &result {
+                    Ok(out) => r.record_ai_success(
+                        model::ai_result(out, &reports, now),
+                        targets.clone(),
+                        now,
+                    )?,
+                    // Event-driven workflows have nothing for a backend to call back about.
+                    Err(e) => {
+                        let deliveries = if r.awaits_callback() {
+                            Vec::new()
+                        } else {
+                            targets.clone()
+                        };
+                        r.record_ai_failure(e.message.clone(), deliveries, now)?
+                    }
                 }
-                // Event-driven workflows have nothing for a backend to call back about.
-                Err(e) => {
-                    let deliveries = if r.awaits_callback() {
-                        Vec::new()
-                    } else {
-                        targets.clone()
-                    };
-                    r.record_ai_failure(e.message.clone(), deliveries, now)?
-                }
-            }
-            let mut visited = vec![r.state];
-            visited.extend(r.settle(now, timeout));
-            Ok::<_, crate::job::InvalidTransition>(visited)
-        })?;
+                let mut visited = vec![r.state];
+                visited.extend(r.settle(now, timeout));
+                Ok::<_, crate::job::InvalidTransition>(visited)
+            })
+            .await?;
         let Update::Done(record, visited) = update else {
             self.store.append_steps(record.id, &steps)?;
             return Ok(());
@@ -328,11 +333,12 @@ impl Engine {
     /// Settles a `generated` request whose deliveries are all settled.
     async fn settle(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
-        let record = self.store.request(id)?;
+        let record = self.store.request(id).await?;
         let timeout = record.as_ref().map_or(0, |r| self.callback_timeout_ms(r));
         let update = self
             .store
-            .update(id, now, |r| r.settle(now, timeout).ok_or(()))?;
+            .update(id, now, |r| r.settle(now, timeout).ok_or(()))
+            .await?;
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
             self.store.append_steps(id, &[step])?;
@@ -356,20 +362,23 @@ impl Engine {
     /// Fails a `delivered` request whose callback deadline has passed.
     async fn time_out_callback(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
-        let update = self.store.update(id, now, |r| {
-            let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
-            if r.state != State::Delivered || !due {
-                return Err(());
-            }
-            r.apply(Event::CallbackTimedOut, now).map_err(|_| ())?;
-            let waited = now.saturating_sub(r.callback_deadline_ms.unwrap_or(now))
-                + self.callback_timeout_ms(r);
-            r.error_message = Some(format!(
-                "no callback within {}s of the webhook's delivery",
-                waited / 1000
-            ));
-            Ok(waited)
-        })?;
+        let update = self
+            .store
+            .update(id, now, |r| {
+                let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
+                if r.state != State::Delivered || !due {
+                    return Err(());
+                }
+                r.apply(Event::CallbackTimedOut, now).map_err(|_| ())?;
+                let waited = now.saturating_sub(r.callback_deadline_ms.unwrap_or(now))
+                    + self.callback_timeout_ms(r);
+                r.error_message = Some(format!(
+                    "no callback within {}s of the webhook's delivery",
+                    waited / 1000
+                ));
+                Ok(waited)
+            })
+            .await?;
         if let Update::Done(record, after_ms) = update {
             self.metrics.callback("timeout");
             let steps = [
@@ -385,14 +394,18 @@ impl Engine {
 
     /// Pushes the final result of a recorded callback and completes the request.
     pub(super) async fn finish_callback(&self, id: u64) {
-        let record = match self.store.request(id) {
+        let record = match self.store.request(id).await {
             Ok(Some(r)) if r.state == State::Callback => r,
             _ => return,
         };
         let pushed = self.push_latest(&record);
         let now = now_ms();
         let mut steps: Vec<(u64, Step)> = pushed.into_iter().collect();
-        match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
+        match self
+            .store
+            .update(id, now, |r| r.apply(Event::Pushed, now))
+            .await
+        {
             Ok(Update::Done(record, _)) => steps.push(self.transition(&record, record.state, now)),
             Ok(_) => {}
             Err(e) => {

@@ -108,7 +108,7 @@ impl Engine {
                 .map(|()| vec![record.state]),
         };
         let visited = moved.map_err(|e| Error::Conflict(e.to_string()))?;
-        self.store.insert_request(&mut record)?;
+        self.store.insert_request(&mut record).await?;
         let mut steps = self.attempt_steps(&reports);
         steps.extend(
             visited

@@ -12,9 +12,11 @@
 //! | `catalog` | kind byte ‖ … | `[v][Project/ApiKey/Workflow/…]` | [`catalog`] |
 //! | `meta` | name | value (`ws_token_key`, `id_key`, …) | `open` |
 //!
-//! Each tree's keys and methods live in the file named in the table. This file holds the
-//! [`Store`] handle, its opening, and what the trees share: the error type, the striped
-//! locks, the counters, the group commit and the free-space check. The other files:
+//! Each tree's keys and methods live in the file named in the table. [`Store`], the handle
+//! every other module uses, is the seam over a backend (`seam`): this sled store, or (issue
+//! 15, being built) JetStream. This file holds the sled store's handle, its opening, and
+//! what the trees share: the error type, the striped locks, the counters, the group commit
+//! and the free-space check. The other files:
 //! `codec` (the value format), `commit` and `files` (the group commit and what it syncs),
 //! `ids` (public ids), `open` (opening, health, reopening), `space` (free disk space).
 //!

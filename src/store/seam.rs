@@ -43,15 +43,15 @@ impl Store {
 
     // Records (the accept and drive paths).
 
-    pub fn new_request_id(&self) -> Result<(u64, ChannelId)> {
+    pub async fn new_request_id(&self) -> Result<(u64, ChannelId)> {
         self.sled().new_request_id()
     }
 
-    pub fn insert_request(&self, record: &mut Request) -> Result<()> {
+    pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
         self.sled().insert_request(record)
     }
 
-    pub fn insert_request_once(
+    pub async fn insert_request_once(
         &self,
         record: &mut Request,
         project: &ProjectId,
@@ -62,11 +62,11 @@ impl Store {
             .insert_request_once(record, project, key_hash, ttl_ms)
     }
 
-    pub fn request(&self, id: u64) -> Result<Option<Request>> {
+    pub async fn request(&self, id: u64) -> Result<Option<Request>> {
         self.sled().request(id)
     }
 
-    pub fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
+    pub async fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
         self.sled().request_by_channel(channel)
     }
 
@@ -75,7 +75,7 @@ impl Store {
     }
 
     /// Read → `change` → CAS; see the sled store's `update` for the rules both keep.
-    pub fn update<T, R>(
+    pub async fn update<T, R>(
         &self,
         id: u64,
         now_ms: u64,

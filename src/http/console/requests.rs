@@ -19,7 +19,7 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
         (&Method::GET, []) => list(cx, &Query::of(&request)),
         (&Method::GET, [channel]) => {
             let channel = parse_channel(channel)?;
-            let record = cx.engine().request_of(&cx.project.id, &channel)?;
+            let record = cx.engine().request_of(&cx.project.id, &channel).await?;
             let stored = cx.engine().store().timeline(record.id)?;
             Ok(ok(&views::request(&record, &record.timeline_with(stored))))
         }

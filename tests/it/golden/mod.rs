@@ -99,7 +99,7 @@ async fn the_golden_store_reads_back() {
     load(dir.path(), golden).await;
     let store = open_store(dir.path()).await;
     let records = scenario::requests(&ids.requests);
-    check_requests(&store, ids, &records);
+    check_requests(&store, ids, &records).await;
     check_dead_letters(&store, ids, &records);
     check_catalog(&store, &scenario::catalog()).await;
     // `meta_or_init` stores (and returns) the empty value when the key is missing.
@@ -113,18 +113,21 @@ async fn the_golden_store_reads_back() {
     }
 }
 
-fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
+async fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     let project = project();
     for (n, expected) in records.iter().enumerate() {
         let id = expected.id;
-        let read = store.request(id).unwrap();
+        let read = store.request(id).await.unwrap();
         assert_eq!(
             read.as_ref(),
             Some(expected),
             "request {n} ({:?})",
             expected.state
         );
-        let by_channel = store.request_by_channel(&expected.channel_id).unwrap();
+        let by_channel = store
+            .request_by_channel(&expected.channel_id)
+            .await
+            .unwrap();
         assert_eq!(
             by_channel.map(|r| r.id),
             Some(id),
@@ -177,6 +180,7 @@ fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     let hash = eddy::secret::hash_key(scenario::IDEMPOTENCY_KEY);
     let claim = store
         .insert_request_once(&mut repeat, &project, &hash, 86_400_000)
+        .await
         .unwrap();
     assert!(
         matches!(claim, Claim::Existing(id) if id == records[0].id),
@@ -329,21 +333,24 @@ async fn write_scenario(dir: &Path, known: Option<&PublicIds>) -> PublicIds {
         db.flush().unwrap();
     }
     let store = open_store(dir).await;
-    let requests: Vec<(u64, ChannelId)> = (0..REQUESTS)
-        .map(|n| match known {
-            None => store.new_request_id().unwrap(),
+    let mut requests: Vec<(u64, ChannelId)> = Vec::with_capacity(REQUESTS);
+    for n in 0..REQUESTS {
+        requests.push(match known {
+            None => store.new_request_id().await.unwrap(),
             Some(ids) => (store.next_id().unwrap(), ids.requests[n].1),
-        })
-        .collect();
+        });
+    }
     let records = scenario::requests(&requests);
     for (n, record) in records.iter().enumerate() {
         let mut record = record.clone();
         if n == 0 {
             let hash = eddy::secret::hash_key(scenario::IDEMPOTENCY_KEY);
-            let claim = store.insert_request_once(&mut record, &project(), &hash, 86_400_000);
+            let claim = store
+                .insert_request_once(&mut record, &project(), &hash, 86_400_000)
+                .await;
             assert!(matches!(claim, Ok(Claim::New)), "{claim:?}");
         } else {
-            store.insert_request(&mut record).unwrap();
+            store.insert_request(&mut record).await.unwrap();
         }
         for batch in scenario::timeline(n) {
             store.append_steps(record.id, &batch).unwrap();
