@@ -169,7 +169,7 @@ impl Wheel {
                         Err(e) => tracing::error!(error = %e, "request task failed"),
                     }
                 }
-                _ = refill.tick() => self.refill(),
+                _ = refill.tick() => self.refill().await,
             }
         }
         self.tasks.shutdown().await;
@@ -237,10 +237,10 @@ impl Wheel {
 
     /// Loads every due-index entry up to the horizon that has no timer yet, and the work
     /// the store found due without a key when it opened.
-    fn refill(&mut self) {
+    async fn refill(&mut self) {
         let until = now_ms() + self.settings.horizon.as_millis() as u64;
         let mut entries = self.store.recovered_due();
-        match self.store.due_before(until, REFILL_LIMIT) {
+        match self.store.due_before(until, REFILL_LIMIT).await {
             Ok(e) => entries.extend(e),
             Err(e) => tracing::error!(error = %e, "cannot read the due index"),
         }

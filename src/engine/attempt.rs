@@ -206,17 +206,18 @@ impl Ctx<'_> {
         let mut steps = attempt.carry.take();
         steps.push(step);
         let Update::Done(record, (effect, settled)) = update else {
-            self.store.append_steps(record.id, &steps)?;
+            self.store.append_steps(record.id, &steps).await?;
             return Ok(Recorded::Stale);
         };
         if settled.is_some() {
             steps.push(transition(self.metrics, &record, record.state, now));
         }
         // Before the dead letter, which gathers its attempts from the timeline.
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         if effect == AttemptEffect::DeadLettered {
             let reason = result.error.unwrap_or_else(|| "out of attempts".into());
-            self.dead_letter(&record, &d.webhook_id, attempt.body, reason, now)?;
+            self.dead_letter(&record, &d.webhook_id, attempt.body, reason, now)
+                .await?;
         }
         Ok(match settled {
             Some(_) => Recorded::Settled(record),
@@ -241,7 +242,7 @@ impl Ctx<'_> {
     }
 
     /// Stores the dead-letter entry of one exhausted delivery, with all its attempts.
-    fn dead_letter(
+    async fn dead_letter(
         &self,
         record: &Request,
         webhook_id: &str,
@@ -258,7 +259,8 @@ impl Ctx<'_> {
         };
         let attempts = self
             .store
-            .timeline(record.id)?
+            .timeline(record.id)
+            .await?
             .into_iter()
             .filter_map(|(at_ms, step)| match step {
                 Step::WebhookAttempt {
@@ -290,15 +292,17 @@ impl Ctx<'_> {
             attempts,
             dead_ms: now,
         })?;
-        self.store.append_step(
-            record.id,
-            now,
-            &Step::DeadLettered {
-                webhook_id: d.webhook_id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                reason,
-            },
-        )?;
+        self.store
+            .append_step(
+                record.id,
+                now,
+                &Step::DeadLettered {
+                    webhook_id: d.webhook_id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    reason,
+                },
+            )
+            .await?;
         tracing::warn!(
             channel_id = %record.channel_id,
             webhook_id = %d.webhook_id,

@@ -142,7 +142,7 @@ impl Engine {
             },
         )];
         steps.extend(revived.map(|state| self.transition(&record, state, now)));
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         self.store.remove_dead_letter(project, id)?;
         Ok(Rearmed::Done {
             id: record.id,

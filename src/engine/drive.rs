@@ -100,7 +100,7 @@ impl Engine {
         let carry = Carry::default();
         let next = self.drive_rounds(id, fired_due, &mut entered, &carry).await;
         self.lanes.forfeit(id, &entered);
-        if let Err(e) = self.store.append_steps(id, &carry.take()) {
+        if let Err(e) = self.store.append_steps(id, &carry.take()).await {
             tracing::warn!(id, error = %e, "timeline write failed");
         }
         next
@@ -125,7 +125,7 @@ impl Engine {
         // swapping the record and removing its old due key (timers set in memory carry the
         // record's due time, so only such leftovers and retries after errors get here).
         if record.due_ms != Some(fired_due)
-            && let Err(e) = self.store.drop_stale_due(fired_due, id)
+            && let Err(e) = self.store.drop_stale_due(fired_due, id).await
         {
             tracing::warn!(id, error = %e, "cannot drop stale due entry");
         }
@@ -319,12 +319,12 @@ impl Engine {
             })
             .await?;
         let Update::Done(record, visited) = update else {
-            self.store.append_steps(record.id, &steps)?;
+            self.store.append_steps(record.id, &steps).await?;
             return Ok(());
         };
         steps.extend(visited.iter().map(|s| self.transition(&record, *s, now)));
         // On the timeline before anyone can see the push.
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         self.store.commit().await?;
         carry.add(self.push_latest(&record));
         Ok(())
@@ -341,7 +341,7 @@ impl Engine {
             .await?;
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
-            self.store.append_steps(id, &[step])?;
+            self.store.append_steps(id, &[step]).await?;
             self.settled(&record, carry).await?;
         }
         Ok(())
@@ -385,7 +385,7 @@ impl Engine {
                 (now, Step::CallbackTimeout { after_ms }),
                 self.transition(&record, record.state, now),
             ];
-            self.store.append_steps(id, &steps)?;
+            self.store.append_steps(id, &steps).await?;
             self.store.commit().await?;
             carry.add(self.push_latest(&record));
         }
@@ -414,20 +414,20 @@ impl Engine {
                 self.scheduler.schedule(id, Some(now + 1000));
             }
         }
-        if let Err(e) = self.store.append_steps(id, &steps) {
+        if let Err(e) = self.store.append_steps(id, &steps).await {
             tracing::warn!(error = %e, "timeline write failed");
         }
     }
 
     /// Pushes the record's latest message and puts the push on the timeline, after
     /// `before` if given (one write for both).
-    pub(super) fn push_and_note(
+    pub(super) async fn push_and_note(
         &self,
         record: &Request,
         before: Option<(u64, Step)>,
     ) -> Result<()> {
         let steps: Vec<(u64, Step)> = before.into_iter().chain(self.push_latest(record)).collect();
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         Ok(())
     }
 

@@ -277,12 +277,12 @@ impl Engine {
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
         };
         let steps = [(now, step), self.transition(&record, record.state, now)];
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         self.store.commit().await?;
         if record.state == State::Callback {
             self.finish_callback(record.id).await;
         } else {
-            self.push_and_note(&record, None)?;
+            self.push_and_note(&record, None).await?;
         }
         Ok(())
     }

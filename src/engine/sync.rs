@@ -115,7 +115,7 @@ impl Engine {
                 .into_iter()
                 .map(|state| self.transition(&record, state, now)),
         );
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         Ok(SyncAnswer { record, result })
     }
 }

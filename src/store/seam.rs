@@ -90,21 +90,21 @@ impl Store {
 
     // Timelines.
 
-    pub fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
+    pub async fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
         self.sled().append_step(id, at_ms, step)
     }
 
-    pub fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
+    pub async fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
         self.sled().append_steps(id, steps)
     }
 
-    pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
+    pub async fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
         self.sled().timeline(id)
     }
 
     // Due work (the scheduler).
 
-    pub fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
+    pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
         self.sled().due_before(until_ms, limit)
     }
 
@@ -112,7 +112,7 @@ impl Store {
         self.sled().recovered_due()
     }
 
-    pub fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
+    pub async fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
         self.sled().drop_stale_due(due_ms, id)
     }
 

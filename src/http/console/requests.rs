@@ -20,7 +20,7 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
         (&Method::GET, [channel]) => {
             let channel = parse_channel(channel)?;
             let record = cx.engine().request_of(&cx.project.id, &channel).await?;
-            let stored = cx.engine().store().timeline(record.id)?;
+            let stored = cx.engine().store().timeline(record.id).await?;
             Ok(ok(&views::request(&record, &record.timeline_with(stored))))
         }
         (_, [] | [_]) => Err(ApiError::method_not_allowed()),

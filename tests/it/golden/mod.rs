@@ -142,7 +142,11 @@ async fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
             "request {n}'s summary"
         );
         let steps: Vec<(u64, Step)> = scenario::timeline(n).into_iter().flatten().collect();
-        assert_eq!(store.timeline(id).unwrap(), steps, "request {n}'s timeline");
+        assert_eq!(
+            store.timeline(id).await.unwrap(),
+            steps,
+            "request {n}'s timeline"
+        );
     }
     let query = LogQuery {
         limit: 100,
@@ -353,7 +357,7 @@ async fn write_scenario(dir: &Path, known: Option<&PublicIds>) -> PublicIds {
             store.insert_request(&mut record).await.unwrap();
         }
         for batch in scenario::timeline(n) {
-            store.append_steps(record.id, &batch).unwrap();
+            store.append_steps(record.id, &batch).await.unwrap();
         }
     }
     let dead_letters = scenario::dead_letters(&records[6])
