@@ -47,6 +47,7 @@ mod due;
 mod files;
 mod idempotency;
 mod ids;
+mod jet;
 mod log;
 mod open;
 mod requests;
@@ -61,6 +62,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
 pub use idempotency::Claim;
+pub use jet::JetStore;
 pub use log::{Cursor, LogQuery, Summary, status_code};
 pub use open::Health;
 pub use requests::{Update, decode_request, encode_request};
@@ -92,6 +94,9 @@ pub enum StoreError {
     NoRoomToOpen { free_mib: u64, need_mib: u64 },
     #[error("the store cannot write ({0}); it reopens by itself once the disk has room")]
     Failed(String),
+    /// A cluster node's store (NATS JetStream) failed or did not answer in time.
+    #[error("cluster store: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -24,13 +24,9 @@ impl SledStore {
         if steps.is_empty() {
             return Ok(());
         }
-        let mut framed = Vec::with_capacity(128 * steps.len());
-        for (at_ms, step) in steps {
-            let entry = codec::encode(&(*at_ms, step))?;
-            framed.extend_from_slice(&(entry.len() as u32).to_le_bytes());
-            framed.extend_from_slice(&entry);
-        }
-        self.inner()?.timeline.merge(id.to_be_bytes(), framed)?;
+        self.inner()?
+            .timeline
+            .merge(id.to_be_bytes(), frames(steps)?)?;
         Ok(())
     }
 
@@ -39,15 +35,33 @@ impl SledStore {
     pub fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
         let mut out = Vec::new();
         if let Some(value) = self.inner()?.timeline.get(id.to_be_bytes())? {
-            let mut rest: &[u8] = &value;
-            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                let len = u32::from_le_bytes(*len) as usize;
-                let entry = tail.get(..len).ok_or(CodecError::Empty)?;
-                out.push(codec::decode::<(u64, Step)>(entry)?);
-                rest = &tail[len..];
-            }
+            unframe(&value, &mut out)?;
         }
         out.sort_by_key(|(at_ms, _)| *at_ms);
         Ok(out)
     }
+}
+
+/// Steps as a timeline stores them: frames `[len u32 LE][v][at_ms, Step]` (one sled merge,
+/// or one message of the cluster's timeline stream).
+pub(super) fn frames(steps: &[(u64, Step)]) -> Result<Vec<u8>> {
+    let mut framed = Vec::with_capacity(128 * steps.len());
+    for (at_ms, step) in steps {
+        let entry = codec::encode(&(*at_ms, step))?;
+        framed.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        framed.extend_from_slice(&entry);
+    }
+    Ok(framed)
+}
+
+/// Decodes the frames of `value` onto `out`.
+pub(super) fn unframe(value: &[u8], out: &mut Vec<(u64, Step)>) -> Result<()> {
+    let mut rest = value;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let entry = tail.get(..len).ok_or(CodecError::Empty)?;
+        out.push(codec::decode::<(u64, Step)>(entry)?);
+        rest = &tail[len..];
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ mod browser;
 mod cluster;
 mod cluster_faults;
 mod cluster_queue;
+mod cluster_seam;
 mod cluster_store;
 mod compat;
 mod connections;

@@ -1,0 +1,126 @@
+//! The JetStream backend of the store seam (cluster mode, issue 15; being built, not yet a
+//! variant of `seam`'s backend): a cluster node's answers to the record, timeline and
+//! due-index methods of [`super::Store`], with the same signatures and meaning.
+//!
+//! - Records, due keys and idempotency claims go through [`cluster::Records`] (create,
+//!   fenced CAS, the due key written before the record owns it).
+//! - Request ids are random `u64`s claimed by the record's `create` (a taken one is an
+//!   error, never an overwrite); channel ids are the same keyed permutation as the sled
+//!   store's (`ids`), its key in the `meta` bucket, created by the first node to start and
+//!   read back by every other, so a channel id made on one node leads to its record on all.
+//! - Timelines are the sled store's frames (`timeline::frames`), one message per write on
+//!   the request's subject of the timeline stream.
+//!
+//! Not yet here (each is a step of issue 15): big texts in chunks (a record is stored
+//! whole and must fit the servers' `max_payload`), the request log and counts, dead
+//! letters, the catalog, and acknowledgements awaited at [`super::Store::commit`] (every
+//! write here is awaited before its method returns).
+
+use bytes::Bytes;
+
+use super::ids::IdKey;
+use super::timeline::{frames, unframe};
+use super::{Claim, Result, StoreError, Update};
+use crate::cluster::{self, Cluster, Create, Records, Timeline};
+use crate::job::{ChannelId, ProjectId, Request, Step};
+
+/// A cluster node's store; cheap to clone.
+#[derive(Clone)]
+pub struct JetStore {
+    records: Records,
+    timeline: Timeline,
+    ids: IdKey,
+}
+
+impl JetStore {
+    /// Opens the record buckets and the timeline stream of `cluster`, and reads (or, on
+    /// the first node, creates) the id key.
+    pub async fn open(cluster: &Cluster) -> Result<JetStore> {
+        let meta = cluster.bucket("meta").await?;
+        let fresh = Bytes::copy_from_slice(&rand::random::<[u8; 32]>());
+        let key = match meta.create("id_key", fresh.clone()).await? {
+            Create::Created(_) => fresh,
+            Create::Exists(entry) => entry.value,
+        };
+        let key: [u8; 32] = key.as_ref().try_into().map_err(|_| {
+            StoreError::Cluster(cluster::ClusterError::failed(
+                "reading meta/id_key",
+                "not 32 bytes",
+            ))
+        })?;
+        Ok(JetStore {
+            records: cluster.records().await?,
+            timeline: cluster.timeline().await?,
+            ids: IdKey::new(key),
+        })
+    }
+
+    /// A new request id (random, never 0) and its channel id.
+    pub fn new_request_id(&self) -> (u64, ChannelId) {
+        let id = rand::random::<u64>().max(1);
+        (id, self.ids.channel_id(id, rand::random()))
+    }
+
+    pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
+        Ok(self.records.insert_request(record).await?)
+    }
+
+    pub async fn insert_request_once(
+        &self,
+        record: &mut Request,
+        project: &ProjectId,
+        key_hash: &[u8; 32],
+        ttl_ms: u64,
+    ) -> Result<Claim> {
+        Ok(self
+            .records
+            .insert_request_once(record, project, key_hash, ttl_ms)
+            .await?)
+    }
+
+    pub async fn request(&self, id: u64) -> Result<Option<Request>> {
+        Ok(self.records.request(id).await?)
+    }
+
+    pub async fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
+        let id = self.ids.request_of_channel(channel);
+        Ok(self.request(id).await?.filter(|r| &r.channel_id == channel))
+    }
+
+    pub async fn update<T, R>(
+        &self,
+        id: u64,
+        now_ms: u64,
+        change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
+    ) -> Result<Update<T, R>> {
+        Ok(self.records.update(id, now_ms, change).await?)
+    }
+
+    /// Appends steps as one message of the request's timeline; returns once a quorum
+    /// stored it.
+    pub async fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let framed = Bytes::from(frames(steps)?);
+        self.timeline.append(id, framed).await?.wait().await?;
+        Ok(())
+    }
+
+    pub async fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
+        let mut out = Vec::new();
+        for message in self.timeline.read(id).await? {
+            unframe(&message, &mut out)?;
+        }
+        out.sort_by_key(|(at_ms, _)| *at_ms);
+        Ok(out)
+    }
+
+    pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
+        Ok(self.records.due_before(until_ms, limit).await?)
+    }
+
+    pub async fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
+        Ok(self.records.drop_stale_due(due_ms, id).await?)
+    }
+}

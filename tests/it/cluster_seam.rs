@@ -1,0 +1,77 @@
+//! The store seam's JetStream backend (`store::JetStore`) against a real nats-server:
+//! what the engine asks of its store (ids, records, updates, timelines) means the same
+//! on every node, and a channel id made on one node leads to its record on another.
+
+use eddy::job::{State, Step};
+use eddy::store::{JetStore, Update};
+
+use crate::cluster::node_on;
+use crate::cluster_store::pending;
+use crate::support::nats::Nats;
+
+/// A request stored through one node is found by its channel id through another (both
+/// read the one id key), an update made on the second shows on the first, and a refused
+/// update writes nothing.
+#[tokio::test]
+async fn a_request_made_on_one_node_reads_and_moves_on_another() {
+    let nats = Nats::one().await;
+    let a = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let b = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let (id, channel) = a.new_request_id();
+    let mut record = pending(id);
+    record.id = id;
+    record.channel_id = channel;
+    a.insert_request(&mut record).await.unwrap();
+    assert_eq!(
+        b.request_by_channel(&channel).await.unwrap(),
+        Some(record.clone())
+    );
+    let (_, other) = b.new_request_id();
+    assert_eq!(b.request_by_channel(&other).await.unwrap(), None);
+
+    let later = record.updated_ms + 1_000;
+    let moved = b
+        .update(id, later, |r| {
+            r.state = State::Callback;
+            Ok::<_, ()>("moved")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(moved, Update::Done(_, "moved")), "{moved:?}");
+    let read = a.request(id).await.unwrap().expect("the record");
+    assert_eq!((read.state, read.updated_ms), (State::Callback, later));
+    let refused = a
+        .update(id, later + 1, |_| Err::<(), _>("no"))
+        .await
+        .unwrap();
+    assert!(matches!(refused, Update::Refused("no")), "{refused:?}");
+    assert_eq!(a.request(id).await.unwrap(), Some(read));
+}
+
+/// Timeline rounds appended through two nodes read back whole, in time order, on either.
+#[tokio::test]
+async fn timeline_rounds_from_two_nodes_read_back_in_order() {
+    let nats = Nats::one().await;
+    let a = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let b = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let (id, _) = a.new_request_id();
+    let step = |state| Step::Transition { state };
+    a.append_steps(
+        id,
+        &[(10, step(State::Pending)), (30, step(State::Generated))],
+    )
+    .await
+    .unwrap();
+    b.append_steps(id, &[(20, step(State::Callback))])
+        .await
+        .unwrap();
+    a.append_steps(id, &[]).await.unwrap();
+    let want = vec![
+        (10, step(State::Pending)),
+        (20, step(State::Callback)),
+        (30, step(State::Generated)),
+    ];
+    assert_eq!(b.timeline(id).await.unwrap(), want);
+    assert_eq!(a.timeline(id).await.unwrap(), want);
+    assert_eq!(a.timeline(id + 1).await.unwrap(), vec![]);
+}
