@@ -186,7 +186,7 @@ async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => match engine.sweep_expired() {
+            _ = tick.tick() => match engine.sweep_expired().await {
                 Ok(swept) if swept == Default::default() => {}
                 Ok(swept) => tracing::info!(
                     requests = swept.requests,

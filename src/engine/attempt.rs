@@ -280,18 +280,20 @@ impl Ctx<'_> {
                 _ => None,
             })
             .collect();
-        self.store.insert_dead_letter(&DeadLetter {
-            request_id: record.id,
-            channel_id: record.channel_id,
-            project_id: record.project_id,
-            webhook_id: d.webhook_id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
-            url: d.url.clone(),
-            payload: body.to_string(),
-            reason: reason.clone(),
-            attempts,
-            dead_ms: now,
-        })?;
+        self.store
+            .insert_dead_letter(&DeadLetter {
+                request_id: record.id,
+                channel_id: record.channel_id,
+                project_id: record.project_id,
+                webhook_id: d.webhook_id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                url: d.url.clone(),
+                payload: body.to_string(),
+                reason: reason.clone(),
+                attempts,
+                dead_ms: now,
+            })
+            .await?;
         self.store
             .append_step(
                 record.id,

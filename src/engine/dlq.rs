@@ -37,9 +37,10 @@ enum Rearmed {
 
 impl Engine {
     /// One dead letter of `project`.
-    pub fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<DeadLetter> {
+    pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<DeadLetter> {
         self.store
-            .dead_letter(project, id)?
+            .dead_letter(project, id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("dead letter '{id}'")))
     }
 
@@ -58,7 +59,7 @@ impl Engine {
 
     /// Re-drives one dead letter; once that is durable, the request re-enters the flow.
     pub async fn redrive(&self, project: &ProjectId, id: &str) -> Result<()> {
-        let entry = self.dead_letter(project, id)?;
+        let entry = self.dead_letter(project, id).await?;
         if let Some(why) = self.blocked(&entry) {
             return Err(Error::Conflict(why));
         }
@@ -89,7 +90,8 @@ impl Engine {
         let walk = async {
             for (id, entry) in self
                 .store
-                .dead_letters_between(project, since_ms, until_ms)?
+                .dead_letters_between(project, since_ms, until_ms)
+                .await?
             {
                 if endpoint.is_some_and(|e| e != entry.endpoint_id) {
                     continue;
@@ -131,7 +133,7 @@ impl Engine {
             .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))
             .await?;
         let Update::Done(record, revived) = update else {
-            self.store.remove_dead_letter(project, id)?;
+            self.store.remove_dead_letter(project, id).await?;
             return Ok(Rearmed::Stale);
         };
         let mut steps = vec![(
@@ -143,7 +145,7 @@ impl Engine {
         )];
         steps.extend(revived.map(|state| self.transition(&record, state, now)));
         self.store.append_steps(record.id, &steps).await?;
-        self.store.remove_dead_letter(project, id)?;
+        self.store.remove_dead_letter(project, id).await?;
         Ok(Rearmed::Done {
             id: record.id,
             due_ms: record.due_ms,
@@ -152,7 +154,7 @@ impl Engine {
 
     /// Deletes one dead letter of `project`.
     pub async fn purge_dead_letter(&self, project: &ProjectId, id: &str) -> Result<()> {
-        if !self.store.remove_dead_letter(project, id)? {
+        if !self.store.remove_dead_letter(project, id).await? {
             return Err(Error::NotFound(format!("dead letter '{id}'")));
         }
         self.store.commit().await?;

@@ -122,11 +122,11 @@ impl Store {
 
     // Dead letters.
 
-    pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
+    pub async fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
         self.sled().insert_dead_letter(entry)
     }
 
-    pub fn dead_letters(
+    pub async fn dead_letters(
         &self,
         project: &ProjectId,
         before: Option<&str>,
@@ -135,7 +135,7 @@ impl Store {
         self.sled().dead_letters(project, before, limit)
     }
 
-    pub fn dead_letters_between(
+    pub async fn dead_letters_between(
         &self,
         project: &ProjectId,
         since_ms: u64,
@@ -145,15 +145,15 @@ impl Store {
             .dead_letters_between(project, since_ms, until_ms)
     }
 
-    pub fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
+    pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
         self.sled().dead_letter(project, id)
     }
 
-    pub fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
+    pub async fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
         self.sled().remove_dead_letter(project, id)
     }
 
-    pub fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
+    pub async fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
         self.sled().purge_dead_letters(cutoff_ms)
     }
 

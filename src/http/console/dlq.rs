@@ -22,7 +22,8 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
             let limit = query.limit()?;
             let page = engine
                 .store()
-                .dead_letters(project, query.get("before"), limit)?;
+                .dead_letters(project, query.get("before"), limit)
+                .await?;
             let next = (page.len() == limit)
                 .then(|| page.last().map(|(id, _)| id.clone()))
                 .flatten();
@@ -54,11 +55,11 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
             ))
         }
         (&Method::GET, [id]) => {
-            let d = engine.dead_letter(project, id)?;
+            let d = engine.dead_letter(project, id).await?;
             Ok(ok(&entry(cx, id, &d)))
         }
         (&Method::POST, [id, "retry"]) => {
-            let d = engine.dead_letter(project, id)?;
+            let d = engine.dead_letter(project, id).await?;
             engine.redrive(project, id).await?;
             Ok(ok(&json!({
                 "retried": true,

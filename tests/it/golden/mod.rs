@@ -100,7 +100,7 @@ async fn the_golden_store_reads_back() {
     let store = open_store(dir.path()).await;
     let records = scenario::requests(&ids.requests);
     check_requests(&store, ids, &records).await;
-    check_dead_letters(&store, ids, &records);
+    check_dead_letters(&store, ids, &records).await;
     check_catalog(&store, &scenario::catalog()).await;
     // `meta_or_init` stores (and returns) the empty value when the key is missing.
     let ws_key = store.meta_or_init("ws_token_key", Vec::new).unwrap();
@@ -192,7 +192,7 @@ async fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     );
 }
 
-fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
+async fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
     let project = project();
     let expected = scenario::dead_letters(&records[6]);
     assert_eq!(
@@ -208,12 +208,12 @@ fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
         .rev()
         .collect();
     assert_eq!(
-        store.dead_letters(&project, None, 10).unwrap(),
+        store.dead_letters(&project, None, 10).await.unwrap(),
         newest_first
     );
     for (id, entry) in &newest_first {
         assert_eq!(
-            store.dead_letter(&project, id).unwrap().as_ref(),
+            store.dead_letter(&project, id).await.unwrap().as_ref(),
             Some(entry),
             "{id}"
         );
@@ -360,10 +360,10 @@ async fn write_scenario(dir: &Path, known: Option<&PublicIds>) -> PublicIds {
             store.append_steps(record.id, &batch).await.unwrap();
         }
     }
-    let dead_letters = scenario::dead_letters(&records[6])
-        .iter()
-        .map(|entry| store.insert_dead_letter(entry).unwrap())
-        .collect();
+    let mut dead_letters = Vec::new();
+    for entry in &scenario::dead_letters(&records[6]) {
+        dead_letters.push(store.insert_dead_letter(entry).await.unwrap());
+    }
     write_catalog(&store, &scenario::catalog());
     let cursor = Cursor {
         created_ms: records[4].created_ms,
