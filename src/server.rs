@@ -48,7 +48,9 @@ impl Server {
         let new_key = catalog
             .bootstrap(config.api_key.as_deref(), now_ms())
             .await?;
-        let secret = store.meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())?;
+        let secret = store
+            .meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())
+            .await?;
         let secret: [u8; 32] = secret
             .try_into()
             .map_err(|_| StoreError::Io(std::io::Error::other("corrupt ws_token_key")))?;

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::ids::IdKey;
 use super::timeline::{frames, unframe};
 use super::{Claim, Result, StoreError, Update};
-use crate::cluster::{self, Cluster, Create, Records, Timeline};
+use crate::cluster::{self, Bucket, Cluster, Create, Records, Timeline};
 use crate::job::{ChannelId, ProjectId, Request, Step};
 
 /// A cluster node's store; cheap to clone.
@@ -29,7 +29,20 @@ use crate::job::{ChannelId, ProjectId, Request, Step};
 pub struct JetStore {
     records: Records,
     timeline: Timeline,
+    meta: Bucket,
     ids: IdKey,
+}
+
+async fn meta_or_init(
+    meta: &Bucket,
+    name: &str,
+    init: impl FnOnce() -> Vec<u8>,
+) -> Result<Vec<u8>> {
+    let fresh = Bytes::from(init());
+    Ok(match meta.create(name, fresh.clone()).await? {
+        Create::Created(_) => fresh.to_vec(),
+        Create::Exists(entry) => entry.value.to_vec(),
+    })
 }
 
 impl JetStore {
@@ -37,12 +50,8 @@ impl JetStore {
     /// the first node, creates) the id key.
     pub async fn open(cluster: &Cluster) -> Result<JetStore> {
         let meta = cluster.bucket("meta").await?;
-        let fresh = Bytes::copy_from_slice(&rand::random::<[u8; 32]>());
-        let key = match meta.create("id_key", fresh.clone()).await? {
-            Create::Created(_) => fresh,
-            Create::Exists(entry) => entry.value,
-        };
-        let key: [u8; 32] = key.as_ref().try_into().map_err(|_| {
+        let key = meta_or_init(&meta, "id_key", || rand::random::<[u8; 32]>().to_vec()).await?;
+        let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
             StoreError::Cluster(cluster::ClusterError::failed(
                 "reading meta/id_key",
                 "not 32 bytes",
@@ -51,8 +60,19 @@ impl JetStore {
         Ok(JetStore {
             records: cluster.records().await?,
             timeline: cluster.timeline().await?,
+            meta,
             ids: IdKey::new(key),
         })
+    }
+
+    /// The value of `meta/<name>`, created with `init` by the first node that asks; every
+    /// other node reads the winner's.
+    pub async fn meta_or_init(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        meta_or_init(&self.meta, name, init).await
     }
 
     /// A new request id (random, never 0) and its channel id.

@@ -224,7 +224,11 @@ impl Store {
         self.sled().catalog_load(kind)
     }
 
-    pub fn meta_or_init(&self, name: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+    pub async fn meta_or_init(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
         self.sled().meta_or_init(name, init)
     }
 

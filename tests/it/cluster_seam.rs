@@ -75,3 +75,20 @@ async fn timeline_rounds_from_two_nodes_read_back_in_order() {
     assert_eq!(a.timeline(id).await.unwrap(), want);
     assert_eq!(a.timeline(id + 1).await.unwrap(), vec![]);
 }
+
+/// `meta_or_init` keeps the first node's value: the others read it, never their own.
+#[tokio::test]
+async fn the_first_meta_value_wins_on_every_node() {
+    let nats = Nats::one().await;
+    let a = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let b = JetStore::open(&node_on(&nats, 0).await).await.unwrap();
+    let first = a
+        .meta_or_init("ws_token_key", || vec![1; 32])
+        .await
+        .unwrap();
+    let second = b
+        .meta_or_init("ws_token_key", || vec![2; 32])
+        .await
+        .unwrap();
+    assert_eq!((first, second), (vec![1; 32], vec![1; 32]));
+}

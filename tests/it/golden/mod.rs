@@ -103,7 +103,7 @@ async fn the_golden_store_reads_back() {
     check_dead_letters(&store, ids, &records).await;
     check_catalog(&store, &scenario::catalog()).await;
     // `meta_or_init` stores (and returns) the empty value when the key is missing.
-    let ws_key = store.meta_or_init("ws_token_key", Vec::new).unwrap();
+    let ws_key = store.meta_or_init("ws_token_key", Vec::new).await.unwrap();
     assert_eq!(ws_key, scenario::WS_TOKEN_KEY, "meta/ws_token_key");
     for ((tree, key), value) in golden.iter().filter(|((tree, _), _)| tree == "requests") {
         let record = eddy::store::decode_request(value)
