@@ -278,7 +278,7 @@ async fn open_loop(
                     return samples;
                 };
                 stream.write_all(&request).await.unwrap();
-                let status = read_response(&mut stream, &mut buf).await;
+                let status = common::read_response(&mut stream, &mut buf).await;
                 if (200..300).contains(&status) {
                     samples.push(due.elapsed());
                 }
@@ -305,36 +305,6 @@ async fn open_loop(
     }
     samples.sort();
     samples
-}
-
-/// Reads one HTTP/1.1 response with a `content-length`; returns its status.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
-    use tokio::io::AsyncReadExt;
-    buf.clear();
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])
-                .unwrap()
-                .to_ascii_lowercase();
-            let status = head[9..12].parse().unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "server closed the connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return status;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// `VmHWM` (peak RSS) of `pid` in MiB, after the peak was reset with `clear_refs`.

@@ -20,9 +20,7 @@
 //! Sockets send the SDK's 30 s heartbeat. Client sockets come from 127.0.0.2 and
 //! 127.0.0.3 so that 2n connections fit the ephemeral port range.
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -85,47 +83,6 @@ fn raise_fd_limit(want: u64) {
         "need {want} open files, the limit is {}",
         limit.rlim_cur
     );
-}
-
-/// The release server in its own process.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &std::path::Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
-            .args(["--allow-private-webhooks", "--callback-timeout", "30m"])
-            .arg("--data")
-            .arg(data)
-            .env("RUST_LOG", "eddy=warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("eddy starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
-        Server { child, base }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        common::rss_kib(self.child.id())
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("eddy exits");
-        assert!(status.success(), "eddy exited with {status}");
-    }
 }
 
 struct Api {
@@ -342,7 +299,11 @@ async fn run(n: usize) {
         .expect("client");
 
     // 1. n + 1 requests waiting for their callbacks.
-    let server = Server::start(dir.path());
+    let server = common::Server::start(
+        dir.path(),
+        KEY,
+        &["--callback-timeout".into(), "30m".into()],
+    );
     let api = Api {
         http: http.clone(),
         base: server.base.clone(),
@@ -388,7 +349,11 @@ async fn run(n: usize) {
     server.stop();
 
     // 2. A fresh server on that store, its cache warmed by reading every request.
-    let server = Server::start(dir.path());
+    let server = common::Server::start(
+        dir.path(),
+        KEY,
+        &["--callback-timeout".into(), "30m".into()],
+    );
     let api = Api {
         http,
         base: server.base.clone(),
@@ -409,7 +374,7 @@ async fn run(n: usize) {
         })
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = server.rss_kib();
+    let rss_before = common::rss_kib(server.pid());
 
     // 3. n sockets, one per channel.
     let bench_start = Instant::now();
@@ -424,7 +389,7 @@ async fn run(n: usize) {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = server.rss_kib();
+    let rss_after = common::rss_kib(server.pid());
     assert_eq!(open_sockets(&api).await, n as u64);
     let per_socket_kib = (rss_after - rss_before) as f64 / n as f64;
 
@@ -458,7 +423,7 @@ async fn run(n: usize) {
         .max()
         .expect("n > 0");
     let push_all = Duration::from_nanos(last) - first_sent;
-    let rss_pushed = server.rss_kib();
+    let rss_pushed = common::rss_kib(server.pid());
 
     // 5. Fan-out: n sockets on one channel, one result.
     stop.cancel();

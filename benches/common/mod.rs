@@ -152,6 +152,14 @@ impl Server {
         self.child.id()
     }
 
+    /// Stops the server as a service manager would (SIGTERM) and asserts it exited cleanly.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("eddy exits");
+        assert!(status.success(), "eddy exited with {status}");
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         self.base["http://".len()..].parse().expect("host:port")
     }
