@@ -4,6 +4,8 @@
 mod browser;
 mod cluster;
 mod cluster_faults;
+mod cluster_nodes;
+mod cluster_nodes_faults;
 mod cluster_queue;
 mod cluster_seam;
 mod cluster_store;
