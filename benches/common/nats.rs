@@ -1,0 +1,108 @@
+//! `nats-server`s for the cluster mode of the benchmarks: one, or several joined in one
+//! JetStream cluster, on free loopback ports with store directories under a temporary
+//! directory; killed on drop. Their pids let a bench count the CPU the NATS side used.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Running `nats-server`s.
+pub struct NatsServers {
+    children: Vec<Child>,
+    /// `nats://127.0.0.1:PORT` of each.
+    pub urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// The `nats-server` binary: `$NATS_SERVER`, else Debian's.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return path.into();
+    }
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("nats-server is missing: run tests/setup or set NATS_SERVER")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+impl NatsServers {
+    /// `n` servers (a cluster when `n > 1`), ready: every one answers
+    /// `/healthz?js-server-only=true` with 200.
+    pub async fn start(n: usize) -> NatsServers {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{}", p.1))
+            .collect();
+        let mut children = Vec::new();
+        for (i, (client, route, monitor)) in ports.iter().enumerate() {
+            let mut conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{\n  store_dir: \"{}\"\n  max_file_store: 8GB\n}}\n",
+                dir.path().join(format!("n{i}")).display()
+            );
+            if n > 1 {
+                conf.push_str(&format!(
+                    "cluster {{\n  name: eddy-bench\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ));
+            }
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).expect("write nats config");
+            let child = Command::new(binary())
+                .arg("-c")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            children.push(child);
+        }
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (_, _, monitor) in &ports {
+            let url = format!("http://127.0.0.1:{monitor}/healthz?js-server-only=true");
+            loop {
+                if let Ok(r) = http.get(&url).send().await
+                    && r.status() == 200
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nats-server not healthy: {url}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let urls = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.0))
+            .collect();
+        NatsServers {
+            children,
+            urls,
+            _dir: dir,
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for NatsServers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
