@@ -276,3 +276,50 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
     d.assert_one_id_each();
     nodes.nats.restart(victim).await;
 }
+
+/// Every NATS server down at once (a careless operator's restart of the whole NATS side):
+/// a node does not claim to accept what it cannot store (no 200; a 503 or an error), and
+/// once the servers are back the nodes accept again by themselves, and what was accepted
+/// before the outage and after it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
+    let started = Instant::now();
+    let mut nodes = Nodes::start(Nats::three().await, 2, &[]).await;
+    let receiver = Receiver::start().await;
+    receiver.call_back(KEY, Callback::Enrich);
+    nodes.seed(0, &receiver.url).await;
+    let mut accepted = BTreeSet::new();
+    accepted.insert(
+        try_send(&nodes.api(0))
+            .await
+            .expect("accepted before the outage"),
+    );
+
+    for i in 0..3 {
+        nodes.nats.kill(i);
+    }
+    for api in nodes.running() {
+        match try_send(&api).await {
+            Ok(channel) => panic!(
+                "{} accepted {channel} with every NATS server down",
+                api.base
+            ),
+            Err(e) => eprintln!("{} while NATS is down: {e}", api.base),
+        }
+    }
+    nodes.nats.restart(0).await;
+    nodes.nats.restart(1).await;
+    nodes.nats.restart(2).await;
+    for api in nodes.running() {
+        let channel =
+            crate::support::eventually(&format!("{} to accept again", api.base), async || {
+                try_send(&api).await
+            })
+            .await;
+        accepted.insert(channel);
+    }
+    let states = wait_completed(&nodes, &accepted).await;
+    let d = Deliveries::of(&receiver);
+    assert_all_completed("nats restarted", &accepted, &states, &d, started);
+    d.assert_one_id_each();
+}
