@@ -6,7 +6,8 @@
 //! | sled tree | bucket | key | value |
 //! |---|---|---|---|
 //! | `requests` | `requests` | `<id>` | `[v][Request]`, as the sled store encodes it |
-//! | `due` | `due` | `<due minute>.<due_ms>.<id>` | empty |
+//! | `due` | `due` | `<due minute>.<due_ms>.<id>` | empty (only for work due after its write) |
+//! | (none) | `WORK` stream | `work.<id>`, message id `<id>:<due_ms>` | `due_ms` |
 //! | `idempotency` | `idem` | `<project>.<sha256>` | id ‖ created_ms, both `u64` BE |
 //! | (none) | `lease` | `<id>.<effect>` | the taker's name |
 //!
@@ -15,10 +16,17 @@
 //!   (fenced below 2.9.21, see `cas`) → on a conflict, read again from the leader and run
 //!   the closure again. `updated_ms` and `due_ms` are set here, so the due index always
 //!   follows [`Request::next_due`].
-//! - A record's new due key is written (and acknowledged) before the CAS that makes the
-//!   record own it, and its old key is removed after: a crash in between leaves a stale key
-//!   (harmless: [`Records::drop_stale_due`] drops it when it fires), never a record with
-//!   something due and no key.
+//! - Issue 14's due rule, on JetStream ([`Due`]): work due at the moment it is written (a
+//!   new request, a recorded callback, a re-drive) gets no due key; the write publishes its
+//!   work message (`work.<id>`, message id `<id>:<due_ms>`) instead, sent before the record's
+//!   create or CAS and awaited with it, so a record is never due now without a message
+//!   that some node will take. Work due later gets a due key, which every node's timer
+//!   wheel lists by minute ([`Records::due_in_minutes`]) and fires by publishing the same
+//!   message. A new due key is written (and acknowledged) before the CAS that makes the
+//!   record own it, and the old one is removed after: a crash in between leaves a stale
+//!   key (harmless: [`Records::drop_stale_due`] drops it when it fires), never a record
+//!   with something due and neither a key nor a message. A message published for a CAS
+//!   that then lost is harmless too: the round it starts re-reads the record.
 //! - An idempotency claim is taken by `create` (exact on every server version) before the
 //!   record is stored; a repeat that finds the claim waits for its record (the claimant
 //!   may be between the two writes), and takes over a claim whose record never came or
@@ -38,9 +46,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, key};
+use super::bucket::Ack;
+use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
 use crate::job::{ProjectId, Request};
 use crate::store::{Claim, Update, decode_request, encode_request};
+
+tokio::task_local! {
+    /// The request whose work message the current task holds (see [`holding`]).
+    static HOLDING: u64;
+}
+
+/// Runs `round` as the holder of request `id`'s work message. A write it makes that leaves
+/// `id` due now publishes no message: the round goes on with that work itself, and the
+/// message it holds is acknowledged only after it ends (or handed back, or redelivered if
+/// its node dies), so the work is never without a message, and no second node starts the
+/// same step meanwhile.
+pub async fn holding<F: std::future::Future>(id: u64, round: F) -> F::Output {
+    HOLDING.scope(id, round).await
+}
+
+fn held(id: u64) -> bool {
+    HOLDING.try_with(|held| *held == id).unwrap_or(false)
+}
 
 /// How long a repeat of an idempotency key waits for the record of a fresh claim whose
 /// record is not there yet, before taking the claim over.
@@ -53,6 +80,29 @@ pub struct Records {
     due: Bucket,
     idem: Bucket,
     lease: Bucket,
+    work: WorkQueue,
+}
+
+/// How the cluster keeps a record's due time (issue 14's rule, see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing due.
+    Never,
+    /// Due when written: a work message, no key.
+    Now(u64),
+    /// Due after its write: a due key.
+    Later(u64),
+}
+
+impl Due {
+    /// The due time `record` carries, and how it is kept.
+    pub fn of(record: &Request) -> Due {
+        match record.due_ms {
+            None => Due::Never,
+            Some(due) if due <= record.updated_ms => Due::Now(due),
+            Some(due) => Due::Later(due),
+        }
+    }
 }
 
 /// The due-index key of `(due_ms, id)`: the minute first, so one minute lists by prefix.
@@ -72,6 +122,13 @@ fn split_due_key(k: &str) -> Option<(u64, u64)> {
     Some((due, id))
 }
 
+fn entry_due(due: Due) -> Option<u64> {
+    match due {
+        Due::Never => None,
+        Due::Now(at) | Due::Later(at) => Some(at),
+    }
+}
+
 fn decode(bytes: &[u8]) -> Result<Request> {
     decode_request(bytes).map_err(|e| ClusterError::failed("decoding a record", e))
 }
@@ -89,21 +146,38 @@ impl Records {
             due: cluster.bucket("due").await?,
             idem: cluster.bucket("idem").await?,
             lease: cluster.bucket("lease").await?,
+            work: cluster.work().await?,
         })
     }
 
-    /// Stores a new request and its due key; done once a quorum stored both. An id that
-    /// is taken already is an error (ids are random `u64`s: it does not happen by chance).
+    /// Makes `due` findable before the write that sets it: publishes the work message of
+    /// work due now (its acknowledgement is awaited by the caller, with the write), or
+    /// writes the due key of work due later.
+    async fn announce(&self, id: u64, due: Due) -> Result<Option<Ack>> {
+        match due {
+            Due::Never => Ok(None),
+            Due::Now(at) => Ok(Some(self.work.publish(id, at).await?)),
+            Due::Later(at) => {
+                self.due.put(&due_key(at, id), Bytes::new()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores a new request and its work message (or due key); done once a quorum stored
+    /// both. An id that is taken already is an error (ids are random `u64`s: it does not
+    /// happen by chance).
     pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
         record.due_ms = record.next_due();
-        if let Some(due) = record.due_ms {
-            self.due.put(&due_key(due, record.id), Bytes::new()).await?;
-        }
-        match self
+        let published = self.announce(record.id, Due::of(record)).await?;
+        let created = self
             .requests
             .create(&key::num(record.id), encode(record)?)
-            .await?
-        {
+            .await?;
+        if let Some(ack) = published {
+            ack.wait().await?;
+        }
+        match created {
             Create::Created(_) => Ok(()),
             Create::Exists(_) => Err(ClusterError::failed(
                 "storing a request",
@@ -147,24 +221,32 @@ impl Records {
                 return Ok(Update::Missing);
             };
             let mut record = decode(&entry.value)?;
-            let old_due = record.due_ms;
+            let old_due = Due::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
                 Err(refusal) => return Ok(Update::Refused(refusal)),
             };
             record.updated_ms = now_ms.max(record.updated_ms);
             record.due_ms = record.next_due();
-            let moved = record.due_ms != old_due;
-            if moved && let Some(due) = record.due_ms {
-                self.due.put(&due_key(due, id), Bytes::new()).await?;
-            }
+            let new_due = Due::of(&record);
+            // The same due time keeps what already announced it (its key, or its message,
+            // which the round holding it is working on).
+            let moved = record.due_ms != entry_due(old_due);
+            let published = match new_due {
+                _ if !moved => None,
+                Due::Now(_) if held(id) => None,
+                _ => self.announce(id, new_due).await?,
+            };
             match self
                 .requests
                 .cas(&key, entry.revision, encode(&record)?)
                 .await?
             {
                 Cas::Written(_) => {
-                    if moved && let Some(due) = old_due {
+                    if let Some(ack) = published {
+                        ack.wait().await?;
+                    }
+                    if moved && let Due::Later(due) = old_due {
                         self.due.remove(&due_key(due, id)).await?;
                     }
                     return Ok(Update::Done(Box::new(record), value));
@@ -190,9 +272,8 @@ impl Records {
     }
 
     /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`. Lists
-    /// the whole `due` bucket (keys only; ~1 s for 100k keys when measured): the minute
-    /// token that leads each key lets a scheduler that remembers its oldest overdue
-    /// minute list only the minutes up to its horizon instead.
+    /// the whole `due` bucket (keys only; ~1 s for 100k keys when measured): for a start
+    /// and the occasional sweep; a timer wheel's refills list [`Records::due_in_minutes`].
     pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = self
             .due
@@ -205,6 +286,28 @@ impl Records {
         out.sort_unstable();
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// Due-index entries from minute `from_minute` (`due_ms / 60_000`) up to `until_ms`,
+    /// oldest first: one keys-only listing per minute (40–53 ms for a minute of 834 keys
+    /// when measured), so a refill costs the minutes it looks at, not the whole index.
+    pub async fn due_in_minutes(&self, from_minute: u64, until_ms: u64) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for minute in from_minute..=until_ms / 60_000 {
+            let keys = self.due.list(Some(&key::num(minute)), false).await?;
+            out.extend(
+                keys.iter()
+                    .filter_map(|e| split_due_key(&e.key))
+                    .filter(|(due, _)| *due < until_ms),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The work queue the records announce due work on.
+    pub fn work(&self) -> &WorkQueue {
+        &self.work
     }
 
     /// Removes the due entry `(due_ms, id)` if the record (read from the leader) no

@@ -95,8 +95,35 @@ impl WorkQueue {
             .messages()
             .await
             .map_err(|e| ClusterError::failed("pulling work", e))?;
+        Ok(self.parsed(messages))
+    }
+
+    /// At most `n` jobs for this node, in one pull request that the servers hold open for
+    /// up to `wait` (jobs come as they are published meanwhile): a node asks for as many
+    /// as it has free slots, so no job waits on a busy node while another is idle. The
+    /// stream ends after `n` jobs or `wait`; an error (the pull was refused, a server
+    /// went away) is passed on and ends it.
+    pub async fn take(&self, n: usize, wait: Duration) -> Result<BoxStream<'static, Result<Job>>> {
+        let messages = self
+            .consumer
+            .batch()
+            .max_messages(n.max(1))
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::failed("pulling work", e))?;
+        Ok(self.parsed(messages))
+    }
+
+    /// The jobs in a stream of work messages; a malformed message is terminated and
+    /// skipped.
+    fn parsed<S, E>(&self, messages: S) -> BoxStream<'static, Result<Job>>
+    where
+        S: futures_util::Stream<Item = std::result::Result<jetstream::Message, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let prefix = format!("{}.work.", self.layout.prefix);
-        Ok(messages
+        messages
             .filter_map(move |item| {
                 let prefix = prefix.clone();
                 async move {
@@ -114,7 +141,7 @@ impl WorkQueue {
                     }
                 }
             })
-            .boxed())
+            .boxed()
     }
 
     /// How long a job taken by a node waits for its acknowledgement (or an extension)

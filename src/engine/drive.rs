@@ -29,6 +29,13 @@ use crate::store::Update;
 /// request that keeps being due without progress).
 const MAX_ROUNDS: usize = 16;
 
+/// How long after a failed round (a store error) it runs again.
+const RETRY_MS: u64 = 1000;
+
+/// On a cluster node, how long a round that found another node's lease on the model call
+/// waits before it looks again (the holder records its result, or its lease expires).
+const LEASE_RECHECK_MS: u64 = 5000;
+
 /// What a round did.
 enum Round {
     /// Changed something: read the record again.
@@ -118,7 +125,7 @@ impl Engine {
             Ok(None) => return None,
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
-                return Some(now_ms() + 1000);
+                return self.again_at(id, now_ms() + RETRY_MS);
             }
         };
         // A timer for a due time the record no longer has: a leftover of a crash between
@@ -152,7 +159,7 @@ impl Engine {
                     Ok(None) => return None,
                     Err(e) => {
                         tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
-                        return Some(now_ms() + 1000);
+                        return self.again_at(id, now_ms() + RETRY_MS);
                     }
                 },
             };
@@ -163,14 +170,42 @@ impl Engine {
                 Ok(Round::Parked(next)) => return next,
                 Err(e) => {
                     tracing::error!(id, error = %e, "request round failed; retrying in 1s");
-                    return Some(now_ms() + 1000);
+                    return self.again_at(id, now_ms() + RETRY_MS);
                 }
             }
         }
         match self.store.request(id).await {
             Ok(record) => record?.due_ms,
-            Err(_) => Some(now_ms() + 1000),
+            Err(_) => self.again_at(id, now_ms() + RETRY_MS),
         }
+    }
+
+    /// Runs request `id` again at `at_ms`, a time no due key records: the returned due time
+    /// on one node, and on a cluster node the time its job comes back (see
+    /// `SchedulerHandle::retry`).
+    fn again_at(&self, id: u64, at_ms: u64) -> Option<u64> {
+        self.scheduler.retry(id, at_ms);
+        Some(at_ms)
+    }
+
+    /// Whether this node may call the model for `record`: always on one node; on a cluster
+    /// node, if it takes the lease on the call (lead decision 4), so that two nodes driving
+    /// the same request (a re-fire, a redelivered job) never both pay for it, except after
+    /// a crash. Otherwise its job comes back once the holder had time to record a result.
+    async fn may_call_model(&self, record: &Request) -> Result<bool> {
+        if !self.scheduler.clustered() {
+            return Ok(true);
+        }
+        let effect = format!("model.{}", record.ai_attempts.len());
+        let taken = self
+            .scheduler
+            .lease(record.id, &effect)
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        if !taken {
+            self.scheduler.retry(record.id, now_ms() + LEASE_RECHECK_MS);
+        }
+        Ok(taken)
     }
 
     /// One round of work on a record.
@@ -183,6 +218,9 @@ impl Engine {
         let now = now_ms();
         match record.state {
             State::Pending => {
+                if !self.may_call_model(&record).await? {
+                    return Ok(Round::Parked(None));
+                }
                 self.run_model(record, carry).await?;
                 return Ok(Round::Again);
             }
@@ -219,6 +257,11 @@ impl Engine {
             return Ok(Round::Idle);
         }
         if admitted.is_empty() {
+            if self.scheduler.clustered() {
+                let wait = super::jittered(std::time::Duration::from_millis(500));
+                self.scheduler
+                    .retry(record.id, now + wait.as_millis() as u64);
+            }
             return Ok(Round::Parked(due_after(&record, now)));
         }
         let body = payload::webhook_body(&record, &self.public_url);
@@ -411,7 +454,8 @@ impl Engine {
             Err(e) => {
                 // Still due (and without a due key: see `store::due`): try again soon.
                 tracing::error!(id, error = %e, "cannot complete request; retrying in 1s");
-                self.scheduler.schedule(id, Some(now + 1000));
+                self.scheduler.schedule(id, Some(now + RETRY_MS));
+                self.scheduler.retry(id, now + RETRY_MS);
             }
         }
         if let Err(e) = self.store.append_steps(id, &steps).await {

@@ -280,7 +280,11 @@ impl Engine {
         self.store.append_steps(record.id, &steps).await?;
         self.store.commit().await?;
         if record.state == State::Callback {
-            self.finish_callback(record.id).await;
+            // On a cluster node the work message this write published finishes it, on
+            // whichever node takes it (finishing it here too would push it twice).
+            if !self.scheduler.clustered() {
+                self.finish_callback(record.id).await;
+            }
         } else {
             self.push_and_note(&record, None).await?;
         }
