@@ -107,6 +107,49 @@ async fn the_seed_flow_crosses_three_nodes() {
     assert_eq!(receiver.received().len(), 1, "one webhook only");
 }
 
+/// One `Idempotency-Key` sent to three nodes at once, as a client retrying through a load
+/// balancer does: every node answers 200 with the same channel, one request exists, and
+/// the backend gets one webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_on_three_nodes_makes_one_request() {
+    let nodes = Nodes::start(Nats::three().await, 3, &[]).await;
+    let receiver = Receiver::start().await;
+    nodes.seed(2, &receiver.url).await;
+    let body = serde_json::to_vec(&seed_request("content_generator")).unwrap();
+    let mut sends = Vec::new();
+    for i in 0..6 {
+        let (api, body) = (nodes.api(i % 3), body.clone());
+        sends.push(tokio::spawn(async move {
+            let reply = api
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/ai/async",
+                    Some(KEY),
+                    Some(body),
+                    &[("idempotency-key", "order-42")],
+                )
+                .await;
+            (reply.status, reply.json)
+        }));
+    }
+    let mut channels = BTreeSet::new();
+    for send in sends {
+        let (status, ticket) = send.await.unwrap();
+        assert_eq!(status, 200, "{ticket}");
+        channels.insert(ticket["channel_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(channels.len(), 1, "one request: {channels:?}");
+    let channel = channels.pop_first().unwrap();
+    nodes.api(1).wait_for_status(&channel, "delivered").await;
+    let log = nodes
+        .same_everywhere("/console/requests?limit=100", |l| {
+            listing(l, &["channel_id"])
+        })
+        .await;
+    assert_eq!(log, json!([[channel]]));
+    assert_eq!(receiver.received().len(), 1, "one webhook");
+}
+
 /// The keys of a listing's entries that every node must show alike.
 fn listing(list: &Value, fields: &[&str]) -> Value {
     let rows: Vec<Value> = list["data"]
