@@ -38,10 +38,12 @@ async fn try_send(api: &Api) -> Result<String, String> {
     }
 }
 
-/// What the backend saw: per request, the `webhook-id`s used and the 2xx deliveries.
+/// What the backend saw: per request, the `webhook-id`s used, the statuses it answered,
+/// and how eddy answered its callbacks.
 struct Deliveries {
     ids: BTreeMap<String, BTreeSet<String>>,
-    delivered: BTreeMap<String, usize>,
+    answered: BTreeMap<String, Vec<u16>>,
+    callbacks: BTreeMap<String, Vec<(u16, Value)>>,
     attempts: usize,
 }
 
@@ -49,9 +51,14 @@ impl Deliveries {
     fn of(receiver: &Receiver) -> Deliveries {
         let mut d = Deliveries {
             ids: BTreeMap::new(),
-            delivered: BTreeMap::new(),
+            answered: BTreeMap::new(),
+            callbacks: BTreeMap::new(),
             attempts: 0,
         };
+        for c in receiver.callbacks() {
+            let seen = d.callbacks.entry(c.channel_id).or_default();
+            seen.push((c.status, c.reply));
+        }
         for hook in receiver.received() {
             let channel = hook.header("mr-channel-id").to_string();
             d.attempts += 1;
@@ -59,9 +66,7 @@ impl Deliveries {
                 .entry(channel.clone())
                 .or_default()
                 .insert(hook.header("webhook-id").to_string());
-            if (200..300).contains(&hook.answered) {
-                *d.delivered.entry(channel).or_default() += 1;
-            }
+            d.answered.entry(channel).or_default().push(hook.answered);
         }
         d
     }
@@ -69,7 +74,11 @@ impl Deliveries {
     /// 2xx deliveries beyond the first of each request (a node died between the
     /// backend's 2xx and recording it, or two nodes raced one attempt).
     fn duplicates(&self) -> usize {
-        self.delivered.values().map(|n| n - 1).sum()
+        let ok = |statuses: &Vec<u16>| statuses.iter().filter(|s| **s < 300).count();
+        self.answered
+            .values()
+            .map(|s| ok(s).saturating_sub(1))
+            .sum()
     }
 
     fn assert_one_id_each(&self) {
@@ -129,9 +138,18 @@ fn assert_all_completed(
     );
     let unfinished: Vec<(&String, &String)> =
         states.iter().filter(|(_, s)| *s != "completed").collect();
+    for (channel, state) in unfinished.iter().take(5) {
+        eprintln!(
+            "{channel} is {state}: the backend answered its webhooks {:?}; its callbacks were \
+             answered {:?}",
+            d.answered.get(*channel),
+            d.callbacks.get(*channel)
+        );
+    }
     assert!(
         unfinished.is_empty(),
-        "accepted but not completed: {unfinished:?}"
+        "{} accepted but not completed: {unfinished:?}",
+        unfinished.len()
     );
 }
 
@@ -307,9 +325,7 @@ async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
             Err(e) => eprintln!("{} while NATS is down: {e}", api.base),
         }
     }
-    nodes.nats.restart(0).await;
-    nodes.nats.restart(1).await;
-    nodes.nats.restart(2).await;
+    nodes.nats.restart_all().await;
     for api in nodes.running() {
         let channel =
             crate::support::eventually(&format!("{} to accept again", api.base), async || {

@@ -64,10 +64,11 @@ impl Node {
     }
 }
 
-/// eddy nodes sharing the NATS servers `nats`; every process is killed on drop.
+/// eddy nodes sharing the NATS servers `nats`; every process is killed on drop, the
+/// nodes first.
 pub struct Nodes {
-    pub nats: Nats,
     nodes: Vec<Node>,
+    pub nats: Nats,
 }
 
 /// A loopback address free now, for a node to keep across its restarts.

@@ -1,7 +1,8 @@
 //! A real webhook endpoint: a hyper server on an ephemeral port that records every request
 //! in order (headers and exact body bytes), answers with a status the test can change or
 //! script, and can act as the seed's backend: after a 2xx to a `task.ai_generated` webhook
-//! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`.
+//! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`
+//! (again while eddy cannot be reached or answers 503, as a real backend retries).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -293,7 +294,8 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // Like a real backend, keep calling back while eddy cannot be reached (restarting).
+    // Like a real backend, keep calling back while eddy cannot be reached (restarting) or
+    // answers 503 (a cluster node while NATS elects a leader: "try again").
     let body = serde_json::to_vec(&sent).expect("json");
     // The probe owns what it uses (a task spawned with a borrowing probe is not `Send`).
     let http = inner.http.clone();
@@ -304,16 +306,21 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
             .header("content-type", "application/json")
             .body(body.clone());
         async move {
-            let response = request.send().await?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| (0, json!({"transport_error": e.to_string()})))?;
             let status = response.status().as_u16();
             let bytes = response.bytes().await.unwrap_or_default();
             let reply = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            Ok::<_, reqwest::Error>((status, reply))
+            if status == 503 {
+                return Err((status, reply));
+            }
+            Ok((status, reply))
         }
     })
     .await;
-    let (status, reply) =
-        answered.unwrap_or_else(|e| (0, json!({"transport_error": e.to_string()})));
+    let (status, reply) = answered.unwrap_or_else(|last| last);
     inner.callbacks.push(CallbackResult {
         channel_id,
         sent,
