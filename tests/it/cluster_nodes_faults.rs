@@ -116,7 +116,8 @@ async fn wait_completed(nodes: &Nodes, accepted: &BTreeSet<String>) -> BTreeMap<
 }
 
 /// Tallies final states; asserts that all are `completed`, printing the counts first.
-fn assert_all_completed(
+async fn assert_all_completed(
+    nodes: &Nodes,
     what: &str,
     accepted: &BTreeSet<String>,
     states: &BTreeMap<String, String>,
@@ -139,11 +140,18 @@ fn assert_all_completed(
     let unfinished: Vec<(&String, &String)> =
         states.iter().filter(|(_, s)| *s != "completed").collect();
     for (channel, state) in unfinished.iter().take(5) {
+        let (_, view) = nodes.running()[0]
+            .get(&format!("/console/requests/{channel}"))
+            .await;
         eprintln!(
             "{channel} is {state}: the backend answered its webhooks {:?}; its callbacks were \
-             answered {:?}",
+             answered {:?}; its timeline: {:?}",
             d.answered.get(*channel),
-            d.callbacks.get(*channel)
+            d.callbacks.get(*channel),
+            view["timeline"].as_array().map(|t| t
+                .iter()
+                .map(|s| format!("{} {}", s["type"], s["state"]))
+                .collect::<Vec<_>>())
         );
     }
     assert!(
@@ -214,7 +222,15 @@ async fn crash_loop_across_three_nodes_loses_nothing() {
          attempts before the last restart): {refused:?}",
         refused.len()
     );
-    assert_all_completed("crash loop across nodes", &accepted, &states, &d, started);
+    assert_all_completed(
+        &nodes,
+        "crash loop across nodes",
+        &accepted,
+        &states,
+        &d,
+        started,
+    )
+    .await;
     d.assert_one_id_each();
 }
 
@@ -290,7 +306,15 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
     );
     let states = wait_completed(&nodes, &accepted).await;
     let d = Deliveries::of(&receiver);
-    assert_all_completed("nats server killed", &accepted, &states, &d, started);
+    assert_all_completed(
+        &nodes,
+        "nats server killed",
+        &accepted,
+        &states,
+        &d,
+        started,
+    )
+    .await;
     d.assert_one_id_each();
     nodes.nats.restart(victim).await;
 }
@@ -336,6 +360,6 @@ async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
     }
     let states = wait_completed(&nodes, &accepted).await;
     let d = Deliveries::of(&receiver);
-    assert_all_completed("nats restarted", &accepted, &states, &d, started);
+    assert_all_completed(&nodes, "nats restarted", &accepted, &states, &d, started).await;
     d.assert_one_id_each();
 }
