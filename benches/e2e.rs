@@ -231,6 +231,14 @@ impl Side {
         (eddy, nats)
     }
 
+    /// Messages into the NATS servers so far (0 when the bench did not start them).
+    async fn nats_messages(&self) -> u64 {
+        match &self.nats {
+            Some(servers) => servers.messages_in().await,
+            None => 0,
+        }
+    }
+
     /// The node whose socket producer `p` joins (cluster mode: the next one).
     fn socket_for(&self, p: usize) -> Option<String> {
         (!self.nodes.is_empty()).then(|| self.bases[(p + 1) % self.bases.len()].clone())
@@ -405,6 +413,7 @@ fn main() {
         .to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let messages_before = side.nats_messages().await;
         let cpu_before = side.cpu();
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -428,6 +437,7 @@ fn main() {
         let user = cpu_after.0 - cpu_before.0;
         let cpu = cpu_after.1 - cpu_before.1;
         let nats_cpu = cpu_after.2 - cpu_before.2;
+        let messages = side.nats_messages().await - messages_before;
         for t in tasks {
             let _ = t.await;
         }
@@ -455,10 +465,11 @@ fn main() {
             );
         } else {
             println!(
-                "e2e {}: {line}, cpu eddy {:.0} ms + nats {:.0} ms per 1000 flows, rss eddy {rss:.0} MiB + nats {nats_rss:.0} MiB ({producers} producers, {seconds}s)",
+                "e2e {}: {line}, cpu eddy {:.0} ms + nats {:.0} ms per 1000 flows, {:.0} messages into NATS servers per flow, rss eddy {rss:.0} MiB + nats {nats_rss:.0} MiB ({producers} producers, {seconds}s)",
                 side.label,
                 per_1000(cpu),
                 per_1000(nats_cpu),
+                messages as f64 / flows.max(1) as f64,
             );
         }
     });

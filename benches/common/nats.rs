@@ -1,6 +1,7 @@
 //! `nats-server`s for the cluster mode of the benchmarks: one, or several joined in one
 //! JetStream cluster, on free loopback ports with store directories under a temporary
-//! directory; killed on drop. Their pids let a bench count the CPU the NATS side used.
+//! directory; killed on drop. Their pids let a bench count the CPU the NATS side used,
+//! their `/varz` the messages it handled.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,8 @@ pub struct NatsServers {
     children: Vec<Child>,
     /// `nats://127.0.0.1:PORT` of each.
     pub urls: Vec<String>,
+    /// Monitoring ports (`/varz`).
+    monitors: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -89,8 +92,28 @@ impl NatsServers {
         NatsServers {
             children,
             urls,
+            monitors: ports.iter().map(|p| p.2).collect(),
             _dir: dir,
         }
+    }
+
+    /// Messages received so far by all servers together (clients' and routes': a write
+    /// replicated to three servers counts once per server), from `/varz`.
+    pub async fn messages_in(&self) -> u64 {
+        let http = reqwest::Client::new();
+        let mut total = 0;
+        for port in &self.monitors {
+            let varz: serde_json::Value = match http
+                .get(format!("http://127.0.0.1:{port}/varz"))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            total += varz["in_msgs"].as_u64().unwrap_or(0);
+        }
+        total
     }
 
     pub fn pids(&self) -> Vec<u32> {
