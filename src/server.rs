@@ -187,6 +187,10 @@ impl Server {
         if let Err(e) = self.store.commit().await {
             tracing::error!(error = %e, "final commit failed");
         }
+        if let Some(cluster) = self.store.cluster() {
+            // What this node took and did not finish goes to the other nodes.
+            cluster.link.close().await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
