@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::{Models, Policy};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
+use crate::cluster;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{self, App, Face};
+use crate::job::ChannelId;
 use crate::scheduler::{self, Work};
 use crate::secret;
 use crate::store::{Store, StoreError};
@@ -43,7 +45,10 @@ impl Server {
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
         crate::egress::install_crypto();
-        let store = Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?;
+        let store = match cluster::Settings::of_config(&config) {
+            None => Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?,
+            Some(settings) => Store::open_cluster(settings?).await?,
+        };
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let new_key = catalog
             .bootstrap(config.api_key.as_deref(), now_ms())
@@ -111,6 +116,15 @@ impl Server {
         });
 
         let hub = Arc::new(Hub::new());
+        if let Some(cluster) = self.store.cluster() {
+            let store = self.store.clone();
+            let resend = move |hub: Arc<Hub>, channels: Vec<ChannelId>| {
+                tokio::spawn(resend_latest(hub, store.clone(), channels));
+            };
+            hub.join_cluster(cluster, resend)
+                .await
+                .map_err(|e| std::io::Error::other(format!("joining the cluster's pushes: {e}")))?;
+        }
         let (scheduler_handle, inbox) = scheduler::channel();
         let engine = Arc::new(Engine::new(
             self.store.clone(),
@@ -197,6 +211,23 @@ async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             },
+        }
+    }
+}
+
+/// After this node reconnected to NATS: the latest message of every channel joined here,
+/// again (a push published while the node was cut off never reached it).
+async fn resend_latest(hub: Arc<Hub>, store: Store, channels: Vec<ChannelId>) {
+    for channel in channels {
+        match store.request_by_channel(&channel).await {
+            Ok(Some(record)) => {
+                if let Some(push) = crate::payload::latest_push(&record) {
+                    let topic = crate::ws::topic(&record.project_id, &channel);
+                    hub.push_here(&channel, &topic, "response", &push.payload);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cluster: resending the latest message of {channel}: {e}"),
         }
     }
 }

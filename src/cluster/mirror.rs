@@ -28,6 +28,7 @@ pub struct Mirror {
     keys: Arc<RwLock<BTreeMap<String, Entry>>>,
     /// Bumped after every change applied, so a cache built on the copy can refresh.
     changed: watch::Receiver<u64>,
+    tell: Arc<watch::Sender<u64>>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -67,13 +68,14 @@ impl Mirror {
         }
         let keys = Arc::new(RwLock::new(now));
         let (tell, changed) = watch::channel(0u64);
-        let copy = keys.clone();
+        let tell = Arc::new(tell);
+        let (copy, told) = (keys.clone(), tell.clone());
         let task = tokio::spawn(async move {
             while let Some(change) = changes.next().await {
                 match change {
                     Ok(change) => {
                         apply(&mut copy.write().unwrap_or_else(|p| p.into_inner()), change);
-                        tell.send_modify(|n| *n += 1);
+                        told.send_modify(|n| *n += 1);
                     }
                     // A missed heartbeat while a server is down: the watch goes on.
                     Err(e) => tracing::debug!("cluster: mirroring a bucket: {e}"),
@@ -83,6 +85,7 @@ impl Mirror {
         Ok(Mirror {
             keys,
             changed,
+            tell,
             _task: Arc::new(AbortOnDrop(task)),
         })
     }
@@ -115,6 +118,25 @@ impl Mirror {
 
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
+    }
+
+    /// Records a write this node made (`None`: a delete) at `revision`, so that the copy
+    /// shows it before the watch brings it back; the same rule applies (the newer wins).
+    pub fn note(&self, key: &str, value: Option<bytes::Bytes>, revision: u64) {
+        let change = Change {
+            entry: Entry {
+                key: key.to_string(),
+                value: value.clone().unwrap_or_default(),
+                revision,
+            },
+            deleted: value.is_none(),
+            current: true,
+        };
+        apply(
+            &mut self.keys.write().unwrap_or_else(|p| p.into_inner()),
+            change,
+        );
+        self.tell.send_modify(|n| *n += 1);
     }
 
     /// Changes after every change applied to the copy.

@@ -163,6 +163,27 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings of a node started with `--cluster` (`config.cluster`), its prefix,
+    /// replicas and retentions; `None` for a sled node.
+    pub fn of_config(config: &crate::Config) -> Option<Result<Settings>> {
+        let urls = config.cluster.as_deref()?;
+        let servers = match connect::parse_servers(urls) {
+            Ok(servers) => servers,
+            Err(e) => return Some(Err(ClusterError::Settings(format!("--cluster: {e}")))),
+        };
+        let mut s = Settings::new(servers);
+        s.prefix = config.cluster_prefix.clone();
+        s.replicas = config.cluster_replicas;
+        s.request_retention = config.request_retention;
+        s.dlq_retention = config.dlq_retention;
+        s.idempotency_ttl = config.idempotency_ttl;
+        s.lease_ttl = (config.provider_timeout * 2).max(Duration::from_secs(60));
+        s.max_ack_pending = (config.max_inflight as i64).saturating_mul(8).max(1024);
+        Some(Ok(s))
+    }
+}
+
 /// One node's connection to the cluster and the handles it opened. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {

@@ -101,9 +101,23 @@ fn metrics(app: &App) -> Response {
 
 /// 200 while the store can take new work, 503 (with the reason) while it cannot: the disk
 /// is almost full, or a write failed and the store has not reopened yet. A load balancer
-/// then sends new requests elsewhere.
+/// then sends new requests elsewhere. A cluster node also reports its NATS link (`null`
+/// on a sled node): while it has none, the store cannot write.
 fn health(app: &App) -> Response {
     let store = app.engine.store().health();
+    let nats = app.engine.store().cluster().map(|c| {
+        let server = c.link.server();
+        serde_json::json!({
+            "connected": c.link.connected(),
+            "server": format!("{}:{}", server.host, server.port),
+            "server_name": server.server_name,
+            "server_version": server.version,
+            "disconnects": c.link.disconnects(),
+            "prefix": c.settings().prefix,
+            "replicas": c.settings().replicas,
+            "cas": format!("{:?}", c.cas_mode()).to_lowercase(),
+        })
+    });
     let status = if store.writable {
         StatusCode::OK
     } else {
@@ -117,6 +131,7 @@ fn health(app: &App) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "open_sockets": app.sockets.hub.open_sockets(),
             "slow_readers": app.sockets.hub.slow_readers(),
+            "cluster": nats,
         }),
     )
 }

@@ -94,6 +94,9 @@ pub enum StoreError {
     NoRoomToOpen { free_mib: u64, need_mib: u64 },
     #[error("the store cannot write ({0}); it reopens by itself once the disk has room")]
     Failed(String),
+    /// What a cluster node cannot answer yet (issue 15 is being built).
+    #[error("{0} is not available in cluster mode yet")]
+    NotInCluster(&'static str),
     /// A cluster node's store (NATS JetStream) failed or did not answer in time.
     #[error("cluster store: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),

@@ -1,19 +1,24 @@
 //! The store seam: [`Store`], the one handle the engine, scheduler, hub and catalog use,
-//! over a backend: the sled store (one node, the default) and, in cluster mode, JetStream
-//! (`crate::cluster`; issue 15, not wired yet).
+//! over a backend: the sled store (one node, the default) or, in cluster mode, JetStream
+//! ([`JetStore`], over `crate::cluster`).
 //!
 //! An enum rather than a trait object, so generic methods such as the closure-based
 //! [`Store::update`] stay one code path in the engine, and a sled call costs one match.
 //! Every method here only routes; what a method means is documented on the sled store's
 //! method of the same name (in the file of its tree, see the table in `store`), and the
-//! cluster backend keeps the same meaning.
+//! cluster backend keeps the same meaning. What a cluster node cannot answer yet is
+//! [`StoreError::NotInCluster`].
 
 use std::path::Path;
 
 use bincode::{Decode, Encode};
 
 use super::catalog::Kind;
-use super::{Claim, CommitStats, Cursor, Health, LogQuery, Result, SledStore, Summary, Update};
+use super::jet::{Flush, JetStore};
+use super::{
+    Claim, CommitStats, Cursor, Health, LogQuery, Result, SledStore, StoreError, Summary, Update,
+};
+use crate::cluster::{Cluster, Settings};
 use crate::job::{ChannelId, DeadLetter, ProjectId, Request, Status, Step};
 
 /// The store; cheap to clone.
@@ -25,6 +30,21 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sled(SledStore),
+    Jet(JetStore),
+}
+
+/// Routes a call: `on!(self, s => sled call, j => cluster call)`.
+macro_rules! on {
+    ($self:ident, $s:ident => $sled:expr, $j:ident => $jet:expr) => {
+        match &$self.backend {
+            Backend::Sled($s) => $sled,
+            Backend::Jet($j) => $jet,
+        }
+    };
+}
+
+fn not_yet<T>(what: &'static str) -> Result<T> {
+    Err(StoreError::NotInCluster(what))
 }
 
 impl Store {
@@ -35,20 +55,28 @@ impl Store {
         })
     }
 
-    fn sled(&self) -> &SledStore {
-        match &self.backend {
-            Backend::Sled(s) => s,
-        }
+    /// Connects to the NATS servers of `settings`, creates what is missing there, and
+    /// opens a cluster node's store on them.
+    pub async fn open_cluster(settings: Settings) -> Result<Store> {
+        let cluster = Cluster::open(settings).await?;
+        Ok(Store {
+            backend: Backend::Jet(JetStore::open(&cluster).await?),
+        })
+    }
+
+    /// The cluster this node is part of; `None` on a sled node.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        on!(self, _s => None, j => Some(&j.cluster))
     }
 
     // Records (the accept and drive paths).
 
     pub async fn new_request_id(&self) -> Result<(u64, ChannelId)> {
-        self.sled().new_request_id()
+        on!(self, s => s.new_request_id(), j => Ok(j.new_request_id()))
     }
 
     pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
-        self.sled().insert_request(record)
+        on!(self, s => s.insert_request(record), j => j.insert_request(record).await)
     }
 
     pub async fn insert_request_once(
@@ -58,20 +86,21 @@ impl Store {
         key_hash: &[u8; 32],
         ttl_ms: u64,
     ) -> Result<Claim> {
-        self.sled()
-            .insert_request_once(record, project, key_hash, ttl_ms)
+        on!(self,
+            s => s.insert_request_once(record, project, key_hash, ttl_ms),
+            j => j.insert_request_once(record, project, key_hash, ttl_ms).await)
     }
 
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
-        self.sled().request(id)
+        on!(self, s => s.request(id), j => j.request(id).await)
     }
 
     pub async fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
-        self.sled().request_by_channel(channel)
+        on!(self, s => s.request_by_channel(channel), j => j.request_by_channel(channel).await)
     }
 
     pub fn summary(&self, id: u64) -> Result<Option<Summary>> {
-        self.sled().summary(id)
+        on!(self, s => s.summary(id), _j => not_yet("a request's summary"))
     }
 
     /// Read → `change` → CAS; see the sled store's `update` for the rules both keep.
@@ -81,49 +110,51 @@ impl Store {
         now_ms: u64,
         change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
-        self.sled().update(id, now_ms, change)
+        on!(self, s => s.update(id, now_ms, change), j => j.update(id, now_ms, change).await)
     }
 
     pub async fn commit(&self) -> Result<()> {
-        self.sled().commit().await
+        on!(self, s => s.commit().await, j => j.commit().await)
     }
 
     // Timelines.
 
     pub async fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
-        self.sled().append_step(id, at_ms, step)
+        on!(self,
+            s => s.append_step(id, at_ms, step),
+            j => j.append_steps(id, &[(at_ms, step.clone())]).await)
     }
 
     pub async fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
-        self.sled().append_steps(id, steps)
+        on!(self, s => s.append_steps(id, steps), j => j.append_steps(id, steps).await)
     }
 
     pub async fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
-        self.sled().timeline(id)
+        on!(self, s => s.timeline(id), j => j.timeline(id).await)
     }
 
     // Due work (the scheduler).
 
     pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
-        self.sled().due_before(until_ms, limit)
+        on!(self, s => s.due_before(until_ms, limit), j => j.due_before(until_ms, limit).await)
     }
 
     pub fn recovered_due(&self) -> Vec<(u64, u64)> {
-        self.sled().recovered_due()
+        on!(self, s => s.recovered_due(), _j => Vec::new())
     }
 
     pub async fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
-        self.sled().drop_stale_due(due_ms, id)
+        on!(self, s => s.drop_stale_due(due_ms, id), j => j.drop_stale_due(due_ms, id).await)
     }
 
     pub fn due_len(&self) -> usize {
-        self.sled().due_len()
+        on!(self, s => s.due_len(), _j => 0)
     }
 
     // Dead letters.
 
     pub async fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
-        self.sled().insert_dead_letter(entry)
+        on!(self, s => s.insert_dead_letter(entry), _j => not_yet("the dead-letter queue"))
     }
 
     pub async fn dead_letters(
@@ -132,7 +163,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, DeadLetter)>> {
-        self.sled().dead_letters(project, before, limit)
+        on!(self,
+            s => s.dead_letters(project, before, limit),
+            _j => not_yet("the dead-letter queue"))
     }
 
     pub async fn dead_letters_between(
@@ -141,34 +174,35 @@ impl Store {
         since_ms: u64,
         until_ms: u64,
     ) -> Result<Vec<(String, DeadLetter)>> {
-        self.sled()
-            .dead_letters_between(project, since_ms, until_ms)
+        on!(self,
+            s => s.dead_letters_between(project, since_ms, until_ms),
+            _j => not_yet("the dead-letter queue"))
     }
 
     pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
-        self.sled().dead_letter(project, id)
+        on!(self, s => s.dead_letter(project, id), _j => not_yet("the dead-letter queue"))
     }
 
     pub async fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
-        self.sled().remove_dead_letter(project, id)
+        on!(self, s => s.remove_dead_letter(project, id), _j => not_yet("the dead-letter queue"))
     }
 
     pub async fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
-        self.sled().purge_dead_letters(cutoff_ms)
+        on!(self, s => s.purge_dead_letters(cutoff_ms), _j => Ok(0))
     }
 
     pub fn dlq_len(&self) -> i64 {
-        self.sled().dlq_len()
+        on!(self, s => s.dlq_len(), _j => 0)
     }
 
     // The request log.
 
     pub fn cursor_text(&self, cursor: Cursor) -> Result<String> {
-        self.sled().cursor_text(cursor)
+        on!(self, s => s.cursor_text(cursor), _j => not_yet("the request log"))
     }
 
     pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
-        self.sled().parse_cursor(text)
+        on!(self, s => s.parse_cursor(text), _j => None)
     }
 
     pub fn summary_by_channel(
@@ -176,7 +210,9 @@ impl Store {
         project: &ProjectId,
         channel: &ChannelId,
     ) -> Result<Option<(u64, Summary)>> {
-        self.sled().summary_by_channel(project, channel)
+        on!(self,
+            s => s.summary_by_channel(project, channel),
+            _j => not_yet("the request log"))
     }
 
     pub fn list_requests(
@@ -184,7 +220,7 @@ impl Store {
         project: &ProjectId,
         query: &LogQuery<'_>,
     ) -> Result<(Vec<Summary>, Option<String>)> {
-        self.sled().list_requests(project, query)
+        on!(self, s => s.list_requests(project, query), _j => not_yet("the request log"))
     }
 
     pub fn sweep_requests(
@@ -193,15 +229,16 @@ impl Store {
         cutoff_ms: u64,
         limit: usize,
     ) -> Result<usize> {
-        self.sled().sweep_requests(project, cutoff_ms, limit)
+        // A cluster's records and log keys expire by their buckets' `max_age`.
+        on!(self, s => s.sweep_requests(project, cutoff_ms, limit), _j => Ok(0))
     }
 
     pub fn rebuild_indexes(&self) -> Result<usize> {
-        self.sled().rebuild_indexes()
+        on!(self, s => s.rebuild_indexes(), _j => not_yet("rebuilding indexes"))
     }
 
     pub fn state_counts(&self) -> Vec<(Status, i64)> {
-        self.sled().state_counts()
+        on!(self, s => s.state_counts(), _j => Status::ALL.into_iter().map(|s| (s, 0)).collect())
     }
 
     // The catalog and meta.
@@ -213,15 +250,37 @@ impl Store {
         name: &[u8],
         value: &T,
     ) -> Result<()> {
-        self.sled().catalog_put(kind, project, name, value)
+        on!(self,
+            s => s.catalog_put(kind, project, name, value),
+            j => j.catalog.put(kind, project, name, value))
     }
 
     pub fn catalog_delete(&self, kind: Kind, project: &ProjectId, name: &[u8]) -> Result<bool> {
-        self.sled().catalog_delete(kind, project, name)
+        on!(self,
+            s => s.catalog_delete(kind, project, name),
+            j => Ok(j.catalog.delete(kind, project, name)))
     }
 
     pub fn catalog_load<T: Decode<()>>(&self, kind: Kind) -> Result<Vec<T>> {
-        self.sled().catalog_load(kind)
+        on!(self, s => s.catalog_load(kind), j => j.catalog.load(kind))
+    }
+
+    /// For one catalog change on a cluster node: a handle whose catalog writes queue apart
+    /// from every other's, to be sent by [`Store::catalog_flush`]. `None` on a sled node,
+    /// whose catalog writes are made at once and durable with the next commit.
+    pub fn catalog_change(&self) -> Option<Store> {
+        on!(self, _s => None, j => Some(Store { backend: Backend::Jet(j.catalog_change()) }))
+    }
+
+    /// Sends the catalog writes queued on this handle (see [`Store::catalog_change`]):
+    /// false if another node changed one of their keys first (decide again).
+    pub async fn catalog_flush(&self) -> Result<bool> {
+        on!(self, _s => Ok(true), j => Ok(matches!(j.catalog.flush().await?, Flush::Done)))
+    }
+
+    /// Drops the catalog writes queued on this handle.
+    pub fn catalog_discard(&self) {
+        on!(self, _s => {}, j => j.catalog.discard())
     }
 
     pub async fn meta_or_init(
@@ -229,28 +288,36 @@ impl Store {
         name: &str,
         init: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>> {
-        self.sled().meta_or_init(name, init)
+        on!(self, s => s.meta_or_init(name, init), j => j.meta_or_init(name, init).await)
+    }
+
+    /// The id of a new project called `name`: random on a sled node; on a cluster node
+    /// derived from the name, so that nodes creating it at once create one.
+    pub fn new_project_id(&self, name: &str) -> ProjectId {
+        on!(self, _s => ProjectId::random(), j => j.new_project_id(name))
     }
 
     pub fn next_id(&self) -> Result<u64> {
-        self.sled().next_id()
+        on!(self, s => s.next_id(), _j => Ok(rand::random::<u64>().max(1)))
     }
 
     // Health.
 
     pub fn ensure_space(&self) -> Result<()> {
-        self.sled().ensure_space()
+        on!(self, s => s.ensure_space(), j => j.ensure_linked())
     }
 
     pub fn health(&self) -> Health {
-        self.sled().health()
+        on!(self, s => s.health(), j => j.health())
     }
 
+    /// Changes when the catalog must be loaded again: after a sled store reopened
+    /// itself, and on a cluster node after every change of the catalog by any node.
     pub fn reopened(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.sled().reopened()
+        on!(self, s => s.reopened(), j => j.catalog.changed())
     }
 
     pub fn commit_stats(&self) -> &CommitStats {
-        self.sled().commit_stats()
+        on!(self, s => s.commit_stats(), j => &j.stats)
     }
 }

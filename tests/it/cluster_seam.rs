@@ -4,10 +4,12 @@
 
 use eddy::job::{State, Step};
 use eddy::store::{JetStore, Update};
+use serde_json::json;
 
 use crate::cluster::node_on;
 use crate::cluster_store::pending;
 use crate::support::nats::Nats;
+use crate::support::{Callback, Receiver, seed_request, start, text};
 
 /// A request stored through one node is found by its channel id through another (both
 /// read the one id key), an update made on the second shows on the first, and a refused
@@ -91,4 +93,36 @@ async fn the_first_meta_value_wins_on_every_node() {
         .await
         .unwrap();
     assert_eq!((first, second), (vec![1; 32], vec![1; 32]));
+}
+
+/// `serve --cluster` in-process on one NATS server: the seed's flow runs end to end on a
+/// cluster node (accept, webhook, callback, push, console view), with its records,
+/// catalog and timeline in JetStream and nothing in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_runs_the_seed_flow() {
+    let nats = Nats::one().await;
+    let server = start(|c| {
+        c.cluster = Some(nats.url(0));
+        c.cluster_replicas = 1;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.call_back(&server.key, Callback::Enrich);
+    server.event_workflow("content_generator", json!({})).await;
+    server.register_webhook(&receiver.url).await;
+    let ticket = server.send_async(seed_request("content_generator")).await;
+    let channel_id = text(&ticket, "channel_id").to_string();
+    let mut socket = server.join(&ticket).await;
+    let completed = socket.push_with_status("completed").await;
+    assert_eq!(completed["channel_id"], channel_id);
+    let hooks = receiver.wait_for(1).await;
+    assert_eq!(hooks[0].json()["channel_id"], channel_id);
+    let view = server.wait_for_status(&channel_id, "completed").await;
+    assert_eq!(view["deliveries"][0]["status"], "delivered");
+    assert!(
+        std::fs::read_dir(server.data_dir())
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "a cluster node writes nothing under --data"
+    );
 }

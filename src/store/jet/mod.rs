@@ -1,6 +1,5 @@
-//! The JetStream backend of the store seam (cluster mode, issue 15; being built, not yet a
-//! variant of `seam`'s backend): a cluster node's answers to the record, timeline and
-//! due-index methods of [`super::Store`], with the same signatures and meaning.
+//! The JetStream backend of the store seam (cluster mode, issue 15): a cluster node's
+//! answers to the methods of [`super::Store`], with the same meaning as the sled store's.
 //!
 //! - Records, due keys and idempotency claims go through [`cluster::Records`] (create,
 //!   fenced CAS, the due key written before the record owns it).
@@ -11,26 +10,38 @@
 //! - Timelines are the sled store's frames (`timeline::frames`), one message per write on
 //!   the request's subject of the timeline stream.
 //!
+//! - The catalog is the `catalog` bucket and this node's copy of it (`catalog`).
+//! - Every write of a record method is acknowledged by a quorum before the method
+//!   returns, so [`super::Store::commit`] has only the catalog writes queued without a
+//!   wait (an endpoint's health) to send.
+//!
 //! Not yet here (each is a step of issue 15): big texts in chunks (a record is stored
 //! whole and must fit the servers' `max_payload`), the request log and counts, dead
-//! letters, the catalog, and acknowledgements awaited at [`super::Store::commit`] (every
-//! write here is awaited before its method returns).
+//! letters.
+
+mod catalog;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::ids::IdKey;
 use super::timeline::{frames, unframe};
-use super::{Claim, Result, StoreError, Update};
+use super::{Claim, CommitStats, Result, StoreError, Update};
 use crate::cluster::{self, Bucket, Cluster, Create, Records, Timeline};
 use crate::job::{ChannelId, ProjectId, Request, Step};
+pub use catalog::{CatalogBatch, Flush};
 
 /// A cluster node's store; cheap to clone.
 #[derive(Clone)]
 pub struct JetStore {
+    pub(super) cluster: Cluster,
     records: Records,
     timeline: Timeline,
     meta: Bucket,
     ids: IdKey,
+    pub(super) catalog: CatalogBatch,
+    pub(super) stats: Arc<CommitStats>,
 }
 
 async fn meta_or_init(
@@ -58,10 +69,13 @@ impl JetStore {
             ))
         })?;
         Ok(JetStore {
+            cluster: cluster.clone(),
             records: cluster.records().await?,
             timeline: cluster.timeline().await?,
             meta,
             ids: IdKey::new(key),
+            catalog: CatalogBatch::open(cluster.bucket("catalog").await?).await?,
+            stats: Arc::default(),
         })
     }
 
@@ -73,6 +87,25 @@ impl JetStore {
         init: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>> {
         meta_or_init(&self.meta, name, init).await
+    }
+
+    /// Sends the catalog writes queued without a wait (see `catalog`); a conflict there
+    /// is an endpoint's health that another node changed first, and theirs stands.
+    pub async fn commit(&self) -> Result<()> {
+        self.catalog.flush().await?;
+        Ok(())
+    }
+
+    /// The same store with a catalog queue of its own, for one catalog change.
+    pub fn catalog_change(&self) -> JetStore {
+        JetStore {
+            catalog: self.catalog.fresh(),
+            ..self.clone()
+        }
+    }
+
+    pub fn new_project_id(&self, name: &str) -> ProjectId {
+        self.ids.project_of_name(name)
     }
 
     /// A new request id (random, never 0) and its channel id.
@@ -142,5 +175,33 @@ impl JetStore {
 
     pub async fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
         Ok(self.records.drop_stale_due(due_ms, id).await?)
+    }
+}
+
+impl JetStore {
+    /// New work is refused while this node has no connection to NATS (a write would only
+    /// time out).
+    pub fn ensure_linked(&self) -> Result<()> {
+        if self.cluster.link.connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Cluster(cluster::ClusterError::failed(
+                "reaching NATS",
+                "this node has lost its connection to every server; it reconnects by itself",
+            )))
+        }
+    }
+
+    pub fn health(&self) -> super::Health {
+        match self.ensure_linked() {
+            Ok(()) => super::Health {
+                writable: true,
+                reason: None,
+            },
+            Err(e) => super::Health {
+                writable: false,
+                reason: Some(e.to_string()),
+            },
+        }
     }
 }
