@@ -174,7 +174,8 @@ pub fn spawn(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_on(inbox, store, None, work, settings, shutdown)
+    let cluster = store.cluster().cloned();
+    spawn_on(inbox, store, cluster, work, settings, shutdown)
 }
 
 /// [`spawn`], on `cluster` if given: the wheel fires by publishing work messages and runs
