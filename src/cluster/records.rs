@@ -188,7 +188,14 @@ impl Records {
 
     /// Record `id` as some replica has it (an absence is confirmed by the leader): for
     /// reads that only show a record.
+    ///
+    /// A round holding the request's job ([`holding`]) reads from the leader instead: it
+    /// decides from the record that nothing is due, and a replica may not have the write
+    /// that published the job yet.
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
+        if held(id) {
+            return self.request_leader(id).await;
+        }
         self.requests
             .get(&key::num(id))
             .await?
@@ -215,15 +222,30 @@ impl Records {
         mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
         let key = key::num(id);
-        let mut current = self.requests.get(&key).await?;
+        let mut from_leader = held(id);
+        let mut current = match from_leader {
+            true => self.requests.get_leader(&key).await?,
+            false => self.requests.get(&key).await?,
+        };
         loop {
             let Some(entry) = current else {
+                if !from_leader {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                    continue;
+                }
                 return Ok(Update::Missing);
             };
             let mut record = decode(&entry.value)?;
             let old_due = Due::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
+                // A refusal stands only on the leader's copy: a replica's may be behind.
+                Err(_) if !from_leader => {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                    continue;
+                }
                 Err(refusal) => return Ok(Update::Refused(refusal)),
             };
             record.updated_ms = now_ms.max(record.updated_ms);
@@ -252,7 +274,10 @@ impl Records {
                     return Ok(Update::Done(Box::new(record), value));
                 }
                 // Another node moved the record: read what it wrote, decide again.
-                Cas::Conflict => current = self.requests.get_leader(&key).await?,
+                Cas::Conflict => {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                }
             }
         }
     }
