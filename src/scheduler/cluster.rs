@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Wheel, Work};
 use crate::clock::now_ms;
-use crate::cluster::records::holding;
+use crate::cluster::records::{Held, holding};
 use crate::cluster::{Cluster, Job, Records, WorkQueue};
 
 /// How often a refill lists the whole due bucket rather than the minutes ahead.
@@ -249,7 +249,12 @@ async fn run_job(
     extend_every: Duration,
 ) -> (u64, Option<u64>) {
     let (id, due) = (job.id, job.due_ms);
-    let run = holding(id, work.run(id, due));
+    let held = Held {
+        id,
+        due_ms: due,
+        by_write: job.by_write,
+    };
+    let run = holding(held, work.run(id, due));
     tokio::pin!(run);
     let mut extend = tokio::time::interval_at(Instant::now() + extend_every, extend_every);
     let next = loop {
