@@ -83,6 +83,13 @@ impl SchedulerHandle {
         self.node.retry(id, at_ms);
     }
 
+    /// The run of `id` in progress found no record: on a cluster node its job comes back
+    /// shortly for a while (the write that published it may not be stored yet); on one
+    /// node it does nothing.
+    pub fn not_found(&self, id: u64) {
+        self.node.not_found(id);
+    }
+
     /// Whether this node runs as one of several (set when the scheduler starts).
     pub fn clustered(&self) -> bool {
         self.node.clustered()
@@ -174,7 +181,8 @@ pub fn spawn(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_on(inbox, store, None, work, settings, shutdown)
+    let cluster = store.cluster().cloned();
+    spawn_on(inbox, store, cluster, work, settings, shutdown)
 }
 
 /// [`spawn`], on `cluster` if given: the wheel fires by publishing work messages and runs

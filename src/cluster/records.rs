@@ -52,21 +52,35 @@ use crate::job::{ProjectId, Request};
 use crate::store::{Claim, Update, decode_request, encode_request};
 
 tokio::task_local! {
-    /// The request whose work message the current task holds (see [`holding`]).
-    static HOLDING: u64;
+    /// The job the current task holds (see [`holding`]).
+    static HOLDING: Held;
 }
 
-/// Runs `round` as the holder of request `id`'s work message. A write it makes that leaves
-/// `id` due now publishes no message: the round goes on with that work itself, and the
-/// message it holds is acknowledged only after it ends (or handed back, or redelivered if
-/// its node dies), so the work is never without a message, and no second node starts the
-/// same step meanwhile.
-pub async fn holding<F: std::future::Future>(id: u64, round: F) -> F::Output {
-    HOLDING.scope(id, round).await
+/// The job a round holds: its request, due time, and whether a write published it.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub id: u64,
+    pub due_ms: u64,
+    pub by_write: bool,
+}
+
+/// Runs `round` as the holder of a job of request `held.id`. A write it makes that leaves
+/// the request due now publishes no message: the round goes on with that work itself, and
+/// the message it holds is acknowledged only after it ends (or handed back, or
+/// redelivered if its node dies), so the work is never without a message, and no second
+/// node starts the same step meanwhile. Its reads of the record are the leader's, and a
+/// job published by a write shows no record until that write is visible (see
+/// [`Records::request`]).
+pub async fn holding<F: std::future::Future>(held: Held, round: F) -> F::Output {
+    HOLDING.scope(held, round).await
+}
+
+fn holder(id: u64) -> Option<Held> {
+    HOLDING.try_with(|held| *held).ok().filter(|h| h.id == id)
 }
 
 fn held(id: u64) -> bool {
-    HOLDING.try_with(|held| *held == id).unwrap_or(false)
+    holder(id).is_some()
 }
 
 /// How long a repeat of an idempotency key waits for the record of a fresh claim whose
@@ -156,7 +170,7 @@ impl Records {
     async fn announce(&self, id: u64, due: Due) -> Result<Option<Ack>> {
         match due {
             Due::Never => Ok(None),
-            Due::Now(at) => Ok(Some(self.work.publish(id, at).await?)),
+            Due::Now(at) => Ok(Some(self.work.publish_for_write(id, at).await?)),
             Due::Later(at) => {
                 self.due.put(&due_key(at, id), Bytes::new()).await?;
                 Ok(None)
@@ -188,7 +202,21 @@ impl Records {
 
     /// Record `id` as some replica has it (an absence is confirmed by the leader): for
     /// reads that only show a record.
+    ///
+    /// A round holding the request's job ([`holding`]) reads from the leader instead: it
+    /// decides from the record that nothing is due, and a replica may not have the write
+    /// that published the job yet. For a job published by a write, a record that does not
+    /// show that write yet (older, and not due at the job's time) reads as none: the
+    /// write was sent after the message and may still be on its way, so the job must
+    /// come back rather than find nothing to do.
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
+        if let Some(held) = holder(id) {
+            let record = self.request_leader(id).await?;
+            let early = |r: &Request| {
+                held.by_write && r.due_ms != Some(held.due_ms) && r.updated_ms < held.due_ms
+            };
+            return Ok(record.filter(|r| !early(r)));
+        }
         self.requests
             .get(&key::num(id))
             .await?
@@ -215,15 +243,30 @@ impl Records {
         mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
         let key = key::num(id);
-        let mut current = self.requests.get(&key).await?;
+        let mut from_leader = held(id);
+        let mut current = match from_leader {
+            true => self.requests.get_leader(&key).await?,
+            false => self.requests.get(&key).await?,
+        };
         loop {
             let Some(entry) = current else {
+                if !from_leader {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                    continue;
+                }
                 return Ok(Update::Missing);
             };
             let mut record = decode(&entry.value)?;
             let old_due = Due::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
+                // A refusal stands only on the leader's copy: a replica's may be behind.
+                Err(_) if !from_leader => {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                    continue;
+                }
                 Err(refusal) => return Ok(Update::Refused(refusal)),
             };
             record.updated_ms = now_ms.max(record.updated_ms);
@@ -252,7 +295,10 @@ impl Records {
                     return Ok(Update::Done(Box::new(record), value));
                 }
                 // Another node moved the record: read what it wrote, decide again.
-                Cas::Conflict => current = self.requests.get_leader(&key).await?,
+                Cas::Conflict => {
+                    from_leader = true;
+                    current = self.requests.get_leader(&key).await?;
+                }
             }
         }
     }

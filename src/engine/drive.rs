@@ -122,7 +122,10 @@ impl Engine {
     ) -> Option<u64> {
         let record = match self.store.request(id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return None,
+            Ok(None) => {
+                self.scheduler.not_found(id);
+                return None;
+            }
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
                 return self.again_at(id, now_ms() + RETRY_MS);

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Wheel, Work};
 use crate::clock::now_ms;
-use crate::cluster::records::holding;
+use crate::cluster::records::{Held, holding};
 use crate::cluster::{Cluster, Job, Records, WorkQueue};
 
 /// How often a refill lists the whole due bucket rather than the minutes ahead.
@@ -54,6 +54,10 @@ const MOST_PER_PULL: usize = 256;
 /// running here, or a round that stopped with work due now.
 const SHORTLY: Duration = Duration::from_millis(200);
 
+/// How many times a job whose request is not found comes back before it is dropped
+/// (`SHORTLY` apart: about a minute).
+const LOOKS_FOR_RECORD: i64 = 300;
+
 /// A job taken from the queue with the slot it runs in.
 pub(super) type Taken = (Job, OwnedSemaphorePermit);
 
@@ -61,8 +65,9 @@ pub(super) type Taken = (Job, OwnedSemaphorePermit);
 #[derive(Default)]
 pub(super) struct Node {
     clustered: AtomicBool,
-    /// Retry times asked for by rounds in progress, by request id.
-    retries: Mutex<HashMap<u64, u64>>,
+    /// Retry times asked for by rounds in progress, by request id; `None`: the record was
+    /// not found.
+    retries: Mutex<HashMap<u64, Option<u64>>>,
     records: OnceLock<Records>,
 }
 
@@ -78,14 +83,19 @@ impl Node {
     pub fn retry(&self, id: u64, at_ms: u64) {
         if self.clustered() {
             let mut retries = self.retries.lock().unwrap_or_else(|p| p.into_inner());
-            retries
-                .entry(id)
-                .and_modify(|t| *t = (*t).min(at_ms))
-                .or_insert(at_ms);
+            let at = retries.entry(id).or_insert(Some(at_ms));
+            *at = at.map(|t| t.min(at_ms));
         }
     }
 
-    fn take_retry(&self, id: u64) -> Option<u64> {
+    pub fn not_found(&self, id: u64) {
+        if self.clustered() {
+            let mut retries = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+            retries.insert(id, None);
+        }
+    }
+
+    fn take_retry(&self, id: u64) -> Option<Option<u64>> {
         self.retries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -239,7 +249,12 @@ async fn run_job(
     extend_every: Duration,
 ) -> (u64, Option<u64>) {
     let (id, due) = (job.id, job.due_ms);
-    let run = holding(id, work.run(id, due));
+    let held = Held {
+        id,
+        due_ms: due,
+        by_write: job.by_write,
+    };
+    let run = holding(held, work.run(id, due));
     tokio::pin!(run);
     let mut extend = tokio::time::interval_at(Instant::now() + extend_every, extend_every);
     let next = loop {
@@ -254,10 +269,22 @@ async fn run_job(
     };
     let now = now_ms();
     let settled = match (node.take_retry(id), next) {
-        (Some(at), _) => job
+        (Some(Some(at)), _) => job
             .defer(Duration::from_millis(at.saturating_sub(now)).max(SHORTLY))
             .await
             .map(|_| None),
+        // The write that published the job may not be stored yet: look again shortly,
+        // for a while (a message whose record never came is then dropped).
+        (Some(None), _) if job.delivered < LOOKS_FOR_RECORD => {
+            job.defer(SHORTLY).await.map(|_| None)
+        }
+        (Some(None), _) => {
+            tracing::warn!(
+                id,
+                "cluster: dropping the job of a request that is not stored"
+            );
+            job.done().await.map(|_| None)
+        }
         (None, Some(at)) if at <= now => job.defer(SHORTLY).await.map(|_| None),
         (None, next) => job.done().await.map(|_| next),
     };
