@@ -161,7 +161,8 @@ async fn assert_all_completed(
     );
 }
 
-/// The crash loop across nodes: three eddy nodes on three NATS servers, ten rounds of
+/// The crash loop across nodes: three eddy nodes on three NATS servers behind a load
+/// balancer (which the backend's callbacks and some clients go through), ten rounds of
 /// load spread over the nodes while a flaky backend (40% 500s) is delivered to and calls
 /// back; each round one node is killed with `kill -9` at a random moment under load and
 /// started again. Every accepted request completes, and each request's deliveries share
@@ -172,7 +173,7 @@ async fn crash_loop_across_three_nodes_loses_nothing() {
     const PER_ROUND: usize = 12;
     let started = Instant::now();
     let extra = ["--webhook-retry-schedule", PATIENT];
-    let mut nodes = Nodes::start(Nats::three().await, 3, &extra).await;
+    let mut nodes = Nodes::start_balanced(Nats::three().await, 3, &extra).await;
     let receiver = Receiver::start().await;
     let script: Vec<u16> = {
         let mut rng = rand::rng();
@@ -191,12 +192,15 @@ async fn crash_loop_across_three_nodes_loses_nothing() {
         let mut sends = Vec::new();
         for i in 0..PER_ROUND * 2 {
             // The first half goes to every node; the second half, sent while the victim
-            // is being killed, to the others.
+            // is being killed, to the others or through the balancer.
             let mut target = i % nodes.len();
             if i >= PER_ROUND && target == victim {
                 target = (target + 1) % nodes.len();
             }
-            let api = nodes.api(target);
+            let api = match i >= PER_ROUND && i % 2 == 1 {
+                true => nodes.balanced(),
+                false => nodes.api(target),
+            };
             sends.push(tokio::spawn(async move { try_send(&api).await }));
             if i == PER_ROUND {
                 let pause = rand::rng().random_range(20..400);

@@ -45,9 +45,11 @@ impl Node {
     fn spawn(&mut self) {
         assert!(self.eddy.is_none(), "{} is already running", self.name);
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
         let (eddy, lines) = Eddy::spawn_logged(self.data.path(), &self.listen, &extra);
         assert_eq!(eddy.base, self.base(), "{} keeps its port", self.name);
         let name = self.name.clone();
+        eprintln!("[{name}] listening after {:?}", started.elapsed());
         std::thread::spawn(move || {
             for line in lines {
                 eprintln!("[{name}] {line}");
@@ -69,6 +71,53 @@ impl Node {
 pub struct Nodes {
     nodes: Vec<Node>,
     pub nats: Nats,
+    /// In front of the nodes when started by [`Nodes::start_balanced`].
+    balancer: Option<Balancer>,
+}
+
+/// A TCP load balancer in front of the nodes, as an operator runs one: each connection
+/// goes to the next node, or the one after if that one does not take it (a node killed
+/// or restarting). The nodes' `--public-url` names it, so the callback and socket URLs
+/// they hand out reach whichever node is up.
+pub struct Balancer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    fn start(listener: tokio::net::TcpListener, targets: Vec<String>) -> Balancer {
+        let base = format!(
+            "http://{}",
+            listener.local_addr().expect("balancer address")
+        );
+        let task = tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    continue;
+                };
+                next += 1;
+                let (targets, first) = (targets.clone(), next);
+                tokio::spawn(async move {
+                    for k in 0..targets.len() {
+                        let target = &targets[(first + k) % targets.len()];
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer { base, task }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A loopback address free now, for a node to keep across its restarts.
@@ -92,9 +141,30 @@ impl Nodes {
     /// `n` nodes on `nats`, started one after the other (the first creates the buckets and
     /// streams), each with the `extra` options of `eddy serve`.
     pub async fn start(nats: Nats, n: usize, extra: &[&str]) -> Nodes {
+        Nodes::launch(nats, n, extra, None).await
+    }
+
+    /// [`Nodes::start`] behind a [`Balancer`] that their `--public-url` names.
+    pub async fn start_balanced(nats: Nats, n: usize, extra: &[&str]) -> Nodes {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind balancer");
+        Nodes::launch(nats, n, extra, Some(listener)).await
+    }
+
+    async fn launch(
+        nats: Nats,
+        n: usize,
+        extra: &[&str],
+        balancer: Option<tokio::net::TcpListener>,
+    ) -> Nodes {
         let mut args = cluster_args(&nats);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let nodes = (0..n)
+        if let Some(listener) = &balancer {
+            let address = listener.local_addr().expect("balancer address");
+            args.extend(["--public-url".to_string(), format!("http://{address}")]);
+        }
+        let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 name: format!("eddy{}", i + 1),
                 data: tempfile::tempdir().expect("temp dir"),
@@ -103,7 +173,13 @@ impl Nodes {
                 eddy: None,
             })
             .collect();
-        let mut nodes = Nodes { nats, nodes };
+        let targets = nodes.iter().map(|n| n.listen.clone()).collect();
+        let balancer = balancer.map(|listener| Balancer::start(listener, targets));
+        let mut nodes = Nodes {
+            nodes,
+            nats,
+            balancer,
+        };
         for i in 0..n {
             nodes.nodes[i].spawn();
         }
@@ -121,6 +197,16 @@ impl Nodes {
     /// A client of node `i`.
     pub fn api(&self, i: usize) -> Api {
         self.nodes[i].api()
+    }
+
+    /// A client of the balancer in front of the nodes ([`Nodes::start_balanced`]).
+    pub fn balanced(&self) -> Api {
+        let balancer = self.balancer.as_ref().expect("nodes started balanced");
+        Api {
+            base: balancer.base.clone(),
+            key: super::KEY.to_string(),
+            http: super::http_client(),
+        }
     }
 
     /// Clients of every running node.
