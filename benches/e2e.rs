@@ -13,8 +13,9 @@
 //! release binaries `eddy serve --cluster …` in their own processes on K `nats-server`s
 //! started here (default 3, replicas 3; 1 server gets replicas 1), or on the servers
 //! `URLS`. Producer `p` accepts on node `p mod N` and joins its socket on the next node,
-//! so with N > 1 every push crosses nodes. The line adds the NATS servers' CPU and memory
-//! beside the nodes' (when the bench started them).
+//! so with N > 1 every push crosses nodes. The line adds the NATS servers' CPU, memory and
+//! messages beside the nodes' (when the bench started them), and a second line counts the
+//! writes per flow to each stream (where the time goes).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -239,6 +240,14 @@ impl Side {
         }
     }
 
+    /// Last sequence of every stream (empty when the bench did not start the servers).
+    async fn stream_seqs(&self) -> std::collections::BTreeMap<String, u64> {
+        match &self.nats {
+            Some(servers) => servers.stream_seqs().await,
+            None => Default::default(),
+        }
+    }
+
     /// The node whose socket producer `p` joins (cluster mode: the next one).
     fn socket_for(&self, p: usize) -> Option<String> {
         (!self.nodes.is_empty()).then(|| self.bases[(p + 1) % self.bases.len()].clone())
@@ -414,6 +423,7 @@ fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let messages_before = side.nats_messages().await;
+        let seqs_before = side.stream_seqs().await;
         let cpu_before = side.cpu();
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -438,6 +448,7 @@ fn main() {
         let cpu = cpu_after.1 - cpu_before.1;
         let nats_cpu = cpu_after.2 - cpu_before.2;
         let messages = side.nats_messages().await - messages_before;
+        let seqs_after = side.stream_seqs().await;
         for t in tasks {
             let _ = t.await;
         }
@@ -471,6 +482,15 @@ fn main() {
                 per_1000(nats_cpu),
                 messages as f64 / flows.max(1) as f64,
             );
+            let writes: Vec<String> = seqs_after
+                .iter()
+                .map(|(name, seq)| {
+                    let before = seqs_before.get(name).copied().unwrap_or(0);
+                    let per_flow = (seq - before.min(*seq)) as f64 / flows.max(1) as f64;
+                    format!("{name} {per_flow:.1}")
+                })
+                .collect();
+            println!("writes per flow by stream: {}", writes.join(", "));
         }
     });
     drop(server_rt);

@@ -116,6 +116,29 @@ impl NatsServers {
         total
     }
 
+    /// The last sequence of every stream (name → seq) as server 0 sees it: each write,
+    /// put, delete or publish takes one, so a difference counts the writes to a stream.
+    pub async fn stream_seqs(&self) -> std::collections::BTreeMap<String, u64> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+            self.monitors[0]
+        );
+        let jsz: serde_json::Value = match reqwest::get(url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let mut seqs = std::collections::BTreeMap::new();
+        for account in jsz["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                if let Some(name) = stream["name"].as_str() {
+                    let seq = stream["state"]["last_seq"].as_u64().unwrap_or(0);
+                    seqs.insert(name.to_string(), seq);
+                }
+            }
+        }
+        seqs
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
