@@ -46,42 +46,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod due;
+
+pub use due::{Due, Held, due_key, holding};
+use due::{entry_due, held, holder, split_due_key};
+
 use super::bucket::Ack;
 use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
 use crate::job::{ProjectId, Request};
 use crate::store::{Claim, Update, decode_request, encode_request};
 
-tokio::task_local! {
-    /// The job the current task holds (see [`holding`]).
-    static HOLDING: Held;
-}
-
-/// The job a round holds: its request, due time, and whether a write published it.
-#[derive(Debug, Clone, Copy)]
-pub struct Held {
-    pub id: u64,
-    pub due_ms: u64,
-    pub by_write: bool,
-}
-
-/// Runs `round` as the holder of a job of request `held.id`. A write it makes that leaves
-/// the request due now publishes no message: the round goes on with that work itself, and
-/// the message it holds is acknowledged only after it ends (or handed back, or
-/// redelivered if its node dies), so the work is never without a message, and no second
-/// node starts the same step meanwhile. Its reads of the record are the leader's, and a
-/// job published by a write shows no record until that write is visible (see
-/// [`Records::request`]).
-pub async fn holding<F: std::future::Future>(held: Held, round: F) -> F::Output {
-    HOLDING.scope(held, round).await
-}
-
-fn holder(id: u64) -> Option<Held> {
-    HOLDING.try_with(|held| *held).ok().filter(|h| h.id == id)
-}
-
-fn held(id: u64) -> bool {
-    holder(id).is_some()
-}
+/// How long the work message of a stored write is sent again before the work is keyed.
+const CONFIRM_FOR: Duration = Duration::from_secs(30);
 
 /// How long a repeat of an idempotency key waits for the record of a fresh claim whose
 /// record is not there yet, before taking the claim over.
@@ -95,52 +71,6 @@ pub struct Records {
     idem: Bucket,
     lease: Bucket,
     work: WorkQueue,
-}
-
-/// How the cluster keeps a record's due time (issue 14's rule, see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Nothing due.
-    Never,
-    /// Due when written: a work message, no key.
-    Now(u64),
-    /// Due after its write: a due key.
-    Later(u64),
-}
-
-impl Due {
-    /// The due time `record` carries, and how it is kept.
-    pub fn of(record: &Request) -> Due {
-        match record.due_ms {
-            None => Due::Never,
-            Some(due) if due <= record.updated_ms => Due::Now(due),
-            Some(due) => Due::Later(due),
-        }
-    }
-}
-
-/// The due-index key of `(due_ms, id)`: the minute first, so one minute lists by prefix.
-pub fn due_key(due_ms: u64, id: u64) -> String {
-    format!(
-        "{}.{}.{}",
-        key::num(due_ms / 60_000),
-        key::num(due_ms),
-        key::num(id)
-    )
-}
-
-fn split_due_key(k: &str) -> Option<(u64, u64)> {
-    let mut tokens = k.split('.').skip(1);
-    let due = key::parse_num(tokens.next()?)?;
-    let id = key::parse_num(tokens.next()?)?;
-    Some((due, id))
-}
-
-fn entry_due(due: Due) -> Option<u64> {
-    match due {
-        Due::Never => None,
-        Due::Now(at) | Due::Later(at) => Some(at),
-    }
 }
 
 fn decode(bytes: &[u8]) -> Result<Request> {
@@ -162,6 +92,38 @@ impl Records {
             lease: cluster.bucket("lease").await?,
             work: cluster.work().await?,
         })
+    }
+
+    /// Awaits the work message of a write that is stored: the record depends on it now,
+    /// so one that was not acknowledged (its stream electing a leader) is sent again (same
+    /// message id: stored once) for a while, and failing that the work gets a due key,
+    /// which the next full listing of any node's wheel finds.
+    async fn confirm(&self, id: u64, due: Due, ack: Ack) -> Result<()> {
+        let Due::Now(at) = due else {
+            return Ok(());
+        };
+        let mut failed = match ack.wait().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let until = tokio::time::Instant::now() + CONFIRM_FOR;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let sent = match self.work.publish_for_write(id, at).await {
+                Ok(ack) => ack.wait().await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => failed = e,
+            }
+        }
+        tracing::warn!(
+            id,
+            "cluster: no work message for a stored write ({failed}); keyed instead"
+        );
+        self.due.put(&due_key(at, id), Bytes::new()).await?;
+        Ok(())
     }
 
     /// Makes `due` findable before the write that sets it: publishes the work message of
@@ -188,8 +150,10 @@ impl Records {
             .requests
             .create(&key::num(record.id), encode(record)?)
             .await?;
-        if let Some(ack) = published {
-            ack.wait().await?;
+        if let Some(ack) = published
+            && matches!(created, Create::Created(_))
+        {
+            self.confirm(record.id, Due::of(record), ack).await?;
         }
         match created {
             Create::Created(_) => Ok(()),
@@ -287,7 +251,7 @@ impl Records {
             {
                 Cas::Written(_) => {
                     if let Some(ack) = published {
-                        ack.wait().await?;
+                        self.confirm(id, new_due, ack).await?;
                     }
                     if moved && let Due::Later(due) = old_due {
                         self.due.remove(&due_key(due, id)).await?;
