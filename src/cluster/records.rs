@@ -49,7 +49,7 @@ use bytes::Bytes;
 mod due;
 
 pub use due::{Due, Held, due_key, holding};
-use due::{entry_due, held, holder, split_due_key};
+use due::{entry_due, held, holder, seen_write, split_due_key};
 
 use super::bucket::Ack;
 use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
@@ -174,12 +174,15 @@ impl Records {
     /// write was sent after the message and may still be on its way, so the job must
     /// come back rather than find nothing to do.
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
-        if let Some(held) = holder(id) {
+        if let Some((held, seen)) = holder(id) {
             let record = self.request_leader(id).await?;
-            let early = |r: &Request| {
-                held.by_write && r.due_ms != Some(held.due_ms) && r.updated_ms < held.due_ms
-            };
-            return Ok(record.filter(|r| !early(r)));
+            let early =
+                |r: &Request| !seen && r.due_ms != Some(held.due_ms) && r.updated_ms <= held.due_ms;
+            let record = record.filter(|r| !early(r));
+            if record.is_some() {
+                seen_write();
+            }
+            return Ok(record);
         }
         self.requests
             .get(&key::num(id))
@@ -208,6 +211,10 @@ impl Records {
     ) -> Result<Update<T, R>> {
         let key = key::num(id);
         let mut from_leader = held(id);
+        // Due keys written by attempts that lost their CAS (removed once one wins), and
+        // the pause before trying a revision again whose fence another writer holds.
+        let mut unowned: Vec<u64> = Vec::new();
+        let mut pause = Duration::from_millis(10);
         let mut current = match from_leader {
             true => self.requests.get_leader(&key).await?,
             false => self.requests.get(&key).await?,
@@ -242,6 +249,7 @@ impl Records {
             let published = match new_due {
                 _ if !moved => None,
                 Due::Now(_) if held(id) => None,
+                Due::Later(at) if unowned.contains(&at) => None,
                 _ => self.announce(id, new_due).await?,
             };
             match self
@@ -254,14 +262,29 @@ impl Records {
                         self.confirm(id, new_due, ack).await?;
                     }
                     if moved && let Due::Later(due) = old_due {
-                        self.due.remove(&due_key(due, id)).await?;
+                        unowned.push(due);
+                    }
+                    for due in unowned.iter().filter(|d| record.due_ms != Some(**d)) {
+                        self.due.remove(&due_key(*due, id)).await?;
                     }
                     return Ok(Update::Done(Box::new(record), value));
                 }
-                // Another node moved the record: read what it wrote, decide again.
+                // Another node moved the record: read what it wrote, decide again. If it
+                // did not move, a writer holds the revision's fence (in flight, or dead
+                // until the fence expires): try again after a growing pause.
                 Cas::Conflict => {
+                    if let Due::Later(at) = new_due
+                        && moved
+                        && !unowned.contains(&at)
+                    {
+                        unowned.push(at);
+                    }
                     from_leader = true;
                     current = self.requests.get_leader(&key).await?;
+                    if current.as_ref().map(|e| e.revision) == Some(entry.revision) {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         }

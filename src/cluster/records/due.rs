@@ -2,6 +2,8 @@
 //! record's due time is kept (a work message for work due when written, a due key for
 //! work due later), the due keys, and the job a round holds while it drives a request.
 
+use std::cell::Cell;
+
 use crate::cluster::key;
 use crate::job::Request;
 
@@ -52,8 +54,9 @@ pub(super) fn entry_due(due: Due) -> Option<u64> {
 }
 
 tokio::task_local! {
-    /// The job the current task holds (see [`holding`]).
-    static HOLDING: Held;
+    /// The job the current task holds (see [`holding`]), and whether its round has read
+    /// the write that published it.
+    static HOLDING: (Held, Cell<bool>);
 }
 
 /// The job a round holds: its request, due time, and whether a write published it.
@@ -70,13 +73,24 @@ pub struct Held {
 /// redelivered if its node dies), so the work is never without a message, and no second
 /// node starts the same step meanwhile. Its reads of the record are the leader's, and a
 /// job published by a write shows no record until that write is visible (see
-/// [`Records::request`]).
+/// [`super::Records::request`]).
 pub async fn holding<F: std::future::Future>(held: Held, round: F) -> F::Output {
-    HOLDING.scope(held, round).await
+    HOLDING
+        .scope((held, Cell::new(!held.by_write)), round)
+        .await
 }
 
-pub(super) fn holder(id: u64) -> Option<Held> {
-    HOLDING.try_with(|held| *held).ok().filter(|h| h.id == id)
+/// The job held for request `id`, and whether the write that published it was read.
+pub(super) fn holder(id: u64) -> Option<(Held, bool)> {
+    HOLDING
+        .try_with(|(held, seen)| (*held, seen.get()))
+        .ok()
+        .filter(|(h, _)| h.id == id)
+}
+
+/// The round has read a record that shows the write that published its job.
+pub(super) fn seen_write() {
+    let _ = HOLDING.try_with(|(_, seen)| seen.set(true));
 }
 
 pub(super) fn held(id: u64) -> bool {
