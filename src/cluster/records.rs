@@ -46,42 +46,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod due;
+
+pub use due::{Due, Held, due_key, holding};
+use due::{entry_due, held, holder, seen_write, split_due_key};
+
 use super::bucket::Ack;
 use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
 use crate::job::{ProjectId, Request};
 use crate::store::{Claim, Update, decode_request, encode_request};
 
-tokio::task_local! {
-    /// The job the current task holds (see [`holding`]).
-    static HOLDING: Held;
-}
-
-/// The job a round holds: its request, due time, and whether a write published it.
-#[derive(Debug, Clone, Copy)]
-pub struct Held {
-    pub id: u64,
-    pub due_ms: u64,
-    pub by_write: bool,
-}
-
-/// Runs `round` as the holder of a job of request `held.id`. A write it makes that leaves
-/// the request due now publishes no message: the round goes on with that work itself, and
-/// the message it holds is acknowledged only after it ends (or handed back, or
-/// redelivered if its node dies), so the work is never without a message, and no second
-/// node starts the same step meanwhile. Its reads of the record are the leader's, and a
-/// job published by a write shows no record until that write is visible (see
-/// [`Records::request`]).
-pub async fn holding<F: std::future::Future>(held: Held, round: F) -> F::Output {
-    HOLDING.scope(held, round).await
-}
-
-fn holder(id: u64) -> Option<Held> {
-    HOLDING.try_with(|held| *held).ok().filter(|h| h.id == id)
-}
-
-fn held(id: u64) -> bool {
-    holder(id).is_some()
-}
+/// How long the work message of a stored write is sent again before the work is keyed.
+const CONFIRM_FOR: Duration = Duration::from_secs(30);
 
 /// How long a repeat of an idempotency key waits for the record of a fresh claim whose
 /// record is not there yet, before taking the claim over.
@@ -95,52 +71,6 @@ pub struct Records {
     idem: Bucket,
     lease: Bucket,
     work: WorkQueue,
-}
-
-/// How the cluster keeps a record's due time (issue 14's rule, see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Nothing due.
-    Never,
-    /// Due when written: a work message, no key.
-    Now(u64),
-    /// Due after its write: a due key.
-    Later(u64),
-}
-
-impl Due {
-    /// The due time `record` carries, and how it is kept.
-    pub fn of(record: &Request) -> Due {
-        match record.due_ms {
-            None => Due::Never,
-            Some(due) if due <= record.updated_ms => Due::Now(due),
-            Some(due) => Due::Later(due),
-        }
-    }
-}
-
-/// The due-index key of `(due_ms, id)`: the minute first, so one minute lists by prefix.
-pub fn due_key(due_ms: u64, id: u64) -> String {
-    format!(
-        "{}.{}.{}",
-        key::num(due_ms / 60_000),
-        key::num(due_ms),
-        key::num(id)
-    )
-}
-
-fn split_due_key(k: &str) -> Option<(u64, u64)> {
-    let mut tokens = k.split('.').skip(1);
-    let due = key::parse_num(tokens.next()?)?;
-    let id = key::parse_num(tokens.next()?)?;
-    Some((due, id))
-}
-
-fn entry_due(due: Due) -> Option<u64> {
-    match due {
-        Due::Never => None,
-        Due::Now(at) | Due::Later(at) => Some(at),
-    }
 }
 
 fn decode(bytes: &[u8]) -> Result<Request> {
@@ -162,6 +92,38 @@ impl Records {
             lease: cluster.bucket("lease").await?,
             work: cluster.work().await?,
         })
+    }
+
+    /// Awaits the work message of a write that is stored: the record depends on it now,
+    /// so one that was not acknowledged (its stream electing a leader) is sent again (same
+    /// message id: stored once) for a while, and failing that the work gets a due key,
+    /// which the next full listing of any node's wheel finds.
+    async fn confirm(&self, id: u64, due: Due, ack: Ack) -> Result<()> {
+        let Due::Now(at) = due else {
+            return Ok(());
+        };
+        let mut failed = match ack.wait().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let until = tokio::time::Instant::now() + CONFIRM_FOR;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let sent = match self.work.publish_for_write(id, at).await {
+                Ok(ack) => ack.wait().await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => failed = e,
+            }
+        }
+        tracing::warn!(
+            id,
+            "cluster: no work message for a stored write ({failed}); keyed instead"
+        );
+        self.due.put(&due_key(at, id), Bytes::new()).await?;
+        Ok(())
     }
 
     /// Makes `due` findable before the write that sets it: publishes the work message of
@@ -188,8 +150,10 @@ impl Records {
             .requests
             .create(&key::num(record.id), encode(record)?)
             .await?;
-        if let Some(ack) = published {
-            ack.wait().await?;
+        if let Some(ack) = published
+            && matches!(created, Create::Created(_))
+        {
+            self.confirm(record.id, Due::of(record), ack).await?;
         }
         match created {
             Create::Created(_) => Ok(()),
@@ -210,12 +174,15 @@ impl Records {
     /// write was sent after the message and may still be on its way, so the job must
     /// come back rather than find nothing to do.
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
-        if let Some(held) = holder(id) {
+        if let Some((held, seen)) = holder(id) {
             let record = self.request_leader(id).await?;
-            let early = |r: &Request| {
-                held.by_write && r.due_ms != Some(held.due_ms) && r.updated_ms < held.due_ms
-            };
-            return Ok(record.filter(|r| !early(r)));
+            let early =
+                |r: &Request| !seen && r.due_ms != Some(held.due_ms) && r.updated_ms <= held.due_ms;
+            let record = record.filter(|r| !early(r));
+            if record.is_some() {
+                seen_write();
+            }
+            return Ok(record);
         }
         self.requests
             .get(&key::num(id))
@@ -244,6 +211,10 @@ impl Records {
     ) -> Result<Update<T, R>> {
         let key = key::num(id);
         let mut from_leader = held(id);
+        // Due keys written by attempts that lost their CAS (removed once one wins), and
+        // the pause before trying a revision again whose fence another writer holds.
+        let mut unowned: Vec<u64> = Vec::new();
+        let mut pause = Duration::from_millis(10);
         let mut current = match from_leader {
             true => self.requests.get_leader(&key).await?,
             false => self.requests.get(&key).await?,
@@ -278,6 +249,7 @@ impl Records {
             let published = match new_due {
                 _ if !moved => None,
                 Due::Now(_) if held(id) => None,
+                Due::Later(at) if unowned.contains(&at) => None,
                 _ => self.announce(id, new_due).await?,
             };
             match self
@@ -287,17 +259,32 @@ impl Records {
             {
                 Cas::Written(_) => {
                     if let Some(ack) = published {
-                        ack.wait().await?;
+                        self.confirm(id, new_due, ack).await?;
                     }
                     if moved && let Due::Later(due) = old_due {
-                        self.due.remove(&due_key(due, id)).await?;
+                        unowned.push(due);
+                    }
+                    for due in unowned.iter().filter(|d| record.due_ms != Some(**d)) {
+                        self.due.remove(&due_key(*due, id)).await?;
                     }
                     return Ok(Update::Done(Box::new(record), value));
                 }
-                // Another node moved the record: read what it wrote, decide again.
+                // Another node moved the record: read what it wrote, decide again. If it
+                // did not move, a writer holds the revision's fence (in flight, or dead
+                // until the fence expires): try again after a growing pause.
                 Cas::Conflict => {
+                    if let Due::Later(at) = new_due
+                        && moved
+                        && !unowned.contains(&at)
+                    {
+                        unowned.push(at);
+                    }
                     from_leader = true;
                     current = self.requests.get_leader(&key).await?;
+                    if current.as_ref().map(|e| e.revision) == Some(entry.revision) {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         }
