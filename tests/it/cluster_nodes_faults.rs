@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::support::nats::Nats;
 use crate::support::nodes::Nodes;
-use crate::support::{Api, Callback, KEY, Receiver, WAIT, poll, seed_request};
+use crate::support::{Api, Callback, KEY, Receiver, WAIT, eventually, ok_if, poll, seed_request};
 
 /// A retry schedule long enough that a backend failing 40% of the time is always
 /// delivered to in the end.
@@ -281,8 +281,8 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
     }
     let count = || accepted.lock().unwrap().len();
     let wait_count = async |n: usize| {
-        crate::support::eventually(&format!("{n} accepted"), async || {
-            crate::support::ok_if(count() >= n, count())
+        eventually(&format!("{n} accepted"), async || {
+            ok_if(count() >= n, count())
         })
         .await
     };
@@ -292,8 +292,11 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
         .as_deref()
         .map_or(0, |name| nodes.nats.index_of(name));
     nodes.nats.kill(victim);
-    let at_kill = count();
+    let (at_kill, killed) = (count(), Instant::now());
+    wait_count(at_kill + 1).await;
+    let resumed = killed.elapsed();
     wait_count(at_kill + 60).await;
+    let sixty = killed.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for p in producers {
         p.await.expect("producer");
@@ -301,8 +304,8 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
     let accepted = accepted.lock().unwrap().clone();
     let refused = refused.lock().unwrap().clone();
     eprintln!(
-        "nats server n{} (leader {leader:?}) killed after {at_kill} accepts; {} accepted in \
-         all, {} refused or unanswered: {:?}",
+        "nats server n{} (leader {leader:?}) killed after {at_kill} accepts, the next one \
+         accepted {resumed:?} later, 60 more in {sixty:?}; {} accepted in all, {} refused or unanswered: {:?}",
         victim + 1,
         accepted.len(),
         refused.len(),
@@ -324,9 +327,10 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
 }
 
 /// Every NATS server down at once (a careless operator's restart of the whole NATS side):
-/// a node does not claim to accept what it cannot store (no 200; a 503 or an error), and
-/// once the servers are back the nodes accept again by themselves, and what was accepted
-/// before the outage and after it completes.
+/// a node does not claim to accept what it cannot store (503, not 200), its `/healthz`
+/// says 503 with `cluster.connected: false` (a load balancer stops sending to it), and once
+/// the servers are back the nodes report the link and accept again by themselves, and what
+/// was accepted before the outage and after it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
     let started = Instant::now();
@@ -344,22 +348,39 @@ async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
     for i in 0..3 {
         nodes.nats.kill(i);
     }
+    let health = |connected: bool| {
+        move |h: &Value| {
+            h["cluster"]["connected"] == connected && (h["status"] == "ok") == connected
+        }
+    };
     for api in nodes.running() {
         match try_send(&api).await {
             Ok(channel) => panic!(
                 "{} accepted {channel} with every NATS server down",
                 api.base
             ),
-            Err(e) => eprintln!("{} while NATS is down: {e}", api.base),
+            Err(e) => assert!(e.starts_with("503 "), "{}: {e}", api.base),
         }
+        let healthz = eventually("/healthz to report the lost NATS link", async || {
+            let (status, body) = api.get("/healthz").await;
+            ok_if(status == 503 && health(false)(&body), (status, body))
+        })
+        .await;
+        eprintln!("{} while NATS is down: /healthz {healthz:?}", api.base);
     }
     nodes.nats.restart_all().await;
     for api in nodes.running() {
-        let channel =
-            crate::support::eventually(&format!("{} to accept again", api.base), async || {
-                try_send(&api).await
-            })
-            .await;
+        eventually("/healthz to report the NATS link back", async || {
+            let (status, body) = api.get("/healthz").await;
+            ok_if(status == 200 && health(true)(&body), (status, body))
+        })
+        .await;
+    }
+    for api in nodes.running() {
+        let channel = eventually(&format!("{} to accept again", api.base), async || {
+            try_send(&api).await
+        })
+        .await;
         accepted.insert(channel);
     }
     let states = wait_completed(&nodes, &accepted).await;
