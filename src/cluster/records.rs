@@ -29,18 +29,16 @@
 //!   change to the stored record. The lease expires with the bucket's `max_age`
 //!   (`lease_ttl`), so a node that died holding it delays the effect, never blocks it.
 //!
-//! Not here yet, because they need the sled store's private helpers made shared at the
-//! seam: request ids and channel ids (`store::ids`' keyed permutation), big texts in
-//! chunks (`store::body`), the request log's summaries. Until then a record is stored
-//! whole and must fit in the servers' `max_payload` ([`ClusterError::TooLarge`]).
+//! - A record's big texts are written in chunks before the record write that names them
+//!   and read back with it (`bodies`), so a record stays far under `max_payload`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, key};
+use super::{Bodies, Bucket, Cas, Cluster, ClusterError, Create, Result, key};
 use crate::job::{ProjectId, Request};
-use crate::store::{Claim, Update, decode_request, encode_request};
+use crate::store::{Claim, Update};
 
 /// How long a repeat of an idempotency key waits for the record of a fresh claim whose
 /// record is not there yet, before taking the claim over.
@@ -53,6 +51,8 @@ pub struct Records {
     due: Bucket,
     idem: Bucket,
     lease: Bucket,
+    /// Big texts, in chunks beside the record (see `bodies`).
+    bodies: Bodies,
 }
 
 /// The due-index key of `(due_ms, id)`: the minute first, so one minute lists by prefix.
@@ -72,16 +72,6 @@ fn split_due_key(k: &str) -> Option<(u64, u64)> {
     Some((due, id))
 }
 
-fn decode(bytes: &[u8]) -> Result<Request> {
-    decode_request(bytes).map_err(|e| ClusterError::failed("decoding a record", e))
-}
-
-fn encode(record: &Request) -> Result<Bytes> {
-    encode_request(record)
-        .map(Bytes::from)
-        .map_err(|e| ClusterError::failed("encoding a record", e))
-}
-
 impl Records {
     pub async fn open(cluster: &Cluster) -> Result<Records> {
         Ok(Records {
@@ -89,6 +79,7 @@ impl Records {
             due: cluster.bucket("due").await?,
             idem: cluster.bucket("idem").await?,
             lease: cluster.bucket("lease").await?,
+            bodies: Bodies::new(cluster.bucket("bodies").await?),
         })
     }
 
@@ -101,7 +92,7 @@ impl Records {
         }
         match self
             .requests
-            .create(&key::num(record.id), encode(record)?)
+            .create(&key::num(record.id), self.bodies.encode(record).await?)
             .await?
         {
             Create::Created(_) => Ok(()),
@@ -115,21 +106,19 @@ impl Records {
     /// Record `id` as some replica has it (an absence is confirmed by the leader): for
     /// reads that only show a record.
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
-        self.requests
-            .get(&key::num(id))
-            .await?
-            .map(|e| decode(&e.value))
-            .transpose()
+        match self.requests.get(&key::num(id)).await? {
+            Some(e) => Ok(Some(self.bodies.decode(&e.value).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Record `id` as the stream's leader has it, every acknowledged write included: for
     /// a decision to do nothing (nothing due, nothing to send, the latest message).
     pub async fn request_leader(&self, id: u64) -> Result<Option<Request>> {
-        self.requests
-            .get_leader(&key::num(id))
-            .await?
-            .map(|e| decode(&e.value))
-            .transpose()
+        match self.requests.get_leader(&key::num(id)).await? {
+            Some(e) => Ok(Some(self.bodies.decode(&e.value).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Applies `change` to record `id` and swaps it in, as the sled store's `update`
@@ -146,7 +135,7 @@ impl Records {
             let Some(entry) = current else {
                 return Ok(Update::Missing);
             };
-            let mut record = decode(&entry.value)?;
+            let mut record = self.bodies.decode(&entry.value).await?;
             let old_due = record.due_ms;
             let value = match change(&mut record) {
                 Ok(v) => v,
@@ -160,7 +149,7 @@ impl Records {
             }
             match self
                 .requests
-                .cas(&key, entry.revision, encode(&record)?)
+                .cas(&key, entry.revision, self.bodies.encode(&mut record).await?)
                 .await?
             {
                 Cas::Written(_) => {

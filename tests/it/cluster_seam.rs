@@ -237,3 +237,32 @@ async fn nodes_started_at_once_share_one_catalog() {
     assert_eq!(status, 409, "{refused}");
     assert_eq!(a.request(&channel).await["status"], "pending");
 }
+
+/// A request near the 1 MiB body limit (messages and metadata of 600 KB each: the
+/// record whole would be over the servers' 1 MiB `max_payload`) is accepted by a cluster
+/// node and read back whole on another: its texts are stored in chunks beside the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_max_payload_is_stored_in_chunks() {
+    let nats = Nats::one().await;
+    let on_nats = |c: &mut eddy::Config| {
+        c.cluster = Some(nats.url(0));
+        c.cluster_replicas = 1;
+        c.body_limit = 2 << 20;
+    };
+    let (a, b) = tokio::join!(Box::pin(start(on_nats)), Box::pin(start(on_nats)));
+    a.create_workflow(holding_workflow("held")).await;
+    let content = "x".repeat(600_000);
+    let mut body = message_request("held", &content);
+    body["metadata"] = json!({"note": "y".repeat(600_000)});
+    let ticket = a.send_async(body).await;
+    let channel = text(&ticket, "channel_id");
+    let view = b.request(channel).await;
+    assert_eq!(
+        view["messages"][0]["content"].as_str().map(str::len),
+        Some(600_000)
+    );
+    assert_eq!(
+        view["customer_data"]["note"].as_str().map(str::len),
+        Some(600_000)
+    );
+}
