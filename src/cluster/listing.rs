@@ -100,6 +100,19 @@ impl Bucket {
             false => store.watch(filter).await,
         }
         .map_err(|e| ClusterError::failed("watching a bucket", e))?;
+        // async-nats 0.51 panics when its watch is polled again after reporting that the
+        // connection is closed ("Connection state watcher dropped"): end there.
+        let watch =
+            futures_util::stream::unfold((watch, false), |(mut watch, closed)| async move {
+                if closed {
+                    return None;
+                }
+                let item = watch.next().await?;
+                let closed = item
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("state watcher dropped"));
+                Some((item, (watch, closed)))
+            });
         Ok(watch
             .map(|item| {
                 let entry = item.map_err(|e| ClusterError::failed("watching a bucket", e))?;

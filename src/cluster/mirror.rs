@@ -112,6 +112,34 @@ impl Mirror {
             .collect()
     }
 
+    /// The entries with `lower <= key < upper`, in key order.
+    pub fn between(&self, lower: &str, upper: &str) -> Vec<Entry> {
+        if lower >= upper {
+            return Vec::new();
+        }
+        self.read()
+            .range(lower.to_string()..upper.to_string())
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Calls `f` with every entry, in key order, under the copy's read lock.
+    pub fn each(&self, mut f: impl FnMut(&Entry)) {
+        for entry in self.read().values() {
+            f(entry);
+        }
+    }
+
+    /// Drops from this copy (not from the bucket) the entries `drop` picks: keys the
+    /// bucket expired by its `max_age`, which leaves no marker for the watch. Returns how
+    /// many were dropped.
+    pub fn forget(&self, mut drop: impl FnMut(&Entry) -> bool) -> usize {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let before = keys.len();
+        keys.retain(|_, e| !drop(e));
+        before - keys.len()
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }

@@ -315,7 +315,12 @@ impl Options {
         config.allow_private_providers =
             self.allow_private_providers || file.allow_private_providers;
         if let Some(urls) = self.cluster.or(file.cluster) {
-            crate::cluster::connect::parse_servers(&urls).map_err(|e| invalid("cluster", e))?;
+            crate::cluster::connect::parse_servers(&urls).map_err(|e| {
+                invalid(
+                    "cluster",
+                    format!("{e} (give --cluster nats://host:4222[,nats://host:4222…])"),
+                )
+            })?;
             config.cluster = Some(urls);
         }
         if let Some(prefix) = self.cluster_prefix.or(file.cluster_prefix) {
@@ -393,5 +398,31 @@ mod tests {
         };
         let err = instant_idle.into_config().unwrap_err().to_string();
         assert!(err.contains("ws_idle_timeout"), "{err}");
+
+        for wrong in ["http://127.0.0.1:4222", "nats://a:4222,,nats://b:4222"] {
+            let cluster = Options {
+                cluster: Some(wrong.into()),
+                ..Options::default()
+            };
+            let err = cluster.into_config().unwrap_err().to_string();
+            assert!(
+                err.contains("--cluster") && err.contains("nats://"),
+                "{err}"
+            );
+        }
+        let cluster = Options {
+            cluster: Some("10.0.0.1,nats://10.0.0.2:4223".into()),
+            cluster_replicas: Some(1),
+            ..Options::default()
+        };
+        let config = cluster.into_config().unwrap();
+        assert_eq!(
+            config.cluster.as_deref(),
+            Some("10.0.0.1,nats://10.0.0.2:4223")
+        );
+        assert_eq!(
+            (config.cluster_prefix.as_str(), config.cluster_replicas),
+            ("eddy", 1)
+        );
     }
 }

@@ -91,7 +91,19 @@ fn authorize_metrics(app: &App, request: &Request<Incoming>) -> Result<(), ApiEr
 }
 
 fn metrics(app: &App) -> Response {
-    let text = app.engine.render_metrics();
+    let mut text = app.engine.render_metrics();
+    if let Some(cluster) = app.engine.store().cluster() {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP eddy_cluster_connected Whether this node is connected to a NATS server.\n\
+             # TYPE eddy_cluster_connected gauge\neddy_cluster_connected {}\n\
+             # HELP eddy_cluster_disconnects_total Times this node lost its NATS connection.\n\
+             # TYPE eddy_cluster_disconnects_total counter\neddy_cluster_disconnects_total {}\n",
+            u8::from(cluster.link.connected()),
+            cluster.link.disconnects(),
+        );
+    }
     typed(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -30,7 +30,8 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sled(SledStore),
-    Jet(JetStore),
+    /// Boxed: its bucket handles make it some 12 KB, and a sled `Store` should stay small.
+    Jet(std::sync::Arc<JetStore>),
 }
 
 /// Routes a call: `on!(self, s => sled call, j => cluster call)`.
@@ -60,7 +61,7 @@ impl Store {
     pub async fn open_cluster(settings: Settings) -> Result<Store> {
         let cluster = Cluster::open(settings).await?;
         Ok(Store {
-            backend: Backend::Jet(JetStore::open(&cluster).await?),
+            backend: Backend::Jet(std::sync::Arc::new(JetStore::open(&cluster).await?)),
         })
     }
 
@@ -99,8 +100,8 @@ impl Store {
         on!(self, s => s.request_by_channel(channel), j => j.request_by_channel(channel).await)
     }
 
-    pub fn summary(&self, id: u64) -> Result<Option<Summary>> {
-        on!(self, s => s.summary(id), _j => not_yet("a request's summary"))
+    pub async fn summary(&self, id: u64) -> Result<Option<Summary>> {
+        on!(self, s => s.summary(id), j => j.summary(id).await)
     }
 
     /// Read → `change` → CAS; see the sled store's `update` for the rules both keep.
@@ -154,7 +155,7 @@ impl Store {
     // Dead letters.
 
     pub async fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
-        on!(self, s => s.insert_dead_letter(entry), _j => not_yet("the dead-letter queue"))
+        on!(self, s => s.insert_dead_letter(entry), j => j.insert_dead_letter(entry).await)
     }
 
     pub async fn dead_letters(
@@ -165,7 +166,7 @@ impl Store {
     ) -> Result<Vec<(String, DeadLetter)>> {
         on!(self,
             s => s.dead_letters(project, before, limit),
-            _j => not_yet("the dead-letter queue"))
+            j => j.dead_letters(project, before, limit))
     }
 
     pub async fn dead_letters_between(
@@ -176,43 +177,45 @@ impl Store {
     ) -> Result<Vec<(String, DeadLetter)>> {
         on!(self,
             s => s.dead_letters_between(project, since_ms, until_ms),
-            _j => not_yet("the dead-letter queue"))
+            j => j.dead_letters_between(project, since_ms, until_ms))
     }
 
     pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
-        on!(self, s => s.dead_letter(project, id), _j => not_yet("the dead-letter queue"))
+        on!(self, s => s.dead_letter(project, id), j => j.dead_letter(project, id).await)
     }
 
     pub async fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
-        on!(self, s => s.remove_dead_letter(project, id), _j => not_yet("the dead-letter queue"))
+        on!(self,
+            s => s.remove_dead_letter(project, id),
+            j => j.remove_dead_letter(project, id).await)
     }
 
     pub async fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
-        on!(self, s => s.purge_dead_letters(cutoff_ms), _j => Ok(0))
+        on!(self, s => s.purge_dead_letters(cutoff_ms), j => Ok(j.purge_dead_letters(cutoff_ms)))
     }
 
     pub fn dlq_len(&self) -> i64 {
-        on!(self, s => s.dlq_len(), _j => 0)
+        on!(self, s => s.dlq_len(), j => j.dlq_len())
     }
 
     // The request log.
 
     pub fn cursor_text(&self, cursor: Cursor) -> Result<String> {
-        on!(self, s => s.cursor_text(cursor), _j => not_yet("the request log"))
+        on!(self, s => s.cursor_text(cursor), j => Ok(j.cursor_text(cursor)))
     }
 
     pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
-        on!(self, s => s.parse_cursor(text), _j => None)
+        on!(self, s => s.parse_cursor(text), j => j.parse_cursor(text))
     }
 
-    pub fn summary_by_channel(
+    pub async fn summary_by_channel(
         &self,
         project: &ProjectId,
         channel: &ChannelId,
     ) -> Result<Option<(u64, Summary)>> {
         on!(self,
             s => s.summary_by_channel(project, channel),
-            _j => not_yet("the request log"))
+            j => j.summary_by_channel(project, channel).await)
     }
 
     pub fn list_requests(
@@ -220,7 +223,7 @@ impl Store {
         project: &ProjectId,
         query: &LogQuery<'_>,
     ) -> Result<(Vec<Summary>, Option<String>)> {
-        on!(self, s => s.list_requests(project, query), _j => not_yet("the request log"))
+        on!(self, s => s.list_requests(project, query), j => j.list_requests(project, query))
     }
 
     pub fn sweep_requests(
@@ -230,7 +233,9 @@ impl Store {
         limit: usize,
     ) -> Result<usize> {
         // A cluster's records and log keys expire by their buckets' `max_age`.
-        on!(self, s => s.sweep_requests(project, cutoff_ms, limit), _j => Ok(0))
+        on!(self,
+            s => s.sweep_requests(project, cutoff_ms, limit),
+            j => Ok(j.sweep_requests(project, cutoff_ms)))
     }
 
     pub fn rebuild_indexes(&self) -> Result<usize> {
@@ -238,7 +243,7 @@ impl Store {
     }
 
     pub fn state_counts(&self) -> Vec<(Status, i64)> {
-        on!(self, s => s.state_counts(), _j => Status::ALL.into_iter().map(|s| (s, 0)).collect())
+        on!(self, s => s.state_counts(), j => j.state_counts())
     }
 
     // The catalog and meta.
@@ -269,7 +274,9 @@ impl Store {
     /// from every other's, to be sent by [`Store::catalog_flush`]. `None` on a sled node,
     /// whose catalog writes are made at once and durable with the next commit.
     pub fn catalog_change(&self) -> Option<Store> {
-        on!(self, _s => None, j => Some(Store { backend: Backend::Jet(j.catalog_change()) }))
+        on!(self, _s => None, j => Some(Store {
+            backend: Backend::Jet(std::sync::Arc::new(j.catalog_change())),
+        }))
     }
 
     /// Sends the catalog writes queued on this handle (see [`Store::catalog_change`]):

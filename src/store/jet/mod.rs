@@ -10,26 +10,29 @@
 //! - Timelines are the sled store's frames (`timeline::frames`), one message per write on
 //!   the request's subject of the timeline stream.
 //!
-//! - The catalog is the `catalog` bucket and this node's copy of it (`catalog`).
+//! - The catalog, the request log and the dead-letter queue are buckets of which every
+//!   node keeps a copy current by a watch (`catalog`, `log`, `dlq`): listings and counts
+//!   read the copy, in key order, with the sled store's own code where it has some.
 //! - Every write of a record method is acknowledged by a quorum before the method
 //!   returns, so [`super::Store::commit`] has only the catalog writes queued without a
 //!   wait (an endpoint's health) to send.
 //!
-//! Not yet here (each is a step of issue 15): big texts in chunks (a record is stored
-//! whole and must fit the servers' `max_payload`), the request log and counts, dead
-//! letters.
+//! Not yet here: big texts in chunks (a record is stored whole and must fit the servers'
+//! `max_payload`).
 
 mod catalog;
+mod dlq;
+mod log;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::ids::IdKey;
+use super::ids::{IdKey, pair, unpair};
 use super::timeline::{frames, unframe};
-use super::{Claim, CommitStats, Result, StoreError, Update};
+use super::{Claim, CommitStats, Cursor, LogQuery, Result, StoreError, Summary, Update};
 use crate::cluster::{self, Bucket, Cluster, Create, Records, Timeline};
-use crate::job::{ChannelId, ProjectId, Request, Step};
+use crate::job::{ChannelId, DeadLetter, ProjectId, Request, Status, Step};
 pub use catalog::{CatalogBatch, Flush};
 
 /// A cluster node's store; cheap to clone.
@@ -41,6 +44,8 @@ pub struct JetStore {
     meta: Bucket,
     ids: IdKey,
     pub(super) catalog: CatalogBatch,
+    log: log::Log,
+    dlq: dlq::Dlq,
     pub(super) stats: Arc<CommitStats>,
 }
 
@@ -75,6 +80,8 @@ impl JetStore {
             meta,
             ids: IdKey::new(key),
             catalog: CatalogBatch::open(cluster.bucket("catalog").await?).await?,
+            log: log::Log::open(cluster.bucket("log").await?).await?,
+            dlq: dlq::Dlq::open(cluster.bucket("dlq").await?).await?,
             stats: Arc::default(),
         })
     }
@@ -115,7 +122,8 @@ impl JetStore {
     }
 
     pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
-        Ok(self.records.insert_request(record).await?)
+        self.records.insert_request(record).await?;
+        self.log.put(record, None).await
     }
 
     pub async fn insert_request_once(
@@ -125,28 +133,138 @@ impl JetStore {
         key_hash: &[u8; 32],
         ttl_ms: u64,
     ) -> Result<Claim> {
-        Ok(self
+        let claim = self
             .records
             .insert_request_once(record, project, key_hash, ttl_ms)
-            .await?)
+            .await?;
+        if let Claim::New = claim {
+            self.log.put(record, None).await?;
+        }
+        Ok(claim)
     }
 
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
         Ok(self.records.request(id).await?)
     }
 
+    /// The record of `channel`, as the stream's leader has it: a socket's late join (and a
+    /// resend after a reconnect) must never replay a message older than a push it had.
     pub async fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
         let id = self.ids.request_of_channel(channel);
-        Ok(self.request(id).await?.filter(|r| &r.channel_id == channel))
+        Ok(self
+            .records
+            .request_leader(id)
+            .await?
+            .filter(|r| &r.channel_id == channel))
     }
 
     pub async fn update<T, R>(
         &self,
         id: u64,
         now_ms: u64,
-        change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
+        mut change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
-        Ok(self.records.update(id, now_ms, change).await?)
+        let mut from = None;
+        let done = self
+            .records
+            .update(id, now_ms, |r| {
+                from = Some(r.state);
+                change(r)
+            })
+            .await?;
+        if let Update::Done(record, _) = &done {
+            self.log.put(record, from).await?;
+        }
+        Ok(done)
+    }
+
+    /// A request's summary, from its record.
+    pub async fn summary(&self, id: u64) -> Result<Option<Summary>> {
+        Ok(self.request(id).await?.as_ref().map(Summary::of))
+    }
+
+    pub async fn summary_by_channel(
+        &self,
+        project: &ProjectId,
+        channel: &ChannelId,
+    ) -> Result<Option<(u64, Summary)>> {
+        Ok(self
+            .request_by_channel(channel)
+            .await?
+            .filter(|r| &r.project_id == project)
+            .map(|r| (r.id, Summary::of(&r))))
+    }
+
+    pub fn cursor_text(&self, cursor: Cursor) -> String {
+        format!("cur_{}", self.ids.seal(pair(cursor.created_ms, cursor.id)))
+    }
+
+    pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
+        let (created_ms, id) = unpair(self.ids.open(text.strip_prefix("cur_")?)?);
+        Some(Cursor { created_ms, id })
+    }
+
+    pub fn list_requests(
+        &self,
+        project: &ProjectId,
+        query: &LogQuery<'_>,
+    ) -> Result<(Vec<Summary>, Option<String>)> {
+        let (page, next) = self.log.list(project, query)?;
+        Ok((page, next.map(|c| self.cursor_text(c))))
+    }
+
+    /// Finished requests past the retention leave this node's copy of the log (their
+    /// records and entries expire in the buckets by `max_age`).
+    pub fn sweep_requests(&self, project: &ProjectId, cutoff_ms: u64) -> usize {
+        self.log.forget_older(project, cutoff_ms)
+    }
+
+    pub fn state_counts(&self) -> Vec<(Status, i64)> {
+        let counts = self.log.counts();
+        Status::ALL
+            .into_iter()
+            .map(|s| (s, counts[super::status_code(s) as usize]))
+            .collect()
+    }
+
+    // Dead letters.
+
+    pub async fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
+        self.dlq.insert(&self.ids, entry).await
+    }
+
+    pub fn dead_letters(
+        &self,
+        project: &ProjectId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadLetter)>> {
+        self.dlq.newest(&self.ids, project, before, limit)
+    }
+
+    pub fn dead_letters_between(
+        &self,
+        project: &ProjectId,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<(String, DeadLetter)>> {
+        self.dlq.between(&self.ids, project, since_ms, until_ms)
+    }
+
+    pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
+        self.dlq.get(&self.ids, project, id).await
+    }
+
+    pub async fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
+        self.dlq.remove(&self.ids, project, id).await
+    }
+
+    pub fn purge_dead_letters(&self, cutoff_ms: u64) -> usize {
+        self.dlq.forget_older(cutoff_ms)
+    }
+
+    pub fn dlq_len(&self) -> i64 {
+        self.dlq.len() as i64
     }
 
     /// Appends steps as one message of the request's timeline; returns once a quorum

@@ -135,6 +135,7 @@ async fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
         );
         let summary = store
             .summary_by_channel(&project, &expected.channel_id)
+            .await
             .unwrap();
         assert_eq!(
             summary,
