@@ -90,6 +90,17 @@ impl SchedulerHandle {
         self.node.not_found(id);
     }
 
+    /// Makes sure request `id`, due at `due_ms` by its stored record, is driven: on a
+    /// cluster node its work message is published again (a repeat is stored once), for a
+    /// write whose own message was not acknowledged (a retried callback or accept finds
+    /// the record written); on one node it does nothing (the store recovers such work).
+    pub async fn wake(&self, id: u64, due_ms: Option<u64>) -> crate::cluster::Result<()> {
+        match due_ms {
+            Some(due) if due <= now_ms() => self.node.wake(id, due).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this node runs as one of several (set when the scheduler starts).
     pub fn clustered(&self) -> bool {
         self.node.clustered()

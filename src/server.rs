@@ -47,7 +47,8 @@ impl Server {
         crate::egress::install_crypto();
         let store = match cluster::Settings::of_config(&config) {
             None => Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?,
-            Some(settings) => Store::open_cluster(settings?).await?,
+            // Boxed: the opening is a deep future, and the caller's stack may be a test's.
+            Some(settings) => Box::pin(Store::open_cluster(settings?)).await?,
         };
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let new_key = catalog

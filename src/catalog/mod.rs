@@ -21,7 +21,9 @@
 //! which every node's watch keeps current (and which reloads the map on every change, see
 //! `server`). A conflict means another node changed a key first: the change is decided
 //! again on the map that now has theirs. Changes on one node are serialized by an async
-//! lock, held across those writes.
+//! lock, held across those writes. A change of several keys (a project and its first key)
+//! is not atomic there: NATS failing between its writes leaves the first ones written
+//! (on a sled node one commit makes both durable).
 //!
 //! One file per resource: `projects` (projects and API keys), `workflows` (workflows and
 //! structured outputs), `endpoints`, `providers`.

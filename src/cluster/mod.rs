@@ -15,6 +15,7 @@
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
 //! | `records` | request records, their due keys and idempotency claims: the sled store's rules on buckets |
+//! | `bodies` | a record's big texts, in chunks beside it |
 //! | `worker` | running the jobs a node takes: slots, extensions while a job runs, settling |
 //! | `push` | WebSocket pushes on a core subject every node subscribes to |
 //! | `check` | `eddy cluster check`: what is wrong with the NATS side and how to fix it |
@@ -31,6 +32,7 @@
 //!   `create` (expected revision 0) or by [`cas`]; a plain put on such a key would defeat
 //!   the fence.
 
+pub mod bodies;
 pub mod bucket;
 pub mod cas;
 pub mod check;
@@ -49,6 +51,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+pub use bodies::Bodies;
 pub use bucket::{Bucket, Create, Entry};
 pub use cas::{Cas, CasMode};
 pub use connect::{Link, ServerVersion};
@@ -179,7 +182,6 @@ impl Settings {
         s.dlq_retention = config.dlq_retention;
         s.idempotency_ttl = config.idempotency_ttl;
         s.lease_ttl = (config.provider_timeout * 2).max(Duration::from_secs(60));
-        s.max_ack_pending = (config.max_inflight as i64).saturating_mul(8).max(1024);
         Some(Ok(s))
     }
 }

@@ -37,24 +37,22 @@
 //!   change to the stored record. The lease expires with the bucket's `max_age`
 //!   (`lease_ttl`), so a node that died holding it delays the effect, never blocks it.
 //!
-//! Not here yet, because they need the sled store's private helpers made shared at the
-//! seam: request ids and channel ids (`store::ids`' keyed permutation), big texts in
-//! chunks (`store::body`), the request log's summaries. Until then a record is stored
-//! whole and must fit in the servers' `max_payload` ([`ClusterError::TooLarge`]).
+//! - A record's big texts are written in chunks before the record write that names them
+//!   and read back with it (`bodies`), so a record stays far under `max_payload`.
+
+mod due;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-mod due;
-
 pub use due::{Due, Held, due_key, holding};
 use due::{entry_due, held, holder, seen_write, split_due_key};
 
 use super::bucket::Ack;
-use super::{Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
+use super::{Bodies, Bucket, Cas, Cluster, ClusterError, Create, Result, WorkQueue, key};
 use crate::job::{ProjectId, Request};
-use crate::store::{Claim, Update, decode_request, encode_request};
+use crate::store::{Claim, Update};
 
 /// How long the work message of a stored write is sent again before the work is keyed.
 const CONFIRM_FOR: Duration = Duration::from_secs(30);
@@ -71,16 +69,8 @@ pub struct Records {
     idem: Bucket,
     lease: Bucket,
     work: WorkQueue,
-}
-
-fn decode(bytes: &[u8]) -> Result<Request> {
-    decode_request(bytes).map_err(|e| ClusterError::failed("decoding a record", e))
-}
-
-fn encode(record: &Request) -> Result<Bytes> {
-    encode_request(record)
-        .map(Bytes::from)
-        .map_err(|e| ClusterError::failed("encoding a record", e))
+    /// Big texts, in chunks beside the record (see `bodies`).
+    bodies: Bodies,
 }
 
 impl Records {
@@ -91,6 +81,7 @@ impl Records {
             idem: cluster.bucket("idem").await?,
             lease: cluster.bucket("lease").await?,
             work: cluster.work().await?,
+            bodies: Bodies::new(cluster.bucket("bodies").await?),
         })
     }
 
@@ -148,7 +139,7 @@ impl Records {
         let published = self.announce(record.id, Due::of(record)).await?;
         let created = self
             .requests
-            .create(&key::num(record.id), encode(record)?)
+            .create(&key::num(record.id), self.bodies.encode(record).await?)
             .await?;
         if let Some(ack) = published
             && matches!(created, Create::Created(_))
@@ -184,21 +175,19 @@ impl Records {
             }
             return Ok(record);
         }
-        self.requests
-            .get(&key::num(id))
-            .await?
-            .map(|e| decode(&e.value))
-            .transpose()
+        match self.requests.get(&key::num(id)).await? {
+            Some(e) => Ok(Some(self.bodies.decode(&e.value).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Record `id` as the stream's leader has it, every acknowledged write included: for
     /// a decision to do nothing (nothing due, nothing to send, the latest message).
     pub async fn request_leader(&self, id: u64) -> Result<Option<Request>> {
-        self.requests
-            .get_leader(&key::num(id))
-            .await?
-            .map(|e| decode(&e.value))
-            .transpose()
+        match self.requests.get_leader(&key::num(id)).await? {
+            Some(e) => Ok(Some(self.bodies.decode(&e.value).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Applies `change` to record `id` and swaps it in, as the sled store's `update`
@@ -228,7 +217,7 @@ impl Records {
                 }
                 return Ok(Update::Missing);
             };
-            let mut record = decode(&entry.value)?;
+            let mut record = self.bodies.decode(&entry.value).await?;
             let old_due = Due::of(&record);
             let value = match change(&mut record) {
                 Ok(v) => v,
@@ -254,7 +243,7 @@ impl Records {
             };
             match self
                 .requests
-                .cas(&key, entry.revision, encode(&record)?)
+                .cas(&key, entry.revision, self.bodies.encode(&mut record).await?)
                 .await?
             {
                 Cas::Written(_) => {

@@ -140,6 +140,14 @@ impl Engine {
                         })?;
                     // The first request may still be on its way to disk.
                     self.store.commit().await?;
+                    // Its accept may have failed after its record was stored (its work
+                    // message unacknowledged): on a cluster node, publish it again.
+                    if self.scheduler.clustered() {
+                        self.scheduler
+                            .wake(first.id, first.due_ms)
+                            .await
+                            .map_err(crate::store::StoreError::from)?;
+                    }
                     return Ok(self.ticket(&first));
                 }
             }

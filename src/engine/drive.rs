@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::attempt::{Attempt, REQUEST_ENDPOINT, Recorded};
 use super::lanes::{Entry, LaneKey, Permit};
+use super::lease::RETRY_MS;
 use super::{Engine, model};
 use crate::clock::now_ms;
 use crate::error::Result;
@@ -28,13 +29,6 @@ use crate::store::Update;
 /// Rounds per `drive` call before handing back to the scheduler (a guard against a
 /// request that keeps being due without progress).
 const MAX_ROUNDS: usize = 16;
-
-/// How long after a failed round (a store error) it runs again.
-const RETRY_MS: u64 = 1000;
-
-/// On a cluster node, how long a round that found another node's lease on the model call
-/// waits before it looks again (the holder records its result, or its lease expires).
-const LEASE_RECHECK_MS: u64 = 5000;
 
 /// What a round did.
 enum Round {
@@ -183,34 +177,6 @@ impl Engine {
         }
     }
 
-    /// Runs request `id` again at `at_ms`, a time no due key records: the returned due time
-    /// on one node, and on a cluster node the time its job comes back (see
-    /// `SchedulerHandle::retry`).
-    fn again_at(&self, id: u64, at_ms: u64) -> Option<u64> {
-        self.scheduler.retry(id, at_ms);
-        Some(at_ms)
-    }
-
-    /// Whether this node may call the model for `record`: always on one node; on a cluster
-    /// node, if it takes the lease on the call (lead decision 4), so that two nodes driving
-    /// the same request (a re-fire, a redelivered job) never both pay for it, except after
-    /// a crash. Otherwise its job comes back once the holder had time to record a result.
-    async fn may_call_model(&self, record: &Request) -> Result<bool> {
-        if !self.scheduler.clustered() {
-            return Ok(true);
-        }
-        let effect = format!("model.{}", record.ai_attempts.len());
-        let taken = self
-            .scheduler
-            .lease(record.id, &effect)
-            .await
-            .map_err(crate::store::StoreError::from)?;
-        if !taken {
-            self.scheduler.retry(record.id, now_ms() + LEASE_RECHECK_MS);
-        }
-        Ok(taken)
-    }
-
     /// One round of work on a record.
     async fn round(
         &self,
@@ -260,11 +226,7 @@ impl Engine {
             return Ok(Round::Idle);
         }
         if admitted.is_empty() {
-            if self.scheduler.clustered() {
-                let wait = super::jittered(std::time::Duration::from_millis(500));
-                self.scheduler
-                    .retry(record.id, now + wait.as_millis() as u64);
-            }
+            self.lane_full(record.id, now);
             return Ok(Round::Parked(due_after(&record, now)));
         }
         let body = payload::webhook_body(&record, &self.public_url);

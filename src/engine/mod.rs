@@ -17,6 +17,7 @@ mod attempt;
 mod dlq;
 mod drive;
 mod lanes;
+mod lease;
 mod model;
 mod retention;
 mod sync;
@@ -201,9 +202,11 @@ impl Engine {
     ) -> Result<()> {
         let record = self.request_of(project, channel).await?;
         let now = now_ms();
+        let mut seen = None;
         let update = self
             .store
             .update(record.id, now, |r| {
+                seen = Some((r.state, r.due_ms));
                 if !r.awaits_callback() {
                     return Err(Error::Conflict(format!(
                         "workflow '{}' has no event_name: no callback is expected",
@@ -261,6 +264,16 @@ impl Engine {
             Update::Done(record, ()) => record,
             Update::Refused(e) => {
                 self.metrics.callback("rejected");
+                // A callback recorded by a try that then failed (its work message not
+                // acknowledged): on a cluster node, publish that message again.
+                if let Some((State::Callback, due)) = seen
+                    && self.scheduler.clustered()
+                {
+                    self.scheduler
+                        .wake(record.id, due)
+                        .await
+                        .map_err(crate::store::StoreError::from)?;
+                }
                 return Err(e);
             }
             Update::Missing => return Err(Error::NotFound("request".into())),

@@ -102,6 +102,19 @@ impl Node {
             .remove(&id)
     }
 
+    pub async fn wake(&self, id: u64, due_ms: u64) -> crate::cluster::Result<()> {
+        match self.records.get() {
+            Some(records) => records
+                .work()
+                .publish(id, due_ms)
+                .await?
+                .wait()
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     pub async fn lease(&self, id: u64, effect: &str) -> crate::cluster::Result<bool> {
         match self.records.get() {
             Some(records) => records.lease(id, effect).await,

@@ -38,7 +38,7 @@
 //!   again once there is room. Every method reaches sled through [`Store::inner`] and
 //!   holds that one database for its whole run.
 
-mod body;
+pub(crate) mod body;
 pub mod catalog;
 mod codec;
 mod commit;

@@ -30,7 +30,8 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sled(SledStore),
-    Jet(JetStore),
+    /// Boxed: its bucket handles make it some 12 KB, and a sled `Store` should stay small.
+    Jet(std::sync::Arc<JetStore>),
 }
 
 /// Routes a call: `on!(self, s => sled call, j => cluster call)`.
@@ -60,7 +61,7 @@ impl Store {
     pub async fn open_cluster(settings: Settings) -> Result<Store> {
         let cluster = Cluster::open(settings).await?;
         Ok(Store {
-            backend: Backend::Jet(JetStore::open(&cluster).await?),
+            backend: Backend::Jet(std::sync::Arc::new(JetStore::open(&cluster).await?)),
         })
     }
 
@@ -273,7 +274,9 @@ impl Store {
     /// from every other's, to be sent by [`Store::catalog_flush`]. `None` on a sled node,
     /// whose catalog writes are made at once and durable with the next commit.
     pub fn catalog_change(&self) -> Option<Store> {
-        on!(self, _s => None, j => Some(Store { backend: Backend::Jet(j.catalog_change()) }))
+        on!(self, _s => None, j => Some(Store {
+            backend: Backend::Jet(std::sync::Arc::new(j.catalog_change())),
+        }))
     }
 
     /// Sends the catalog writes queued on this handle (see [`Store::catalog_change`]):

@@ -8,10 +8,11 @@ use serde_json::{Value, json};
 
 use crate::cluster::node_on;
 use crate::cluster_store::pending;
+use crate::dlq::dead_letter;
 use crate::support::nats::Nats;
 use crate::support::wait::{eventually, ok_if};
 use crate::support::{
-    Callback, Receiver, holding_workflow, message_request, seed_request, start, text,
+    Callback, KEY, Receiver, holding_workflow, message_request, seed_request, start, text,
 };
 
 /// A request stored through one node is found by its channel id through another (both
@@ -236,4 +237,73 @@ async fn nodes_started_at_once_share_one_catalog() {
     .await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(a.request(&channel).await["status"], "pending");
+}
+
+/// A request near the 1 MiB body limit (messages and metadata of 600 KB each: the
+/// record whole would be over the servers' 1 MiB `max_payload`) is accepted by a cluster
+/// node and read back whole on another: its texts are stored in chunks beside the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_max_payload_is_stored_in_chunks() {
+    let nats = Nats::one().await;
+    let on_nats = |c: &mut eddy::Config| {
+        c.cluster = Some(nats.url(0));
+        c.cluster_replicas = 1;
+        c.body_limit = 2 << 20;
+    };
+    let (a, b) = tokio::join!(Box::pin(start(on_nats)), Box::pin(start(on_nats)));
+    a.create_workflow(holding_workflow("held")).await;
+    let content = "x".repeat(600_000);
+    let mut body = message_request("held", &content);
+    body["metadata"] = json!({"note": "y".repeat(600_000)});
+    let ticket = a.send_async(body).await;
+    let channel = text(&ticket, "channel_id");
+    let view = b.request(channel).await;
+    assert_eq!(
+        view["messages"][0]["content"].as_str().map(str::len),
+        Some(600_000)
+    );
+    assert_eq!(
+        view["customer_data"]["note"].as_str().map(str::len),
+        Some(600_000)
+    );
+}
+
+/// A dead letter made on one cluster node is listed with the same id on another, shown
+/// there with its request, re-driven from there to completion, and then gone from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_reads_the_same_on_two_nodes_and_either_re_drives() {
+    let nats = Nats::one().await;
+    let on_nats = |c: &mut eddy::Config| {
+        c.cluster = Some(nats.url(0));
+        c.cluster_replicas = 1;
+    };
+    let (a, b) = tokio::join!(Box::pin(start(on_nats)), Box::pin(start(on_nats)));
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    a.event_workflow("content_generator", json!({})).await;
+    a.register_webhook(&receiver.url).await;
+    let (channel, entry) = dead_letter(&a, "content_generator").await;
+    let id = text(&entry, "id").to_string();
+    let listed = eventually("the dead letter on node b", async || {
+        let (_, list) = b.get("/console/dlq").await;
+        ok_if(list["data"].as_array().is_some_and(|d| !d.is_empty()), list)
+    })
+    .await;
+    assert_eq!(listed["data"][0]["id"], id.as_str(), "{listed}");
+    let (status, shown) = b.get(&format!("/console/dlq/{id}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["request"]["status"], "failed");
+
+    receiver.set_status(200);
+    receiver.call_back(KEY, Callback::Enrich);
+    let (status, retried) = b.post(&format!("/console/dlq/{id}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{retried}");
+    a.wait_for_status(&channel, "completed").await;
+    for node in [&a, &b] {
+        eventually("the dead letter gone", async || {
+            let (_, list) = node.get("/console/dlq").await;
+            ok_if(list["data"].as_array().is_some_and(Vec::is_empty), list)
+        })
+        .await;
+    }
 }
