@@ -36,8 +36,19 @@ fn free_port() -> u16 {
 
 impl NatsServers {
     /// `n` servers (a cluster when `n > 1`), ready: every one answers
-    /// `/healthz?js-server-only=true` with 200.
+    /// `/healthz?js-server-only=true` with 200. A server that exits at start (a port taken
+    /// meanwhile) makes the whole start begin again on new ports.
     pub async fn start(n: usize) -> NatsServers {
+        for _ in 0..5 {
+            if let Some(servers) = NatsServers::try_start(n).await {
+                return servers;
+            }
+            eprintln!("a nats-server exited at start; starting again on new ports");
+        }
+        panic!("five attempts to start {n} nats-server(s) failed");
+    }
+
+    async fn try_start(n: usize) -> Option<NatsServers> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -71,30 +82,37 @@ impl NatsServers {
                 .expect("nats-server starts");
             children.push(child);
         }
+        let urls = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.0))
+            .collect();
+        let mut servers = NatsServers {
+            children,
+            urls,
+            monitors: ports.iter().map(|p| p.2).collect(),
+            _dir: dir,
+        };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        for (_, _, monitor) in &ports {
-            let url = format!("http://127.0.0.1:{monitor}/healthz?js-server-only=true");
+        for i in 0..n {
+            let url = format!(
+                "http://127.0.0.1:{}/healthz?js-server-only=true",
+                servers.monitors[i]
+            );
             loop {
                 if let Ok(r) = http.get(&url).send().await
                     && r.status() == 200
                 {
                     break;
                 }
+                if let Ok(Some(_)) = servers.children[i].try_wait() {
+                    return None;
+                }
                 assert!(Instant::now() < deadline, "nats-server not healthy: {url}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let urls = ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{}", p.0))
-            .collect();
-        NatsServers {
-            children,
-            urls,
-            monitors: ports.iter().map(|p| p.2).collect(),
-            _dir: dir,
-        }
+        Some(servers)
     }
 
     /// Messages received so far by all servers together (clients' and routes': a write
