@@ -339,3 +339,47 @@ async fn cluster_check_against_running_nodes_finds_nothing_to_fix() {
     nodes.api(1).wait_for_status(channel, "delivered").await;
     receiver.wait_for(1).await;
 }
+
+/// Two installations on the same NATS servers, told apart by `--cluster-prefix`: each
+/// keeps its own catalog and requests, neither sees the other's, and both deliver. A
+/// prefix that cannot name a bucket is refused at start, naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_prefixes_on_one_nats_are_two_installations() {
+    let blue = Nodes::start(Nats::three().await, 1, &["--cluster-prefix", "blue"]).await;
+    let mut args = cluster_args(&blue.nats);
+    args.extend(["--cluster-prefix".to_string(), "green".to_string()]);
+    let green_dir = tempfile::tempdir().expect("temp dir");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (green_node, _log) =
+        crate::support::Eddy::spawn_logged(green_dir.path(), "127.0.0.1:0", &args);
+    let green = green_node.api();
+    let receiver = Receiver::start().await;
+    blue.seed(0, &receiver.url).await;
+    let (status, body) = green.get("/console/workflow/content_generator").await;
+    assert_eq!(status, 404, "green sees blue's workflow: {body}");
+
+    let ticket = blue
+        .api(0)
+        .send_async(seed_request("content_generator"))
+        .await;
+    let channel = ticket["channel_id"].as_str().unwrap();
+    let (status, body) = green.get(&format!("/console/requests/{channel}")).await;
+    assert_eq!(status, 404, "green sees blue's request: {body}");
+    green.event_workflow("content_generator", json!({})).await;
+    green.register_webhook(&receiver.url).await;
+    let mine = green.send_async(seed_request("content_generator")).await;
+    let mine = mine["channel_id"].as_str().unwrap();
+    green.wait_for_status(mine, "delivered").await;
+    blue.api(0).wait_for_status(channel, "delivered").await;
+    let (status, _) = blue.api(0).get(&format!("/console/requests/{mine}")).await;
+    assert_eq!(status, 404, "blue sees green's request");
+    let (_, log) = green.get("/console/requests?limit=100").await;
+    assert_eq!(listing(&log, &["channel_id"]), json!([[mine]]), "{log:#}");
+
+    let mut bad = vec!["serve".to_string()];
+    bad.extend(cluster_args(&blue.nats));
+    bad.extend(["--cluster-prefix".to_string(), "no.dots".to_string()]);
+    let (code, text) = run_eddy(&bad, WAIT).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("cluster_prefix"), "{text}");
+}
