@@ -6,7 +6,7 @@ use super::{Engine, Ticket};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::{Request, WorkflowSnapshot};
+use crate::job::{Request, State, WorkflowSnapshot};
 use crate::secret;
 use crate::store::Claim;
 
@@ -141,8 +141,11 @@ impl Engine {
                     // The first request may still be on its way to disk.
                     self.store.commit().await?;
                     // Its accept may have failed after its record was stored (its work
-                    // message unacknowledged): on a cluster node, publish it again.
-                    if self.scheduler.clustered() {
+                    // message unacknowledged): on a cluster node, publish it again while
+                    // it is pending (its due time, hence the message id, is then the
+                    // accept's, so a message that did land is not stored twice; later the
+                    // request has moved on and a round may be driving it).
+                    if self.scheduler.clustered() && first.state == State::Pending {
                         self.scheduler
                             .wake(first.id, first.due_ms)
                             .await
