@@ -94,7 +94,7 @@ async fn wait_completed(nodes: &Nodes, accepted: &BTreeSet<String>) -> BTreeMap<
     let apis = nodes.running();
     let mut states: BTreeMap<String, String> = BTreeMap::new();
     let mut turn = 0;
-    let _ = poll(WAIT * 6, async || {
+    let _ = poll(WAIT * 9, async || {
         for channel in accepted {
             if states.get(channel).is_some_and(|s| s == "completed") {
                 continue;
@@ -130,11 +130,14 @@ async fn assert_all_completed(
     }
     eprintln!(
         "{what}: {} accepted, {} completed, final states {tally:?}, {} webhook attempts, {} \
-         duplicate deliveries (2xx beyond one per request), {:?}",
+         duplicate deliveries (2xx beyond one per request), {} distinct webhook-ids for {} \
+         requests delivered to, {:?}",
         accepted.len(),
         tally.get("completed").copied().unwrap_or(0),
         d.attempts,
         d.duplicates(),
+        d.ids.values().map(BTreeSet::len).sum::<usize>(),
+        d.ids.len(),
         started.elapsed()
     );
     let unfinished: Vec<(&String, &String)> =

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::log::Log;
-use super::{FakeServer, WAIT, poll};
+use super::{FakeServer, poll};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ impl Received {
         super::header(&self.headers, name)
     }
 }
+
+/// How long the backend keeps trying a callback that eddy does not take (unreachable, or
+/// 503): longer than any test waits.
+const CALLBACK_PATIENCE: Duration = Duration::from_secs(600);
 
 /// What the receiver does after answering a `task.ai_generated` webhook with a 2xx.
 #[derive(Debug, Clone)]
@@ -295,11 +299,12 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .unwrap_or_default()
         .to_string();
     // Like a real backend, keep calling back while eddy cannot be reached (restarting) or
-    // answers 503 (a cluster node while NATS elects a leader: "try again").
+    // answers 503 (a cluster node while NATS elects a leader: "try again"), for as long as
+    // eddy waits for a callback (minutes): a test ends first.
     let body = serde_json::to_vec(&sent).expect("json");
     // The probe owns what it uses (a task spawned with a borrowing probe is not `Send`).
     let http = inner.http.clone();
-    let answered = poll(WAIT, move || {
+    let answered = poll(CALLBACK_PATIENCE, move || {
         let request = http
             .post(&url)
             .bearer_auth(&key)
