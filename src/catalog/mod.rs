@@ -244,6 +244,7 @@ impl Catalog {
             return Ok(done);
         };
         let _one_at_a_time = self.writer.lock().await;
+        let mut backoff = std::time::Duration::from_millis(20);
         loop {
             let mut copy = self.read().clone();
             let done = match change(&writes, &mut copy) {
@@ -258,6 +259,10 @@ impl Catalog {
             if sent? {
                 return Ok(done);
             }
+            // A key another node is writing (or whose fence a node that died holds, until
+            // it expires): decide again, not at once.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
         }
     }
 }

@@ -8,6 +8,11 @@
 //! method of the same name (in the file of its tree, see the table in `store`), and the
 //! cluster backend keeps the same meaning. What a cluster node cannot answer yet is
 //! [`StoreError::NotInCluster`].
+//!
+//! Every cluster call is boxed (`Box::pin`): a JetStream call is a deep future (fenced
+//! CAS, chunked texts, retries), and unboxed it would sit inside every future that awaits
+//! the store, on a sled node too, where a debug build overflowed a test thread's stack.
+//! Boxing costs one allocation per cluster call, nothing on a sled node.
 
 use std::path::Path;
 
@@ -77,7 +82,7 @@ impl Store {
     }
 
     pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
-        on!(self, s => s.insert_request(record), j => j.insert_request(record).await)
+        on!(self, s => s.insert_request(record), j => Box::pin(j.insert_request(record)).await)
     }
 
     pub async fn insert_request_once(
@@ -89,19 +94,19 @@ impl Store {
     ) -> Result<Claim> {
         on!(self,
             s => s.insert_request_once(record, project, key_hash, ttl_ms),
-            j => j.insert_request_once(record, project, key_hash, ttl_ms).await)
+            j => Box::pin(j.insert_request_once(record, project, key_hash, ttl_ms)).await)
     }
 
     pub async fn request(&self, id: u64) -> Result<Option<Request>> {
-        on!(self, s => s.request(id), j => j.request(id).await)
+        on!(self, s => s.request(id), j => Box::pin(j.request(id)).await)
     }
 
     pub async fn request_by_channel(&self, channel: &ChannelId) -> Result<Option<Request>> {
-        on!(self, s => s.request_by_channel(channel), j => j.request_by_channel(channel).await)
+        on!(self, s => s.request_by_channel(channel), j => Box::pin(j.request_by_channel(channel)).await)
     }
 
     pub async fn summary(&self, id: u64) -> Result<Option<Summary>> {
-        on!(self, s => s.summary(id), j => j.summary(id).await)
+        on!(self, s => s.summary(id), j => Box::pin(j.summary(id)).await)
     }
 
     /// Read → `change` → CAS; see the sled store's `update` for the rules both keep.
@@ -111,11 +116,11 @@ impl Store {
         now_ms: u64,
         change: impl FnMut(&mut Request) -> std::result::Result<T, R>,
     ) -> Result<Update<T, R>> {
-        on!(self, s => s.update(id, now_ms, change), j => j.update(id, now_ms, change).await)
+        on!(self, s => s.update(id, now_ms, change), j => Box::pin(j.update(id, now_ms, change)).await)
     }
 
     pub async fn commit(&self) -> Result<()> {
-        on!(self, s => s.commit().await, j => j.commit().await)
+        on!(self, s => s.commit().await, j => Box::pin(j.commit()).await)
     }
 
     // Timelines.
@@ -123,21 +128,21 @@ impl Store {
     pub async fn append_step(&self, id: u64, at_ms: u64, step: &Step) -> Result<()> {
         on!(self,
             s => s.append_step(id, at_ms, step),
-            j => j.append_steps(id, &[(at_ms, step.clone())]).await)
+            j => Box::pin(j.append_steps(id, &[(at_ms, step.clone())])).await)
     }
 
     pub async fn append_steps(&self, id: u64, steps: &[(u64, Step)]) -> Result<()> {
-        on!(self, s => s.append_steps(id, steps), j => j.append_steps(id, steps).await)
+        on!(self, s => s.append_steps(id, steps), j => Box::pin(j.append_steps(id, steps)).await)
     }
 
     pub async fn timeline(&self, id: u64) -> Result<Vec<(u64, Step)>> {
-        on!(self, s => s.timeline(id), j => j.timeline(id).await)
+        on!(self, s => s.timeline(id), j => Box::pin(j.timeline(id)).await)
     }
 
     // Due work (the scheduler).
 
     pub async fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
-        on!(self, s => s.due_before(until_ms, limit), j => j.due_before(until_ms, limit).await)
+        on!(self, s => s.due_before(until_ms, limit), j => Box::pin(j.due_before(until_ms, limit)).await)
     }
 
     pub fn recovered_due(&self) -> Vec<(u64, u64)> {
@@ -145,7 +150,7 @@ impl Store {
     }
 
     pub async fn drop_stale_due(&self, due_ms: u64, id: u64) -> Result<bool> {
-        on!(self, s => s.drop_stale_due(due_ms, id), j => j.drop_stale_due(due_ms, id).await)
+        on!(self, s => s.drop_stale_due(due_ms, id), j => Box::pin(j.drop_stale_due(due_ms, id)).await)
     }
 
     pub fn due_len(&self) -> usize {
@@ -155,7 +160,7 @@ impl Store {
     // Dead letters.
 
     pub async fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
-        on!(self, s => s.insert_dead_letter(entry), j => j.insert_dead_letter(entry).await)
+        on!(self, s => s.insert_dead_letter(entry), j => Box::pin(j.insert_dead_letter(entry)).await)
     }
 
     pub async fn dead_letters(
@@ -181,13 +186,13 @@ impl Store {
     }
 
     pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<Option<DeadLetter>> {
-        on!(self, s => s.dead_letter(project, id), j => j.dead_letter(project, id).await)
+        on!(self, s => s.dead_letter(project, id), j => Box::pin(j.dead_letter(project, id)).await)
     }
 
     pub async fn remove_dead_letter(&self, project: &ProjectId, id: &str) -> Result<bool> {
         on!(self,
             s => s.remove_dead_letter(project, id),
-            j => j.remove_dead_letter(project, id).await)
+            j => Box::pin(j.remove_dead_letter(project, id)).await)
     }
 
     pub async fn purge_dead_letters(&self, cutoff_ms: u64) -> Result<usize> {
@@ -215,7 +220,7 @@ impl Store {
     ) -> Result<Option<(u64, Summary)>> {
         on!(self,
             s => s.summary_by_channel(project, channel),
-            j => j.summary_by_channel(project, channel).await)
+            j => Box::pin(j.summary_by_channel(project, channel)).await)
     }
 
     pub fn list_requests(
@@ -282,7 +287,7 @@ impl Store {
     /// Sends the catalog writes queued on this handle (see [`Store::catalog_change`]):
     /// false if another node changed one of their keys first (decide again).
     pub async fn catalog_flush(&self) -> Result<bool> {
-        on!(self, _s => Ok(true), j => Ok(matches!(j.catalog.flush().await?, Flush::Done)))
+        on!(self, _s => Ok(true), j => Ok(matches!(Box::pin(j.catalog.flush()).await?, Flush::Done)))
     }
 
     /// Drops the catalog writes queued on this handle.
@@ -295,7 +300,7 @@ impl Store {
         name: &str,
         init: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>> {
-        on!(self, s => s.meta_or_init(name, init), j => j.meta_or_init(name, init).await)
+        on!(self, s => s.meta_or_init(name, init), j => Box::pin(j.meta_or_init(name, init)).await)
     }
 
     /// The id of a new project called `name`: random on a sled node; on a cluster node

@@ -4,9 +4,9 @@
 //! [`Mirror`]), which the listing reads exactly as the sled store reads its tree (one
 //! code path: `log::list`). Counts per state come from the copy too.
 //!
-//! An entry is written after its record (a crash in between leaves a request the log does
-//! not list yet, never an entry without a record) and rewritten after every change of
-//! the record; a phase change writes the new key, then deletes the old one. The bucket's
+//! An entry is written after its record (a crash or a failed write in between leaves a
+//! request the log does not list yet, or lists as it was, until its next change; never an
+//! entry without a record) and rewritten after every change of the record; a phase change writes the new key, then deletes the old one. The bucket's
 //! `max_age` (the request retention, from an entry's last write) removes entries of
 //! requests nobody touched for that long without a marker, so the copy forgets finished
 //! entries past the retention by itself ([`Log::forget_older`], called by the sweep).

@@ -32,7 +32,7 @@ use super::ids::{IdKey, pair, unpair};
 use super::timeline::{frames, unframe};
 use super::{Claim, CommitStats, Cursor, LogQuery, Result, StoreError, Summary, Update};
 use crate::cluster::{self, Bucket, Cluster, Create, Records, Timeline};
-use crate::job::{ChannelId, DeadLetter, ProjectId, Request, Status, Step};
+use crate::job::{ChannelId, DeadLetter, ProjectId, Request, State, Status, Step};
 pub use catalog::{CatalogBatch, Flush};
 
 /// A cluster node's store; cheap to clone.
@@ -123,7 +123,8 @@ impl JetStore {
 
     pub async fn insert_request(&self, record: &mut Request) -> Result<()> {
         self.records.insert_request(record).await?;
-        self.log.put(record, None).await
+        self.note_in_log(record, None).await;
+        Ok(())
     }
 
     pub async fn insert_request_once(
@@ -138,7 +139,7 @@ impl JetStore {
             .insert_request_once(record, project, key_hash, ttl_ms)
             .await?;
         if let Claim::New = claim {
-            self.log.put(record, None).await?;
+            self.note_in_log(record, None).await;
         }
         Ok(claim)
     }
@@ -173,9 +174,22 @@ impl JetStore {
             })
             .await?;
         if let Update::Done(record, _) = &done {
-            self.log.put(record, from).await?;
+            self.note_in_log(record, from).await;
         }
         Ok(done)
+    }
+
+    /// Writes `record`'s log entry after its record's write. The log is derived: an
+    /// entry that cannot be written now is written with the record's next change (until
+    /// then the listings show the request as it was), and the record's write, which is
+    /// the truth and already acknowledged, is not reported failed for it.
+    async fn note_in_log(&self, record: &Request, from: Option<State>) {
+        if let Err(e) = self.log.put(record, from).await {
+            tracing::warn!(
+                id = record.id,
+                "cluster: the request log entry was not written: {e}"
+            );
+        }
     }
 
     /// A request's summary, from its record.
