@@ -8,7 +8,14 @@
 //! `e2e: <flows>/s, accept p50 <ms> p99 <ms>, accept-to-completed p50 <ms> p99 <ms>,
 //! cpu <ms> per 1000 flows, rss <MiB>` — cpu counts the server's threads only (tokio
 //! workers, sled's threads, the committer); rss is the whole process.
-
+//!
+//! Cluster mode, `-- <seconds> <producers> --nodes N [--nats K | --cluster URLS]`: N
+//! release binaries `eddy serve --cluster …` in their own processes on K `nats-server`s
+//! started here (default 3, replicas 3; 1 server gets replicas 1), or on the servers
+//! `URLS`. Producer `p` accepts on node `p mod N` and joins its socket on the next node,
+//! so with N > 1 every push crosses nodes. The line adds the NATS servers' CPU, memory and
+//! messages beside the nodes' (when the bench started them), and a second line counts the
+//! writes per flow to each stream (where the time goes).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,8 +105,14 @@ async fn receiver(secret: Arc<Mutex<String>>, http: reqwest::Client) -> String {
     .await
 }
 
-/// One flow: accept, socket, join, wait for `completed`. Returns (accept, accept-to-completed).
-async fn flow(http: &reqwest::Client, base: &str, body: &str) -> Option<(Duration, Duration)> {
+/// One flow: accept on `base`, socket (on `socket`'s node when given, else the ticket's),
+/// join, wait for `completed`. Returns (accept, accept-to-completed).
+async fn flow(
+    http: &reqwest::Client,
+    base: &str,
+    socket: Option<&str>,
+    body: &str,
+) -> Option<(Duration, Duration)> {
     let started = Instant::now();
     let response = http
         .post(format!("{base}/v1/ai/async"))
@@ -113,7 +126,10 @@ async fn flow(http: &reqwest::Client, base: &str, body: &str) -> Option<(Duratio
     let accepted = started.elapsed();
     let url = format!(
         "{}/websocket?token={}&vsn=2.0.0",
-        ticket["websocket_url"].as_str()?,
+        match socket {
+            Some(base) => format!("{}/socket", base.replace("http://", "ws://")),
+            None => ticket["websocket_url"].as_str()?.to_string(),
+        },
         ticket["ws_token"].as_str()?
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
@@ -135,13 +151,186 @@ async fn flow(http: &reqwest::Client, base: &str, body: &str) -> Option<(Duratio
     None
 }
 
-fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
+/// How the bench runs eddy.
+enum Mode {
+    /// One server in this process on its sled store: the default.
+    Sled,
+    /// `nodes` release binaries with `--cluster`, on `nats` servers started here or on the
+    /// servers `urls`.
+    Cluster {
+        nodes: usize,
+        nats: usize,
+        urls: Option<String>,
+    },
+}
+
+/// `<seconds> <producers>` and the cluster flags; anything else (`--bench`) is ignored.
+fn parse_args() -> (u64, usize, Mode) {
+    let (mut numbers, mut nodes, mut nats, mut urls) = (Vec::new(), None, 3, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--nodes" => nodes = Some(value().parse().expect("--nodes N")),
+            "--nats" => nats = value().parse().expect("--nats K"),
+            "--cluster" => urls = Some(value()),
+            _ => numbers.extend(arg.parse::<u64>().ok()),
+        }
+    }
+    let seconds = numbers.first().copied().unwrap_or(10);
+    let producers = numbers.get(1).copied().unwrap_or(64) as usize;
+    let mode = match nodes {
+        Some(nodes) => Mode::Cluster { nodes, nats, urls },
+        None if urls.is_some() => Mode::Cluster {
+            nodes: 1,
+            nats,
+            urls,
+        },
+        None => Mode::Sled,
+    };
+    (seconds, producers, mode)
+}
+
+/// The eddy side under load: where to send, and what it costs.
+struct Side {
+    bases: Vec<String>,
+    /// Node processes (cluster mode); empty for the in-process server.
+    nodes: Vec<common::Server>,
+    nats: Option<common::nats::NatsServers>,
+    label: String,
+}
+
+impl Side {
+    /// CPU seconds so far: (eddy user, eddy user + system, NATS servers).
+    fn cpu(&self) -> (f64, f64, f64) {
+        if self.nodes.is_empty() {
+            let (user, system) = server_cpu_seconds();
+            return (user, user + system, 0.0);
+        }
+        let eddy: f64 = self
+            .nodes
+            .iter()
+            .map(|n| common::cpu_seconds(n.pid()))
+            .sum();
+        let nats = self
+            .nats
+            .as_ref()
+            .map_or(0.0, |n| n.pids().into_iter().map(common::cpu_seconds).sum());
+        (eddy, eddy, nats)
+    }
+
+    /// Resident memory in MiB: (eddy, NATS servers).
+    fn rss(&self) -> (f64, f64) {
+        if self.nodes.is_empty() {
+            return (common::rss_mib("self"), 0.0);
+        }
+        let eddy = self.nodes.iter().map(|n| common::rss_mib(n.pid())).sum();
+        let nats = self
+            .nats
+            .as_ref()
+            .map_or(0.0, |n| n.pids().into_iter().map(common::rss_mib).sum());
+        (eddy, nats)
+    }
+
+    /// Messages into the NATS servers so far (0 when the bench did not start them).
+    async fn nats_messages(&self) -> u64 {
+        match &self.nats {
+            Some(servers) => servers.messages_in().await,
+            None => 0,
+        }
+    }
+
+    /// Last sequence of every stream (empty when the bench did not start the servers).
+    async fn stream_seqs(&self) -> std::collections::BTreeMap<String, u64> {
+        match &self.nats {
+            Some(servers) => servers.stream_seqs().await,
+            None => Default::default(),
+        }
+    }
+
+    /// The node whose socket producer `p` joins (cluster mode: the next one).
+    fn socket_for(&self, p: usize) -> Option<String> {
+        (!self.nodes.is_empty()).then(|| self.bases[(p + 1) % self.bases.len()].clone())
+    }
+}
+
+/// `nodes` eddy processes on the NATS servers `urls` (or on `nats` started here).
+fn cluster_side(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    nodes: usize,
+    nats: usize,
+    urls: Option<String>,
+) -> Side {
+    let (servers, urls) = match urls {
+        Some(urls) => (None, urls),
+        None => {
+            let servers = rt.block_on(common::nats::NatsServers::start(nats));
+            let urls = servers.urls.join(",");
+            (Some(servers), urls)
+        }
+    };
+    let replicas = if servers.is_some() && nats < 3 { 1 } else { 3 };
+    let extra: Vec<String> = [
+        "--cluster",
+        &urls,
+        "--cluster-replicas",
+        &replicas.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let nodes: Vec<common::Server> = (0..nodes)
+        .map(|i| common::Server::start(&dir.join(format!("node{i}")), KEY, &extra))
         .collect();
-    let seconds = args.first().copied().unwrap_or(10);
-    let producers = args.get(1).copied().unwrap_or(64) as usize;
+    let label = format!(
+        "cluster of {} node(s) on {} (replicas {replicas})",
+        nodes.len(),
+        match &servers {
+            Some(s) => format!("{} nats-server(s) started here", s.urls.len()),
+            None => urls.clone(),
+        }
+    );
+    Side {
+        bases: nodes.iter().map(|n| n.base.clone()).collect(),
+        nodes,
+        nats: servers,
+        label,
+    }
+}
+
+/// Waits until every node knows the endpoint `id` (the catalog reached it).
+async fn wait_catalog(http: &reqwest::Client, bases: &[String], id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for base in bases {
+        loop {
+            let listed: Option<Value> = match http
+                .get(format!("{base}/console/webhooks"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            let known = listed.is_some_and(|l| {
+                l["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|e| e["id"] == id))
+            });
+            if known {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base} never learnt endpoint {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn main() {
+    let (seconds, producers, mode) = parse_args();
     eddy::egress::install_crypto();
 
     let dir = tempfile::tempdir().unwrap();
@@ -151,19 +340,33 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let base = server_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let config = eddy::Config {
-            data: dir.path().to_path_buf(),
-            api_key: Some(KEY.into()),
-            allow_private_webhooks: true,
-            ..eddy::Config::default()
-        };
-        let server = eddy::Server::open(config).await.unwrap();
-        tokio::spawn(server.serve(listener, std::future::pending()));
-        base
-    });
+    let side = match mode {
+        Mode::Sled => {
+            let base = server_rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let base = format!("http://{}", listener.local_addr().unwrap());
+                let config = eddy::Config {
+                    data: dir.path().to_path_buf(),
+                    api_key: Some(KEY.into()),
+                    allow_private_webhooks: true,
+                    ..eddy::Config::default()
+                };
+                let server = eddy::Server::open(config).await.unwrap();
+                tokio::spawn(server.serve(listener, std::future::pending()));
+                base
+            });
+            Side {
+                bases: vec![base],
+                nodes: Vec::new(),
+                nats: None,
+                label: String::new(),
+            }
+        }
+        Mode::Cluster { nodes, nats, urls } => {
+            cluster_side(&server_rt, dir.path(), nodes, nats, urls)
+        }
+    };
+    let base = side.bases[0].clone();
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -209,6 +412,7 @@ fn main() {
         .await;
         let endpoint = call("/console/webhooks", json!({"url": hook})).await;
         *secret.lock().unwrap() = endpoint["secret"].as_str().unwrap().to_string();
+        wait_catalog(&http, &side.bases, endpoint["id"].as_str().unwrap()).await;
 
         let body = json!({
             "workflow": "content_generator",
@@ -218,15 +422,19 @@ fn main() {
         .to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let cpu_before = server_cpu_seconds();
+        let messages_before = side.nats_messages().await;
+        let seqs_before = side.stream_seqs().await;
+        let cpu_before = side.cpu();
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..producers {
-            let (http, base, body, stop, samples) =
-                (http.clone(), base.clone(), body.clone(), stop.clone(), samples.clone());
+        for p in 0..producers {
+            let (http, body, stop, samples) =
+                (http.clone(), body.clone(), stop.clone(), samples.clone());
+            let base = side.bases[p % side.bases.len()].clone();
+            let socket = side.socket_for(p);
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(s) = flow(&http, &base, &body).await {
+                    if let Some(s) = flow(&http, &base, socket.as_deref(), &body).await {
                         samples.lock().unwrap().push(s);
                     }
                 }
@@ -235,9 +443,12 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         stop.store(true, Ordering::Relaxed);
         let elapsed = started.elapsed();
-        let cpu_after = server_cpu_seconds();
-        let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-        let cpu = user + system;
+        let cpu_after = side.cpu();
+        let user = cpu_after.0 - cpu_before.0;
+        let cpu = cpu_after.1 - cpu_before.1;
+        let nats_cpu = cpu_after.2 - cpu_before.2;
+        let messages = side.nats_messages().await - messages_before;
+        let seqs_after = side.stream_seqs().await;
         for t in tasks {
             let _ = t.await;
         }
@@ -247,17 +458,40 @@ fn main() {
         let mut done: Vec<Duration> = samples.iter().map(|s| s.1).collect();
         accept.sort();
         done.sort();
-        println!(
-            "e2e: {:.0} flows/s, accept p50 {:.2} ms p99 {:.2} ms, accept-to-completed p50 {:.2} ms p99 {:.2} ms, cpu {:.0} ms per 1000 flows, rss {:.0} MiB ({producers} producers, {seconds}s; server cpu {:.0}% user)",
+        let per_1000 = |seconds: f64| seconds * 1000.0 / (flows.max(1) as f64 / 1000.0);
+        let line = format!(
+            "{:.0} flows/s, accept p50 {:.2} ms p99 {:.2} ms, accept-to-completed p50 {:.2} ms p99 {:.2} ms",
             flows as f64 / elapsed.as_secs_f64(),
             percentile(&accept, 0.5),
             percentile(&accept, 0.99),
             percentile(&done, 0.5),
             percentile(&done, 0.99),
-            cpu * 1000.0 / (flows.max(1) as f64 / 1000.0),
-            common::rss_mib("self"),
-            100.0 * user / cpu.max(1e-9),
         );
+        let (rss, nats_rss) = side.rss();
+        if side.nodes.is_empty() {
+            println!(
+                "e2e: {line}, cpu {:.0} ms per 1000 flows, rss {rss:.0} MiB ({producers} producers, {seconds}s; server cpu {:.0}% user)",
+                per_1000(cpu),
+                100.0 * user / cpu.max(1e-9),
+            );
+        } else {
+            println!(
+                "e2e {}: {line}, cpu eddy {:.0} ms + nats {:.0} ms per 1000 flows, {:.0} messages into NATS servers per flow, rss eddy {rss:.0} MiB + nats {nats_rss:.0} MiB ({producers} producers, {seconds}s)",
+                side.label,
+                per_1000(cpu),
+                per_1000(nats_cpu),
+                messages as f64 / flows.max(1) as f64,
+            );
+            let writes: Vec<String> = seqs_after
+                .iter()
+                .map(|(name, seq)| {
+                    let before = seqs_before.get(name).copied().unwrap_or(0);
+                    let per_flow = (seq - before.min(*seq)) as f64 / flows.max(1) as f64;
+                    format!("{name} {per_flow:.1}")
+                })
+                .collect();
+            println!("writes per flow by stream: {}", writes.join(", "));
+        }
     });
     drop(server_rt);
 }

@@ -13,6 +13,11 @@
 //! that wait in a FIFO backlog, which bounds the burst after a restart. An id is never
 //! run twice at once: a timer that fires while its request is running is remembered and
 //! merged with the run's own next due time when it finishes.
+//!
+//! On a cluster node (issue 15; `cluster.rs` beside this file) the wheel is the same, but
+//! *firing publishes* the request's work message instead of running it, and what runs is
+//! the jobs this node takes from the work queue, up to its free slots, in the same
+//! `JoinSet`; see `scheduler/cluster.rs` for the rules.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -29,7 +34,10 @@ use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::store::Store;
+
+mod cluster;
 
 /// What the scheduler runs for a due request: `run(id, due_ms)` returns when the request
 /// is next due, if ever.
@@ -51,20 +59,64 @@ enum Command {
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
+    node: Arc<cluster::Node>,
 }
 
 impl SchedulerHandle {
-    /// The request `id` is due at `due_ms` (wall-clock ms); `None` does nothing.
+    /// The request `id` is due at `due_ms` (wall-clock ms); `None` does nothing. On a
+    /// cluster node, work due already needs nothing: the write that made it due published
+    /// its work message.
     pub fn schedule(&self, id: u64, due_ms: Option<u64>) {
         if let Some(due) = due_ms {
+            if self.node.clustered() && due <= now_ms() {
+                return;
+            }
             let _ = self.tx.send(Command::Schedule(id, due));
         }
+    }
+
+    /// The run of `id` in progress stops short of what is due and wants to run again at
+    /// `at_ms`, a time no due key records (an error, a full webhook lane, another node's
+    /// lease): on a cluster node its job is handed back to come again then (to any node).
+    /// On one node it does nothing: the run's returned due time is its timer.
+    pub fn retry(&self, id: u64, at_ms: u64) {
+        self.node.retry(id, at_ms);
+    }
+
+    /// The run of `id` in progress found no record: on a cluster node its job comes back
+    /// shortly for a while (the write that published it may not be stored yet); on one
+    /// node it does nothing.
+    pub fn not_found(&self, id: u64) {
+        self.node.not_found(id);
+    }
+
+    /// Makes sure request `id`, due at `due_ms` by its stored record, is driven: on a
+    /// cluster node its work message is published again (a repeat is stored once), for a
+    /// write whose own message was not acknowledged (a retried callback or accept finds
+    /// the record written); on one node it does nothing (the store recovers such work).
+    pub async fn wake(&self, id: u64, due_ms: Option<u64>) -> crate::cluster::Result<()> {
+        match due_ms {
+            Some(due) if due <= now_ms() => self.node.wake(id, due).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this node runs as one of several (set when the scheduler starts).
+    pub fn clustered(&self) -> bool {
+        self.node.clustered()
+    }
+
+    /// Takes the lease on a costly `effect` of request `id` (a model call; see
+    /// `cluster::records`): true if this node may go ahead. Always true on one node.
+    pub async fn lease(&self, id: u64, effect: &str) -> crate::cluster::Result<bool> {
+        self.node.lease(id, effect).await
     }
 }
 
 /// The receiving half, given to [`spawn`] once the work is built.
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Command>,
+    node: Arc<cluster::Node>,
 }
 
 #[cfg(test)]
@@ -80,7 +132,14 @@ impl Inbox {
 /// A handle and its inbox: the engine needs the handle before the scheduler can run it.
 pub fn channel() -> (SchedulerHandle, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (SchedulerHandle { tx }, Inbox { rx })
+    let node = Arc::new(cluster::Node::default());
+    (
+        SchedulerHandle {
+            tx,
+            node: node.clone(),
+        },
+        Inbox { rx, node },
+    )
 }
 
 /// Tuning of the wheel.
@@ -119,10 +178,13 @@ struct Wheel {
     /// Ids in `backlog`, so a refill does not queue them twice.
     waiting: HashSet<u64>,
     tasks: JoinSet<(u64, Option<u64>)>,
+    /// On a cluster node: the work queue side (firing publishes; jobs come from it).
+    cluster: Option<cluster::Side>,
 }
 
 /// Starts the scheduler task; it stops when `shutdown` is cancelled, aborting running work
 /// (which is safe: work is recorded before its effects, and resumes from the due index).
+/// A cluster node's store makes it a cluster node's wheel.
 pub fn spawn(
     inbox: Inbox,
     store: Store,
@@ -130,6 +192,23 @@ pub fn spawn(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let cluster = store.cluster().cloned();
+    spawn_on(inbox, store, cluster, work, settings, shutdown)
+}
+
+/// [`spawn`], on `cluster` if given: the wheel fires by publishing work messages and runs
+/// the jobs this node takes (`store` is then not read by the wheel).
+pub fn spawn_on(
+    inbox: Inbox,
+    store: Store,
+    cluster: Option<Cluster>,
+    work: Arc<dyn Work>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if cluster.is_some() {
+        inbox.node.set_clustered();
+    }
     let wheel = Wheel {
         store,
         work,
@@ -140,8 +219,24 @@ pub fn spawn(
         backlog: VecDeque::new(),
         waiting: HashSet::new(),
         tasks: JoinSet::new(),
+        cluster: None,
     };
-    tokio::spawn(wheel.run(inbox, shutdown))
+    tokio::spawn(async move {
+        let mut wheel = wheel;
+        if let Some(cluster) = cluster {
+            let side = cluster::Side::open(
+                &cluster,
+                inbox.node.clone(),
+                wheel.settings.max_inflight,
+                shutdown.child_token(),
+            );
+            match side.await {
+                Some(side) => wheel.cluster = Some(side),
+                None => return,
+            }
+        }
+        wheel.run(inbox, shutdown).await
+    })
 }
 
 fn instant_of(due_ms: u64, now_ms: u64) -> Instant {
@@ -163,13 +258,14 @@ impl Wheel {
                     self.timers.remove(&id);
                     self.fire(id, due);
                 }
+                Some(taken) = cluster::next_job(&mut self.cluster) => self.take(taken),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match done {
                         Ok((id, next)) => self.finished(id, next),
                         Err(e) => tracing::error!(error = %e, "request task failed"),
                     }
                 }
-                _ = refill.tick() => self.refill(),
+                _ = refill.tick() => self.refill().await,
             }
         }
         self.tasks.shutdown().await;
@@ -205,6 +301,10 @@ impl Wheel {
             *pending = Some(pending.map_or(due, |p| p.min(due)));
             return;
         }
+        if let Some(side) = &self.cluster {
+            side.publish(id, due);
+            return;
+        }
         if self.running.len() >= self.settings.max_inflight {
             if self.waiting.insert(id) {
                 self.backlog.push_back((id, due));
@@ -236,14 +336,21 @@ impl Wheel {
     }
 
     /// Loads every due-index entry up to the horizon that has no timer yet, and the work
-    /// the store found due without a key when it opened.
-    fn refill(&mut self) {
+    /// the store found due without a key when it opened (on a cluster node: the due keys
+    /// of the minutes up to the horizon, see `cluster.rs`).
+    async fn refill(&mut self) {
         let until = now_ms() + self.settings.horizon.as_millis() as u64;
-        let mut entries = self.store.recovered_due();
-        match self.store.due_before(until, REFILL_LIMIT) {
-            Ok(e) => entries.extend(e),
-            Err(e) => tracing::error!(error = %e, "cannot read the due index"),
-        }
+        let entries = match &mut self.cluster {
+            Some(side) => side.due_before(until, REFILL_LIMIT).await,
+            None => {
+                let mut entries = self.store.recovered_due();
+                match self.store.due_before(until, REFILL_LIMIT).await {
+                    Ok(e) => entries.extend(e),
+                    Err(e) => tracing::error!(error = %e, "cannot read the due index"),
+                }
+                entries
+            }
+        };
         for (due, id) in entries {
             let known = self.timers.get(&id).is_some_and(|(_, d)| *d <= due);
             if !known

@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::{Models, Policy};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
+use crate::cluster;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{self, App, Face};
+use crate::job::ChannelId;
 use crate::scheduler::{self, Work};
 use crate::secret;
 use crate::store::{Store, StoreError};
@@ -43,12 +45,18 @@ impl Server {
     /// `--api-key` (or, on a store without any key, a new key: see [`Server::new_key`]).
     pub async fn open(config: Config) -> Result<Server, StoreError> {
         crate::egress::install_crypto();
-        let store = Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?;
+        let store = match cluster::Settings::of_config(&config) {
+            None => Store::open(&config.data, config.cache_bytes, config.min_free_bytes)?,
+            // Boxed: the opening is a deep future, and the caller's stack may be a test's.
+            Some(settings) => Box::pin(Store::open_cluster(settings?)).await?,
+        };
         let catalog = Arc::new(Catalog::load(store.clone())?);
         let new_key = catalog
             .bootstrap(config.api_key.as_deref(), now_ms())
             .await?;
-        let secret = store.meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())?;
+        let secret = store
+            .meta_or_init("ws_token_key", || secret::random_bytes32().to_vec())
+            .await?;
         let secret: [u8; 32] = secret
             .try_into()
             .map_err(|_| StoreError::Io(std::io::Error::other("corrupt ws_token_key")))?;
@@ -109,6 +117,15 @@ impl Server {
         });
 
         let hub = Arc::new(Hub::new());
+        if let Some(cluster) = self.store.cluster() {
+            let store = self.store.clone();
+            let resend = move |hub: Arc<Hub>, channels: Vec<ChannelId>| {
+                tokio::spawn(resend_latest(hub, store.clone(), channels));
+            };
+            hub.join_cluster(cluster, resend)
+                .await
+                .map_err(|e| std::io::Error::other(format!("joining the cluster's pushes: {e}")))?;
+        }
         let (scheduler_handle, inbox) = scheduler::channel();
         let engine = Arc::new(Engine::new(
             self.store.clone(),
@@ -171,6 +188,10 @@ impl Server {
         if let Err(e) = self.store.commit().await {
             tracing::error!(error = %e, "final commit failed");
         }
+        if let Some(cluster) = self.store.cluster() {
+            // What this node took and did not finish goes to the other nodes.
+            cluster.link.close().await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -186,7 +207,7 @@ async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => match engine.sweep_expired() {
+            _ = tick.tick() => match engine.sweep_expired().await {
                 Ok(swept) if swept == Default::default() => {}
                 Ok(swept) => tracing::info!(
                     requests = swept.requests,
@@ -195,6 +216,23 @@ async fn sweep(engine: Arc<Engine>, stop: CancellationToken) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             },
+        }
+    }
+}
+
+/// After this node reconnected to NATS: the latest message of every channel joined here,
+/// again (a push published while the node was cut off never reached it).
+async fn resend_latest(hub: Arc<Hub>, store: Store, channels: Vec<ChannelId>) {
+    for channel in channels {
+        match store.request_by_channel(&channel).await {
+            Ok(Some(record)) => {
+                if let Some(push) = crate::payload::latest_push(&record) {
+                    let topic = crate::ws::topic(&record.project_id, &channel);
+                    hub.push_here(&channel, &topic, "response", &push.payload);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cluster: resending the latest message of {channel}: {e}"),
         }
     }
 }

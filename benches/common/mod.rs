@@ -1,8 +1,10 @@
 //! What the benchmarks share: reading a process's RSS, CPU time and a store's size on
 //! disk, scraping `/metrics`, a webhook receiver on loopback, the release server as a
-//! child process, and reading a raw HTTP/1.1 response (for lean load generators). Each
-//! bench uses some of it.
+//! child process, and reading a raw HTTP/1.1 response (for lean load generators); and
+//! `nats-server`s for cluster modes ([`nats`]). Each bench uses some of it.
 #![allow(dead_code)]
+
+pub mod nats;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};

@@ -124,7 +124,7 @@ impl Catalog {
         self.commit(|store, cache| {
             let (project, id) = (endpoint.project, endpoint.id.clone());
             store.catalog_put(Kind::Endpoint, &project, id.as_bytes(), &endpoint)?;
-            let endpoint = Arc::new(endpoint);
+            let endpoint = Arc::new(endpoint.clone());
             insert(&mut cache.endpoints, project, &id, endpoint.clone());
             Ok(endpoint)
         })

@@ -5,12 +5,25 @@
 //!
 //! Every resource is read on the hot path (each request authenticates and looks up its
 //! workflow and endpoints), and written rarely, so the whole catalog is held in memory
-//! behind one `RwLock` and written through to the store. A change is read, decided and
-//! written under the write lock, the store before the map, so readers never see a resource
-//! that is not in the store, a store write that fails changes nothing, and two changes of
-//! one resource cannot lose each other. The methods callers answer after return once the
-//! change is durable (they wait for [`Store::commit`]); the few the engine calls on its own
-//! (`note_attempt`) ride along with the next commit.
+//! behind one `RwLock` and written through to the store. On a sled node a change is read,
+//! decided and written under the write lock, the store before the map, so readers never
+//! see a resource that is not in the store, a store write that fails changes nothing, and
+//! two changes of one resource cannot lose each other. The methods callers answer after
+//! return once the change is durable (they wait for [`Store::commit`]); the few the engine
+//! calls on its own (`note_attempt`) ride along with the next commit.
+//!
+//! On a cluster node the store's writes are network round trips, which no `std` lock may
+//! be held across, and other nodes change the catalog too. There a change is decided on a
+//! copy of the map (the one closure both kinds of node run), its writes queue on a handle
+//! of its own ([`Store::catalog_change`]) and are sent after the lock is released, each by
+//! `create` or CAS (so names are unique across nodes and no change overwrites one it did
+//! not see); the map is then loaded again from the node's copy of the `catalog` bucket,
+//! which every node's watch keeps current (and which reloads the map on every change, see
+//! `server`). A conflict means another node changed a key first: the change is decided
+//! again on the map that now has theirs. Changes on one node are serialized by an async
+//! lock, held across those writes. A change of several keys (a project and its first key)
+//! is not atomic there: NATS failing between its writes leaves the first ones written
+//! (on a sled node one commit makes both durable).
 //!
 //! One file per resource: `projects` (projects and API keys), `workflows` (workflows and
 //! structured outputs), `endpoints`, `providers`.
@@ -110,7 +123,7 @@ impl CatalogError {
 
 type ByProject<T> = HashMap<ProjectId, BTreeMap<String, Arc<T>>>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Cache {
     projects: HashMap<ProjectId, Arc<Project>>,
     keys: HashMap<[u8; 32], Arc<ApiKey>>,
@@ -124,6 +137,8 @@ struct Cache {
 pub struct Catalog {
     store: Store,
     cache: RwLock<Cache>,
+    /// Serializes the changes of a cluster node (see the module doc).
+    writer: tokio::sync::Mutex<()>,
 }
 
 fn listed<T>(map: &ByProject<T>, project: &ProjectId) -> Vec<Arc<T>> {
@@ -168,6 +183,7 @@ impl Catalog {
         Ok(Catalog {
             cache: RwLock::new(Catalog::read_all(&store)?),
             store,
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -214,14 +230,39 @@ impl Catalog {
         self.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads, decides and writes with `change` under the write lock (which it must use to
-    /// write the store before the map), then waits until the change is durable.
+    /// Reads, decides and writes with `change` (which must write the store before the
+    /// map), then waits until the change is durable. On a sled node `change` runs once,
+    /// under the write lock; on a cluster node on a copy of the map, as many times as
+    /// other nodes' changes make it decide again (see the module doc).
     async fn commit<T, E: From<StoreError>>(
         &self,
-        change: impl FnOnce(&Store, &mut Cache) -> Result<T, E>,
+        mut change: impl FnMut(&Store, &mut Cache) -> Result<T, E>,
     ) -> Result<T, E> {
-        let done = change(&self.store, &mut self.write())?;
-        self.store.commit().await?;
-        Ok(done)
+        let Some(writes) = self.store.catalog_change() else {
+            let done = change(&self.store, &mut self.write())?;
+            self.store.commit().await?;
+            return Ok(done);
+        };
+        let _one_at_a_time = self.writer.lock().await;
+        let mut backoff = std::time::Duration::from_millis(20);
+        loop {
+            let mut copy = self.read().clone();
+            let done = match change(&writes, &mut copy) {
+                Ok(done) => done,
+                Err(e) => {
+                    writes.catalog_discard();
+                    return Err(e);
+                }
+            };
+            let sent = writes.catalog_flush().await;
+            self.reload()?;
+            if sent? {
+                return Ok(done);
+            }
+            // A key another node is writing (or whose fence a node that died holds, until
+            // it expires): decide again, not at once.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+        }
     }
 }

@@ -57,7 +57,7 @@ fn put_project(
     now_ms: u64,
 ) -> Result<Arc<Project>, StoreError> {
     let project = Project {
-        id: ProjectId::random(),
+        id: store.new_project_id(name),
         name: name.to_string(),
         created_ms: now_ms,
         signing_secret: secret::new_webhook_secret(),
@@ -69,6 +69,7 @@ fn put_project(
 }
 
 /// What a new key is: its project, name and expiry.
+#[derive(Clone)]
 struct NewKey<'a> {
     project: ProjectId,
     name: Option<String>,
@@ -211,7 +212,7 @@ impl Catalog {
             key: &key,
         };
         let record = self
-            .commit(|store, cache| put_key(store, cache, new, now_ms))
+            .commit(|store, cache| put_key(store, cache, new.clone(), now_ms))
             .await?;
         Ok((record, key))
     }

@@ -109,7 +109,7 @@ impl Catalog {
                 credential.created_ms = old.created_ms;
             }
             store.catalog_put(Kind::Provider, &project, name.as_bytes(), &credential)?;
-            let credential = Arc::new(credential);
+            let credential = Arc::new(credential.clone());
             insert(&mut cache.providers, project, &name, credential.clone());
             Ok((credential, existing.is_none()))
         })

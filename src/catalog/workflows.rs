@@ -79,7 +79,7 @@ impl Catalog {
             }
             let name = workflow.name.clone();
             store.catalog_put(Kind::Workflow, &project, name.as_bytes(), &workflow)?;
-            let workflow = Arc::new(workflow);
+            let workflow = Arc::new(workflow.clone());
             insert(&mut cache.workflows, project, &name, workflow.clone());
             Ok(workflow)
         })
@@ -128,7 +128,7 @@ impl Catalog {
             }
             let id = output.id.clone();
             store.catalog_put(Kind::StructuredOutput, &project, id.as_bytes(), &output)?;
-            let output = Arc::new(output);
+            let output = Arc::new(output.clone());
             insert(&mut cache.outputs, project, &id, output.clone());
             Ok(output)
         })

@@ -117,7 +117,10 @@ async fn serve(options: Options) -> ExitCode {
     let server = match Server::open(config.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("eddy: cannot open the store at {}: {e}", data.display());
+            match &config.cluster {
+                Some(urls) => eprintln!("eddy: cannot start a cluster node on {urls}: {e}"),
+                None => eprintln!("eddy: cannot open the store at {}: {e}", data.display()),
+            }
             return ExitCode::FAILURE;
         }
     };

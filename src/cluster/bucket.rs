@@ -228,20 +228,36 @@ impl Bucket {
             .map(|r| r.entry))
     }
 
+    /// One read of `key`, asked again (it changes nothing) while the stream has no leader
+    /// or does not answer, for up to `resolve_for`: a read rides out an election as a
+    /// write does.
     pub(super) async fn read(&self, key: &str, leader: bool) -> Result<Option<Raw>> {
         let subject = self.subject(key)?;
-        let message = if leader {
-            match self.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-                Err(e) => return Err(ClusterError::failed("reading from the stream leader", e)),
+        let deadline = tokio::time::Instant::now() + self.resolve_for;
+        let message = loop {
+            let failed = if leader {
+                match self.stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(m) => break m,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                        return Ok(None);
+                    }
+                    Err(e) => ClusterError::failed("reading from the stream leader", e),
+                }
+            } else {
+                match self
+                    .stream
+                    .direct_get_last_for_subject(subject.clone())
+                    .await
+                {
+                    Ok(m) => break m,
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                    Err(e) => ClusterError::failed("reading a key", e),
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed);
             }
-        } else {
-            match self.stream.direct_get_last_for_subject(subject).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(ClusterError::failed("reading a key", e)),
-            }
+            pause().await;
         };
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
         Ok(Some(Raw {

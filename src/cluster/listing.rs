@@ -17,11 +17,22 @@ impl Bucket {
     /// Every key under `prefix` (all keys for `None`) with its value, in the order they
     /// were last written (not key order: there is no range scan). `values: false` reads
     /// only the keys (the values come back empty), which is much less to send.
+    ///
+    /// The listing ends at the bucket's last write as of the call: under a steady stream
+    /// of writes the consumer would otherwise never run out of messages to deliver (a
+    /// node restarted under load waited for that).
     pub async fn list(&self, prefix: Option<&str>, values: bool) -> Result<Vec<Entry>> {
         let filter = match prefix {
             Some(p) => format!("{}.>", self.subject(p)?),
             None => self.spec.subject(">"),
         };
+        let last = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ClusterError::failed("listing a bucket", e))?
+            .state
+            .last_sequence;
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
@@ -65,7 +76,7 @@ impl Bucket {
                     revision,
                 });
             }
-            if pending == 0 {
+            if pending == 0 || revision >= last {
                 break;
             }
         }
@@ -100,6 +111,19 @@ impl Bucket {
             false => store.watch(filter).await,
         }
         .map_err(|e| ClusterError::failed("watching a bucket", e))?;
+        // async-nats 0.51 panics when its watch is polled again after reporting that the
+        // connection is closed ("Connection state watcher dropped"): end there.
+        let watch =
+            futures_util::stream::unfold((watch, false), |(mut watch, closed)| async move {
+                if closed {
+                    return None;
+                }
+                let item = watch.next().await?;
+                let closed = item
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("state watcher dropped"));
+                Some((item, (watch, closed)))
+            });
         Ok(watch
             .map(|item| {
                 let entry = item.map_err(|e| ClusterError::failed("watching a bucket", e))?;

@@ -28,6 +28,7 @@ pub struct Mirror {
     keys: Arc<RwLock<BTreeMap<String, Entry>>>,
     /// Bumped after every change applied, so a cache built on the copy can refresh.
     changed: watch::Receiver<u64>,
+    tell: Arc<watch::Sender<u64>>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -67,13 +68,14 @@ impl Mirror {
         }
         let keys = Arc::new(RwLock::new(now));
         let (tell, changed) = watch::channel(0u64);
-        let copy = keys.clone();
+        let tell = Arc::new(tell);
+        let (copy, told) = (keys.clone(), tell.clone());
         let task = tokio::spawn(async move {
             while let Some(change) = changes.next().await {
                 match change {
                     Ok(change) => {
                         apply(&mut copy.write().unwrap_or_else(|p| p.into_inner()), change);
-                        tell.send_modify(|n| *n += 1);
+                        told.send_modify(|n| *n += 1);
                     }
                     // A missed heartbeat while a server is down: the watch goes on.
                     Err(e) => tracing::debug!("cluster: mirroring a bucket: {e}"),
@@ -83,6 +85,7 @@ impl Mirror {
         Ok(Mirror {
             keys,
             changed,
+            tell,
             _task: Arc::new(AbortOnDrop(task)),
         })
     }
@@ -109,12 +112,59 @@ impl Mirror {
             .collect()
     }
 
+    /// The entries with `lower <= key < upper`, in key order.
+    pub fn between(&self, lower: &str, upper: &str) -> Vec<Entry> {
+        if lower >= upper {
+            return Vec::new();
+        }
+        self.read()
+            .range(lower.to_string()..upper.to_string())
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Calls `f` with every entry, in key order, under the copy's read lock.
+    pub fn each(&self, mut f: impl FnMut(&Entry)) {
+        for entry in self.read().values() {
+            f(entry);
+        }
+    }
+
+    /// Drops from this copy (not from the bucket) the entries `drop` picks: keys the
+    /// bucket expired by its `max_age`, which leaves no marker for the watch. Returns how
+    /// many were dropped.
+    pub fn forget(&self, mut drop: impl FnMut(&Entry) -> bool) -> usize {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let before = keys.len();
+        keys.retain(|_, e| !drop(e));
+        before - keys.len()
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
+    }
+
+    /// Records a write this node made (`None`: a delete) at `revision`, so that the copy
+    /// shows it before the watch brings it back; the same rule applies (the newer wins).
+    pub fn note(&self, key: &str, value: Option<bytes::Bytes>, revision: u64) {
+        let change = Change {
+            entry: Entry {
+                key: key.to_string(),
+                value: value.clone().unwrap_or_default(),
+                revision,
+            },
+            deleted: value.is_none(),
+            current: true,
+        };
+        apply(
+            &mut self.keys.write().unwrap_or_else(|p| p.into_inner()),
+            change,
+        );
+        self.tell.send_modify(|n| *n += 1);
     }
 
     /// Changes after every change applied to the copy.

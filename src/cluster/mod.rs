@@ -15,6 +15,7 @@
 //! | `timeline` | a request's timeline as messages on its own subject |
 //! | `work` | the work queue: one message per firing, one durable consumer shared by all nodes |
 //! | `records` | request records, their due keys and idempotency claims: the sled store's rules on buckets |
+//! | `bodies` | a record's big texts, in chunks beside it |
 //! | `worker` | running the jobs a node takes: slots, extensions while a job runs, settling |
 //! | `push` | WebSocket pushes on a core subject every node subscribes to |
 //! | `check` | `eddy cluster check`: what is wrong with the NATS side and how to fix it |
@@ -31,6 +32,7 @@
 //!   `create` (expected revision 0) or by [`cas`]; a plain put on such a key would defeat
 //!   the fence.
 
+pub mod bodies;
 pub mod bucket;
 pub mod cas;
 pub mod check;
@@ -49,6 +51,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+pub use bodies::Bodies;
 pub use bucket::{Bucket, Create, Entry};
 pub use cas::{Cas, CasMode};
 pub use connect::{Link, ServerVersion};
@@ -160,6 +163,26 @@ impl Settings {
             node: format!("eddy-{:08x}", rand::random::<u32>()),
             start_within: Duration::from_secs(60),
         }
+    }
+}
+
+impl Settings {
+    /// The settings of a node started with `--cluster` (`config.cluster`), its prefix,
+    /// replicas and retentions; `None` for a sled node.
+    pub fn of_config(config: &crate::Config) -> Option<Result<Settings>> {
+        let urls = config.cluster.as_deref()?;
+        let servers = match connect::parse_servers(urls) {
+            Ok(servers) => servers,
+            Err(e) => return Some(Err(ClusterError::Settings(format!("--cluster: {e}")))),
+        };
+        let mut s = Settings::new(servers);
+        s.prefix = config.cluster_prefix.clone();
+        s.replicas = config.cluster_replicas;
+        s.request_retention = config.request_retention;
+        s.dlq_retention = config.dlq_retention;
+        s.idempotency_ttl = config.idempotency_ttl;
+        s.lease_ttl = (config.provider_timeout * 2).max(Duration::from_secs(60));
+        Some(Ok(s))
     }
 }
 

@@ -43,6 +43,9 @@ pub struct WorkQueue {
 pub struct Job {
     pub id: u64,
     pub due_ms: u64,
+    /// Published by a write before it was stored (work due at once), rather than by a
+    /// timer: until the record shows that write, the job is early, not idle.
+    pub by_write: bool,
     /// 1 the first time, more when redelivered (deferred, or its node died).
     pub delivered: i64,
     message: jetstream::Message,
@@ -66,12 +69,27 @@ impl WorkQueue {
         })
     }
 
-    /// Publishes the firing of request `id` due at `due_ms`; a repeat of the same pair
-    /// within the duplicate window is stored once. The acknowledgement can be awaited
-    /// later.
+    /// Publishes the firing of request `id` due at `due_ms` (a timer of the due index); a
+    /// repeat of the same pair within the duplicate window is stored once. The
+    /// acknowledgement can be awaited later.
     pub async fn publish(&self, id: u64, due_ms: u64) -> Result<Ack> {
+        self.send(id, due_ms, false).await
+    }
+
+    /// Publishes the work of request `id` due at `due_ms` that a write is about to store
+    /// (sent before the write, so the job can come before the write is visible: see
+    /// [`Job::by_write`]).
+    pub async fn publish_for_write(&self, id: u64, due_ms: u64) -> Result<Ack> {
+        self.send(id, due_ms, true).await
+    }
+
+    async fn send(&self, id: u64, due_ms: u64, by_write: bool) -> Result<Ack> {
+        let mut payload = due_ms.to_be_bytes().to_vec();
+        if by_write {
+            payload.push(1);
+        }
         let message = PublishMessage::build()
-            .payload(bytes::Bytes::copy_from_slice(&due_ms.to_be_bytes()))
+            .payload(bytes::Bytes::from(payload))
             .message_id(format!("{}:{}", key::num(id), key::num(due_ms)));
         let future = self
             .js
@@ -95,8 +113,35 @@ impl WorkQueue {
             .messages()
             .await
             .map_err(|e| ClusterError::failed("pulling work", e))?;
+        Ok(self.parsed(messages))
+    }
+
+    /// At most `n` jobs for this node, in one pull request that the servers hold open for
+    /// up to `wait` (jobs come as they are published meanwhile): a node asks for as many
+    /// as it has free slots, so no job waits on a busy node while another is idle. The
+    /// stream ends after `n` jobs or `wait`; an error (the pull was refused, a server
+    /// went away) is passed on and ends it.
+    pub async fn take(&self, n: usize, wait: Duration) -> Result<BoxStream<'static, Result<Job>>> {
+        let messages = self
+            .consumer
+            .batch()
+            .max_messages(n.max(1))
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::failed("pulling work", e))?;
+        Ok(self.parsed(messages))
+    }
+
+    /// The jobs in a stream of work messages; a malformed message is terminated and
+    /// skipped.
+    fn parsed<S, E>(&self, messages: S) -> BoxStream<'static, Result<Job>>
+    where
+        S: futures_util::Stream<Item = std::result::Result<jetstream::Message, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let prefix = format!("{}.work.", self.layout.prefix);
-        Ok(messages
+        messages
             .filter_map(move |item| {
                 let prefix = prefix.clone();
                 async move {
@@ -114,7 +159,7 @@ impl WorkQueue {
                     }
                 }
             })
-            .boxed())
+            .boxed()
     }
 
     /// How long a job taken by a node waits for its acknowledgement (or an extension)
@@ -144,12 +189,19 @@ impl Job {
             .subject
             .strip_prefix(prefix)
             .and_then(key::parse_num);
-        let due = <[u8; 8]>::try_from(message.payload.as_ref()).ok();
+        let payload = message.payload.as_ref();
+        let due = payload.get(..8).and_then(|d| <[u8; 8]>::try_from(d).ok());
+        let by_write = match payload.get(8..) {
+            Some([]) => Some(false),
+            Some([1]) => Some(true),
+            _ => None,
+        };
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        match (id, due) {
-            (Some(id), Some(due)) => Ok(Job {
+        match (id, due, by_write) {
+            (Some(id), Some(due), Some(by_write)) => Ok(Job {
                 id,
                 due_ms: u64::from_be_bytes(due),
+                by_write,
                 delivered,
                 message,
             }),

@@ -92,6 +92,13 @@ pub struct Config {
     pub provider_backoff: Duration,
     /// Permit provider `base_url`s on loopback and private ranges (local vLLM, Ollama).
     pub allow_private_providers: bool,
+    /// Cluster mode: the NATS servers (`nats://host:port`, comma-separated). `None` is
+    /// the single sled node under `data`, the default.
+    pub cluster: Option<String>,
+    /// Prefix of eddy's buckets, streams and subjects on those servers.
+    pub cluster_prefix: String,
+    /// Copies of every bucket and stream: 3 for a cluster of servers, 1 for one server.
+    pub cluster_replicas: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -108,6 +115,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_timeout", &self.webhook_timeout)
             .field("callback_timeout", &self.callback_timeout)
             .field("allow_private_webhooks", &self.allow_private_webhooks)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +162,9 @@ impl Default for Config {
             provider_retries: 2,
             provider_backoff: Duration::from_millis(500),
             allow_private_providers: false,
+            cluster: None,
+            cluster_prefix: "eddy".into(),
+            cluster_replicas: 3,
         }
     }
 }

@@ -109,6 +109,16 @@ pub struct Options {
     #[arg(long, env = "EDDY_ALLOW_PRIVATE_PROVIDERS")]
     #[serde(default)]
     pub allow_private_providers: bool,
+    /// Cluster mode: the NATS servers, comma-separated (nats://10.0.0.1:4222,…) [default:
+    /// none: one node on the local store]
+    #[arg(long, env = "EDDY_CLUSTER", value_name = "URLS")]
+    pub cluster: Option<String>,
+    /// Prefix of eddy's buckets, streams and subjects on the NATS servers [default: eddy]
+    #[arg(long, env = "EDDY_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// Copies of every bucket and stream: 3 for a cluster, 1 for one server [default: 3]
+    #[arg(long, env = "EDDY_CLUSTER_REPLICAS")]
+    pub cluster_replicas: Option<usize>,
     /// A TOML file with any of these options
     #[arg(long, env = "EDDY_CONFIG")]
     #[serde(skip)]
@@ -304,6 +314,30 @@ impl Options {
         }
         config.allow_private_providers =
             self.allow_private_providers || file.allow_private_providers;
+        if let Some(urls) = self.cluster.or(file.cluster) {
+            crate::cluster::connect::parse_servers(&urls).map_err(|e| {
+                invalid(
+                    "cluster",
+                    format!("{e} (give --cluster nats://host:4222[,nats://host:4222…])"),
+                )
+            })?;
+            config.cluster = Some(urls);
+        }
+        if let Some(prefix) = self.cluster_prefix.or(file.cluster_prefix) {
+            if !crate::cluster::key::valid_prefix(&prefix) {
+                return Err(invalid(
+                    "cluster_prefix",
+                    "a lowercase letter, then up to 31 lowercase letters, digits or _",
+                ));
+            }
+            config.cluster_prefix = prefix;
+        }
+        if let Some(n) = self.cluster_replicas.or(file.cluster_replicas) {
+            if !(1..=5).contains(&n) {
+                return Err(invalid("cluster_replicas", "must be from 1 to 5"));
+            }
+            config.cluster_replicas = n;
+        }
         match self.log_format.or(file.log_format).as_deref() {
             None | Some("text") => {}
             Some("json") => config.log_json = true,
@@ -364,5 +398,31 @@ mod tests {
         };
         let err = instant_idle.into_config().unwrap_err().to_string();
         assert!(err.contains("ws_idle_timeout"), "{err}");
+
+        for wrong in ["http://127.0.0.1:4222", "nats://a:4222,,nats://b:4222"] {
+            let cluster = Options {
+                cluster: Some(wrong.into()),
+                ..Options::default()
+            };
+            let err = cluster.into_config().unwrap_err().to_string();
+            assert!(
+                err.contains("--cluster") && err.contains("nats://"),
+                "{err}"
+            );
+        }
+        let cluster = Options {
+            cluster: Some("10.0.0.1,nats://10.0.0.2:4223".into()),
+            cluster_replicas: Some(1),
+            ..Options::default()
+        };
+        let config = cluster.into_config().unwrap();
+        assert_eq!(
+            config.cluster.as_deref(),
+            Some("10.0.0.1,nats://10.0.0.2:4223")
+        );
+        assert_eq!(
+            (config.cluster_prefix.as_str(), config.cluster_replicas),
+            ("eddy", 1)
+        );
     }
 }

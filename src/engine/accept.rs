@@ -6,7 +6,7 @@ use super::{Engine, Ticket};
 use crate::catalog::{Project, Workflow};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::job::{Request, WorkflowSnapshot};
+use crate::job::{Request, State, WorkflowSnapshot};
 use crate::secret;
 use crate::store::Claim;
 
@@ -113,7 +113,7 @@ impl Engine {
             customer_data(&workflow, &input.workflow, &input.messages, &input.metadata);
 
         let now = now_ms();
-        let ids = self.store.new_request_id()?;
+        let ids = self.store.new_request_id().await?;
         let id = ids.0;
         let mut record = Request::pending(
             ids,
@@ -131,18 +131,30 @@ impl Engine {
                 let ttl = self.config.idempotency_ttl.as_millis() as u64;
                 let claim = self
                     .store
-                    .insert_request_once(&mut record, &project.id, &hash, ttl)?;
+                    .insert_request_once(&mut record, &project.id, &hash, ttl)
+                    .await?;
                 if let Claim::Existing(first) = claim {
-                    let first = self
-                        .store
-                        .request(first)?
-                        .ok_or_else(|| Error::Unavailable("idempotent request vanished".into()))?;
+                    let first =
+                        self.store.request(first).await?.ok_or_else(|| {
+                            Error::Unavailable("idempotent request vanished".into())
+                        })?;
                     // The first request may still be on its way to disk.
                     self.store.commit().await?;
+                    // Its accept may have failed after its record was stored (its work
+                    // message unacknowledged): on a cluster node, publish it again while
+                    // it is pending (its due time, hence the message id, is then the
+                    // accept's, so a message that did land is not stored twice; later the
+                    // request has moved on and a round may be driving it).
+                    if self.scheduler.clustered() && first.state == State::Pending {
+                        self.scheduler
+                            .wake(first.id, first.due_ms)
+                            .await
+                            .map_err(crate::store::StoreError::from)?;
+                    }
                     return Ok(self.ticket(&first));
                 }
             }
-            None => self.store.insert_request(&mut record)?,
+            None => self.store.insert_request(&mut record).await?,
         }
         self.store.commit().await?;
         self.metrics.accepted(&record.workflow.name);

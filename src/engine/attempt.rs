@@ -91,7 +91,7 @@ impl Ctx<'_> {
         };
         drop(permit);
         let outcome = self.classify(attempt, prepared.endpoint.as_deref(), outcome)?;
-        self.record(attempt, started, &outcome)
+        self.record(attempt, started, &outcome).await
     }
 
     fn prepare(&self, attempt: Attempt<'_>, now: u64) -> Prepared {
@@ -168,7 +168,12 @@ impl Ctx<'_> {
 
     /// Writes the attempt on the record (its next attempt, or its settlement and the
     /// request's) and the timeline, and the dead letter when it was the last one.
-    fn record(&self, attempt: Attempt<'_>, started: u64, outcome: &Outcome) -> Result<Recorded> {
+    async fn record(
+        &self,
+        attempt: Attempt<'_>,
+        started: u64,
+        outcome: &Outcome,
+    ) -> Result<Recorded> {
         let (record, d) = (attempt.record, attempt.delivery);
         let now = now_ms();
         let step = (
@@ -189,26 +194,30 @@ impl Ctx<'_> {
             error: outcome.error.clone(),
         };
         let timeout = callback_timeout_ms(self.config, record);
-        let update = self.store.update(record.id, now, |r| {
-            let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
-                self.retry_at(made, now, outcome)
-            })?;
-            Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
-        })?;
+        let update = self
+            .store
+            .update(record.id, now, |r| {
+                let effect = r.record_attempt(&d.webhook_id, &result, now, |made| {
+                    self.retry_at(made, now, outcome)
+                })?;
+                Ok::<_, StaleAttempt>((effect, r.settle(now, timeout)))
+            })
+            .await?;
         let mut steps = attempt.carry.take();
         steps.push(step);
         let Update::Done(record, (effect, settled)) = update else {
-            self.store.append_steps(record.id, &steps)?;
+            self.store.append_steps(record.id, &steps).await?;
             return Ok(Recorded::Stale);
         };
         if settled.is_some() {
             steps.push(transition(self.metrics, &record, record.state, now));
         }
         // Before the dead letter, which gathers its attempts from the timeline.
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         if effect == AttemptEffect::DeadLettered {
             let reason = result.error.unwrap_or_else(|| "out of attempts".into());
-            self.dead_letter(&record, &d.webhook_id, attempt.body, reason, now)?;
+            self.dead_letter(&record, &d.webhook_id, attempt.body, reason, now)
+                .await?;
         }
         Ok(match settled {
             Some(_) => Recorded::Settled(record),
@@ -233,7 +242,7 @@ impl Ctx<'_> {
     }
 
     /// Stores the dead-letter entry of one exhausted delivery, with all its attempts.
-    fn dead_letter(
+    async fn dead_letter(
         &self,
         record: &Request,
         webhook_id: &str,
@@ -250,7 +259,8 @@ impl Ctx<'_> {
         };
         let attempts = self
             .store
-            .timeline(record.id)?
+            .timeline(record.id)
+            .await?
             .into_iter()
             .filter_map(|(at_ms, step)| match step {
                 Step::WebhookAttempt {
@@ -270,27 +280,31 @@ impl Ctx<'_> {
                 _ => None,
             })
             .collect();
-        self.store.insert_dead_letter(&DeadLetter {
-            request_id: record.id,
-            channel_id: record.channel_id,
-            project_id: record.project_id,
-            webhook_id: d.webhook_id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
-            url: d.url.clone(),
-            payload: body.to_string(),
-            reason: reason.clone(),
-            attempts,
-            dead_ms: now,
-        })?;
-        self.store.append_step(
-            record.id,
-            now,
-            &Step::DeadLettered {
+        self.store
+            .insert_dead_letter(&DeadLetter {
+                request_id: record.id,
+                channel_id: record.channel_id,
+                project_id: record.project_id,
                 webhook_id: d.webhook_id.clone(),
                 endpoint_id: d.endpoint_id.clone(),
-                reason,
-            },
-        )?;
+                url: d.url.clone(),
+                payload: body.to_string(),
+                reason: reason.clone(),
+                attempts,
+                dead_ms: now,
+            })
+            .await?;
+        self.store
+            .append_step(
+                record.id,
+                now,
+                &Step::DeadLettered {
+                    webhook_id: d.webhook_id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    reason,
+                },
+            )
+            .await?;
         tracing::warn!(
             channel_id = %record.channel_id,
             webhook_id = %d.webhook_id,

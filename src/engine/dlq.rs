@@ -37,9 +37,10 @@ enum Rearmed {
 
 impl Engine {
     /// One dead letter of `project`.
-    pub fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<DeadLetter> {
+    pub async fn dead_letter(&self, project: &ProjectId, id: &str) -> Result<DeadLetter> {
         self.store
-            .dead_letter(project, id)?
+            .dead_letter(project, id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("dead letter '{id}'")))
     }
 
@@ -58,11 +59,11 @@ impl Engine {
 
     /// Re-drives one dead letter; once that is durable, the request re-enters the flow.
     pub async fn redrive(&self, project: &ProjectId, id: &str) -> Result<()> {
-        let entry = self.dead_letter(project, id)?;
+        let entry = self.dead_letter(project, id).await?;
         if let Some(why) = self.blocked(&entry) {
             return Err(Error::Conflict(why));
         }
-        let rearmed = self.rearm(project, id, &entry)?;
+        let rearmed = self.rearm(project, id, &entry).await?;
         self.store.commit().await?;
         match rearmed {
             Rearmed::Done { id, due_ms } => {
@@ -86,10 +87,11 @@ impl Engine {
     ) -> Result<Redrive> {
         let mut report = Redrive::default();
         let mut due = Vec::new();
-        let mut walk = || -> Result<()> {
+        let walk = async {
             for (id, entry) in self
                 .store
-                .dead_letters_between(project, since_ms, until_ms)?
+                .dead_letters_between(project, since_ms, until_ms)
+                .await?
             {
                 if endpoint.is_some_and(|e| e != entry.endpoint_id) {
                     continue;
@@ -98,7 +100,7 @@ impl Engine {
                     report.skipped.push((id, why));
                     continue;
                 }
-                match self.rearm(project, &id, &entry)? {
+                match self.rearm(project, &id, &entry).await? {
                     Rearmed::Done {
                         id: request,
                         due_ms,
@@ -113,9 +115,9 @@ impl Engine {
                     }
                 }
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
-        let walked = walk();
+        let walked = walk.await;
         self.store.commit().await?;
         for (request, due_ms) in due {
             self.scheduler.schedule(request, due_ms);
@@ -124,13 +126,14 @@ impl Engine {
     }
 
     /// Re-arms the delivery on its record and removes the entry (neither durable yet).
-    fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<Rearmed> {
+    async fn rearm(&self, project: &ProjectId, id: &str, entry: &DeadLetter) -> Result<Rearmed> {
         let now = now_ms();
         let update = self
             .store
-            .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))?;
+            .update(entry.request_id, now, |r| r.redrive(&entry.webhook_id, now))
+            .await?;
         let Update::Done(record, revived) = update else {
-            self.store.remove_dead_letter(project, id)?;
+            self.store.remove_dead_letter(project, id).await?;
             return Ok(Rearmed::Stale);
         };
         let mut steps = vec![(
@@ -141,8 +144,8 @@ impl Engine {
             },
         )];
         steps.extend(revived.map(|state| self.transition(&record, state, now)));
-        self.store.append_steps(record.id, &steps)?;
-        self.store.remove_dead_letter(project, id)?;
+        self.store.append_steps(record.id, &steps).await?;
+        self.store.remove_dead_letter(project, id).await?;
         Ok(Rearmed::Done {
             id: record.id,
             due_ms: record.due_ms,
@@ -151,7 +154,7 @@ impl Engine {
 
     /// Deletes one dead letter of `project`.
     pub async fn purge_dead_letter(&self, project: &ProjectId, id: &str) -> Result<()> {
-        if !self.store.remove_dead_letter(project, id)? {
+        if !self.store.remove_dead_letter(project, id).await? {
             return Err(Error::NotFound(format!("dead letter '{id}'")));
         }
         self.store.commit().await?;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::attempt::{Attempt, REQUEST_ENDPOINT, Recorded};
 use super::lanes::{Entry, LaneKey, Permit};
+use super::lease::RETRY_MS;
 use super::{Engine, model};
 use crate::clock::now_ms;
 use crate::error::Result;
@@ -100,7 +101,7 @@ impl Engine {
         let carry = Carry::default();
         let next = self.drive_rounds(id, fired_due, &mut entered, &carry).await;
         self.lanes.forfeit(id, &entered);
-        if let Err(e) = self.store.append_steps(id, &carry.take()) {
+        if let Err(e) = self.store.append_steps(id, &carry.take()).await {
             tracing::warn!(id, error = %e, "timeline write failed");
         }
         next
@@ -113,19 +114,22 @@ impl Engine {
         entered: &mut Vec<LaneKey>,
         carry: &Carry,
     ) -> Option<u64> {
-        let record = match self.store.request(id) {
+        let record = match self.store.request(id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return None,
+            Ok(None) => {
+                self.scheduler.not_found(id);
+                return None;
+            }
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
-                return Some(now_ms() + 1000);
+                return self.again_at(id, now_ms() + RETRY_MS);
             }
         };
         // A timer for a due time the record no longer has: a leftover of a crash between
         // swapping the record and removing its old due key (timers set in memory carry the
         // record's due time, so only such leftovers and retries after errors get here).
         if record.due_ms != Some(fired_due)
-            && let Err(e) = self.store.drop_stale_due(fired_due, id)
+            && let Err(e) = self.store.drop_stale_due(fired_due, id).await
         {
             tracing::warn!(id, error = %e, "cannot drop stale due entry");
         }
@@ -147,12 +151,12 @@ impl Engine {
         for _ in 0..MAX_ROUNDS {
             let current = match record.take() {
                 Some(r) => r,
-                None => match self.store.request(id) {
+                None => match self.store.request(id).await {
                     Ok(Some(r)) => r,
                     Ok(None) => return None,
                     Err(e) => {
                         tracing::error!(id, error = %e, "cannot read request; retrying in 1s");
-                        return Some(now_ms() + 1000);
+                        return self.again_at(id, now_ms() + RETRY_MS);
                     }
                 },
             };
@@ -163,13 +167,13 @@ impl Engine {
                 Ok(Round::Parked(next)) => return next,
                 Err(e) => {
                     tracing::error!(id, error = %e, "request round failed; retrying in 1s");
-                    return Some(now_ms() + 1000);
+                    return self.again_at(id, now_ms() + RETRY_MS);
                 }
             }
         }
-        match self.store.request(id) {
+        match self.store.request(id).await {
             Ok(record) => record?.due_ms,
-            Err(_) => Some(now_ms() + 1000),
+            Err(_) => self.again_at(id, now_ms() + RETRY_MS),
         }
     }
 
@@ -183,6 +187,9 @@ impl Engine {
         let now = now_ms();
         match record.state {
             State::Pending => {
+                if !self.may_call_model(&record).await? {
+                    return Ok(Round::Parked(None));
+                }
                 self.run_model(record, carry).await?;
                 return Ok(Round::Again);
             }
@@ -219,6 +226,7 @@ impl Engine {
             return Ok(Round::Idle);
         }
         if admitted.is_empty() {
+            self.lane_full(record.id, now);
             return Ok(Round::Parked(due_after(&record, now)));
         }
         let body = payload::webhook_body(&record, &self.public_url);
@@ -293,33 +301,38 @@ impl Engine {
         let attempts = model::attempt_logs(&reports);
         let targets = self.targets(&record, now);
         let timeout = self.callback_timeout_ms(&record);
-        let update = self.store.update(record.id, now, |r| {
-            r.ai_attempts = attempts.clone();
-            match &result {
-                Ok(out) => {
-                    r.record_ai_success(model::ai_result(out, &reports, now), targets.clone(), now)?
+        let update = self
+            .store
+            .update(record.id, now, |r| {
+                r.ai_attempts = attempts.clone();
+                match &result {
+                    Ok(out) => r.record_ai_success(
+                        model::ai_result(out, &reports, now),
+                        targets.clone(),
+                        now,
+                    )?,
+                    // Event-driven workflows have nothing for a backend to call back about.
+                    Err(e) => {
+                        let deliveries = if r.awaits_callback() {
+                            Vec::new()
+                        } else {
+                            targets.clone()
+                        };
+                        r.record_ai_failure(e.message.clone(), deliveries, now)?
+                    }
                 }
-                // Event-driven workflows have nothing for a backend to call back about.
-                Err(e) => {
-                    let deliveries = if r.awaits_callback() {
-                        Vec::new()
-                    } else {
-                        targets.clone()
-                    };
-                    r.record_ai_failure(e.message.clone(), deliveries, now)?
-                }
-            }
-            let mut visited = vec![r.state];
-            visited.extend(r.settle(now, timeout));
-            Ok::<_, crate::job::InvalidTransition>(visited)
-        })?;
+                let mut visited = vec![r.state];
+                visited.extend(r.settle(now, timeout));
+                Ok::<_, crate::job::InvalidTransition>(visited)
+            })
+            .await?;
         let Update::Done(record, visited) = update else {
-            self.store.append_steps(record.id, &steps)?;
+            self.store.append_steps(record.id, &steps).await?;
             return Ok(());
         };
         steps.extend(visited.iter().map(|s| self.transition(&record, *s, now)));
         // On the timeline before anyone can see the push.
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         self.store.commit().await?;
         carry.add(self.push_latest(&record));
         Ok(())
@@ -328,14 +341,15 @@ impl Engine {
     /// Settles a `generated` request whose deliveries are all settled.
     async fn settle(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
-        let record = self.store.request(id)?;
+        let record = self.store.request(id).await?;
         let timeout = record.as_ref().map_or(0, |r| self.callback_timeout_ms(r));
         let update = self
             .store
-            .update(id, now, |r| r.settle(now, timeout).ok_or(()))?;
+            .update(id, now, |r| r.settle(now, timeout).ok_or(()))
+            .await?;
         if let Update::Done(record, _) = update {
             let step = self.transition(&record, record.state, now);
-            self.store.append_steps(id, &[step])?;
+            self.store.append_steps(id, &[step]).await?;
             self.settled(&record, carry).await?;
         }
         Ok(())
@@ -356,27 +370,30 @@ impl Engine {
     /// Fails a `delivered` request whose callback deadline has passed.
     async fn time_out_callback(&self, id: u64, carry: &Carry) -> Result<()> {
         let now = now_ms();
-        let update = self.store.update(id, now, |r| {
-            let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
-            if r.state != State::Delivered || !due {
-                return Err(());
-            }
-            r.apply(Event::CallbackTimedOut, now).map_err(|_| ())?;
-            let waited = now.saturating_sub(r.callback_deadline_ms.unwrap_or(now))
-                + self.callback_timeout_ms(r);
-            r.error_message = Some(format!(
-                "no callback within {}s of the webhook's delivery",
-                waited / 1000
-            ));
-            Ok(waited)
-        })?;
+        let update = self
+            .store
+            .update(id, now, |r| {
+                let due = r.callback_deadline_ms.is_some_and(|t| t <= now);
+                if r.state != State::Delivered || !due {
+                    return Err(());
+                }
+                r.apply(Event::CallbackTimedOut, now).map_err(|_| ())?;
+                let waited = now.saturating_sub(r.callback_deadline_ms.unwrap_or(now))
+                    + self.callback_timeout_ms(r);
+                r.error_message = Some(format!(
+                    "no callback within {}s of the webhook's delivery",
+                    waited / 1000
+                ));
+                Ok(waited)
+            })
+            .await?;
         if let Update::Done(record, after_ms) = update {
             self.metrics.callback("timeout");
             let steps = [
                 (now, Step::CallbackTimeout { after_ms }),
                 self.transition(&record, record.state, now),
             ];
-            self.store.append_steps(id, &steps)?;
+            self.store.append_steps(id, &steps).await?;
             self.store.commit().await?;
             carry.add(self.push_latest(&record));
         }
@@ -385,36 +402,41 @@ impl Engine {
 
     /// Pushes the final result of a recorded callback and completes the request.
     pub(super) async fn finish_callback(&self, id: u64) {
-        let record = match self.store.request(id) {
+        let record = match self.store.request(id).await {
             Ok(Some(r)) if r.state == State::Callback => r,
             _ => return,
         };
         let pushed = self.push_latest(&record);
         let now = now_ms();
         let mut steps: Vec<(u64, Step)> = pushed.into_iter().collect();
-        match self.store.update(id, now, |r| r.apply(Event::Pushed, now)) {
+        match self
+            .store
+            .update(id, now, |r| r.apply(Event::Pushed, now))
+            .await
+        {
             Ok(Update::Done(record, _)) => steps.push(self.transition(&record, record.state, now)),
             Ok(_) => {}
             Err(e) => {
                 // Still due (and without a due key: see `store::due`): try again soon.
                 tracing::error!(id, error = %e, "cannot complete request; retrying in 1s");
-                self.scheduler.schedule(id, Some(now + 1000));
+                self.scheduler.schedule(id, Some(now + RETRY_MS));
+                self.scheduler.retry(id, now + RETRY_MS);
             }
         }
-        if let Err(e) = self.store.append_steps(id, &steps) {
+        if let Err(e) = self.store.append_steps(id, &steps).await {
             tracing::warn!(error = %e, "timeline write failed");
         }
     }
 
     /// Pushes the record's latest message and puts the push on the timeline, after
     /// `before` if given (one write for both).
-    pub(super) fn push_and_note(
+    pub(super) async fn push_and_note(
         &self,
         record: &Request,
         before: Option<(u64, Step)>,
     ) -> Result<()> {
         let steps: Vec<(u64, Step)> = before.into_iter().chain(self.push_latest(record)).collect();
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         Ok(())
     }
 

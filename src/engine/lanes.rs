@@ -17,6 +17,11 @@
 //! A grant whose request no longer has anything due on that lane (the drive entered other
 //! lanes, or none) is given back by [`Lanes::forfeit`] at the end of the drive, so a slot
 //! is never lost.
+//!
+//! On a cluster node the lanes bound each node's attempts the same way but park nothing:
+//! a delivery that finds its lane full ends its round, and the request's job is handed
+//! back to the work queue to come again in a moment (200–800 ms, to any node). FIFO order
+//! within a lane is given up there, so that no request waits on a node that may die.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,6 +113,11 @@ impl Lanes {
         if fifo.taken < self.shared.per_lane && fifo.parked.is_empty() {
             fifo.taken += 1;
             return self.permit(key);
+        }
+        // A cluster node parks nothing: the job of the request is handed back to come
+        // again shortly (to any node), so no node holds work that only it would resume.
+        if self.shared.scheduler.clustered() {
+            return Entry::Parked;
         }
         if fifo.parked_ids.insert(id) {
             fifo.parked.push_back((id, due_ms));

@@ -17,6 +17,7 @@ mod attempt;
 mod dlq;
 mod drive;
 mod lanes;
+mod lease;
 mod model;
 mod retention;
 mod sync;
@@ -177,16 +178,16 @@ impl Engine {
     }
 
     /// The request on `channel` if it belongs to `project` (another project's is not found).
-    pub fn request_of(&self, project: &ProjectId, channel: &ChannelId) -> Result<Request> {
-        match self.store.request_by_channel(channel)? {
+    pub async fn request_of(&self, project: &ProjectId, channel: &ChannelId) -> Result<Request> {
+        match self.store.request_by_channel(channel).await? {
             Some(r) if &r.project_id == project => Ok(r),
             _ => Err(Error::NotFound(format!("request '{channel}'"))),
         }
     }
 
     /// A fresh WebSocket token for an existing request of `project`.
-    pub fn reconnect(&self, project: &ProjectId, channel: &ChannelId) -> Result<Ticket> {
-        let record = self.request_of(project, channel)?;
+    pub async fn reconnect(&self, project: &ProjectId, channel: &ChannelId) -> Result<Ticket> {
+        let record = self.request_of(project, channel).await?;
         Ok(self.ticket(&record))
     }
 
@@ -199,65 +200,80 @@ impl Engine {
         channel: &ChannelId,
         input: CallbackInput,
     ) -> Result<()> {
-        let record = self.request_of(project, channel)?;
+        let record = self.request_of(project, channel).await?;
         let now = now_ms();
-        let update = self.store.update(record.id, now, |r| {
-            if !r.awaits_callback() {
-                return Err(Error::Conflict(format!(
-                    "workflow '{}' has no event_name: no callback is expected",
-                    r.workflow.name
-                )));
-            }
-            match r.state {
-                State::Pending => {
-                    return Err(Error::Conflict(
-                        "the AI result is not ready yet: no callback is expected".into(),
-                    ));
-                }
-                State::Generated | State::Delivered => {}
-                _ => {
-                    return Err(Error::AlreadyCompleted(format!(
-                        "request is already {}",
-                        r.failure().map_or(r.state.as_str(), |f| f.as_str())
+        let mut seen = None;
+        let update = self
+            .store
+            .update(record.id, now, |r| {
+                seen = Some((r.state, r.due_ms));
+                if !r.awaits_callback() {
+                    return Err(Error::Conflict(format!(
+                        "workflow '{}' has no event_name: no callback is expected",
+                        r.workflow.name
                     )));
                 }
-            }
-            match &input {
-                CallbackInput::Data {
-                    data,
-                    task_id,
-                    metadata,
-                    ..
-                } => {
-                    r.apply(Event::CallbackReceived, now)
-                        .map_err(|e| Error::Conflict(e.to_string()))?;
-                    r.callback = Some(CallbackData {
-                        data: data.clone(),
-                        task_id: task_id.clone(),
-                        metadata: metadata.clone(),
-                        error: None,
-                        received_ms: now,
-                    });
+                match r.state {
+                    State::Pending => {
+                        return Err(Error::Conflict(
+                            "the AI result is not ready yet: no callback is expected".into(),
+                        ));
+                    }
+                    State::Generated | State::Delivered => {}
+                    _ => {
+                        return Err(Error::AlreadyCompleted(format!(
+                            "request is already {}",
+                            r.failure().map_or(r.state.as_str(), |f| f.as_str())
+                        )));
+                    }
                 }
-                CallbackInput::Error { error, message } => {
-                    r.apply(Event::CallbackErrored, now)
-                        .map_err(|e| Error::Conflict(e.to_string()))?;
-                    r.error_message = Some(format!("{error}: {message}"));
-                    r.callback = Some(CallbackData {
-                        data: "null".into(),
-                        task_id: None,
-                        metadata: None,
-                        error: Some((error.clone(), message.clone())),
-                        received_ms: now,
-                    });
+                match &input {
+                    CallbackInput::Data {
+                        data,
+                        task_id,
+                        metadata,
+                        ..
+                    } => {
+                        r.apply(Event::CallbackReceived, now)
+                            .map_err(|e| Error::Conflict(e.to_string()))?;
+                        r.callback = Some(CallbackData {
+                            data: data.clone(),
+                            task_id: task_id.clone(),
+                            metadata: metadata.clone(),
+                            error: None,
+                            received_ms: now,
+                        });
+                    }
+                    CallbackInput::Error { error, message } => {
+                        r.apply(Event::CallbackErrored, now)
+                            .map_err(|e| Error::Conflict(e.to_string()))?;
+                        r.error_message = Some(format!("{error}: {message}"));
+                        r.callback = Some(CallbackData {
+                            data: "null".into(),
+                            task_id: None,
+                            metadata: None,
+                            error: Some((error.clone(), message.clone())),
+                            received_ms: now,
+                        });
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })
+            .await?;
         let record = match update {
             Update::Done(record, ()) => record,
             Update::Refused(e) => {
                 self.metrics.callback("rejected");
+                // A callback recorded by a try that then failed (its work message not
+                // acknowledged): on a cluster node, publish that message again.
+                if let Some((State::Callback, due)) = seen
+                    && self.scheduler.clustered()
+                {
+                    self.scheduler
+                        .wake(record.id, due)
+                        .await
+                        .map_err(crate::store::StoreError::from)?;
+                }
                 return Err(e);
             }
             Update::Missing => return Err(Error::NotFound("request".into())),
@@ -274,12 +290,16 @@ impl Engine {
             CallbackInput::Error { error, message } => Step::CallbackError { error, message },
         };
         let steps = [(now, step), self.transition(&record, record.state, now)];
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         self.store.commit().await?;
         if record.state == State::Callback {
-            self.finish_callback(record.id).await;
+            // On a cluster node the work message this write published finishes it, on
+            // whichever node takes it (finishing it here too would push it twice).
+            if !self.scheduler.clustered() {
+                self.finish_callback(record.id).await;
+            }
         } else {
-            self.push_and_note(&record, None)?;
+            self.push_and_note(&record, None).await?;
         }
         Ok(())
     }
@@ -352,11 +372,16 @@ pub fn jittered(delay: Duration) -> Duration {
 }
 
 impl Replay for Engine {
-    fn latest(&self, channel: &ChannelId) -> Result<Option<String>> {
-        let record = self.store.request_by_channel(channel)?;
-        Ok(record
-            .as_ref()
-            .and_then(payload::latest_push)
-            .map(|push| push.payload))
+    fn latest<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let record = self.store.request_by_channel(channel).await?;
+            Ok(record
+                .as_ref()
+                .and_then(payload::latest_push)
+                .map(|push| push.payload))
+        })
     }
 }

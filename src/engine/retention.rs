@@ -17,7 +17,7 @@ pub struct Swept {
 
 impl Engine {
     /// Deletes terminal requests (with their timelines) and dead letters past retention.
-    pub fn sweep_expired(&self) -> Result<Swept> {
+    pub async fn sweep_expired(&self) -> Result<Swept> {
         let now = now_ms();
         let request_cutoff = now.saturating_sub(self.config.request_retention.as_millis() as u64);
         let mut swept = Swept::default();
@@ -27,7 +27,7 @@ impl Engine {
                     .sweep_requests(&project.id, request_cutoff, SWEEP_BATCH)?;
         }
         let dlq_cutoff = now.saturating_sub(self.config.dlq_retention.as_millis() as u64);
-        swept.dead_letters = self.store.purge_dead_letters(dlq_cutoff)?;
+        swept.dead_letters = self.store.purge_dead_letters(dlq_cutoff).await?;
         Ok(swept)
     }
 }

@@ -108,14 +108,14 @@ impl Engine {
                 .map(|()| vec![record.state]),
         };
         let visited = moved.map_err(|e| Error::Conflict(e.to_string()))?;
-        self.store.insert_request(&mut record)?;
+        self.store.insert_request(&mut record).await?;
         let mut steps = self.attempt_steps(&reports);
         steps.extend(
             visited
                 .into_iter()
                 .map(|state| self.transition(&record, state, now)),
         );
-        self.store.append_steps(record.id, &steps)?;
+        self.store.append_steps(record.id, &steps).await?;
         Ok(SyncAnswer { record, result })
     }
 }

@@ -91,7 +91,19 @@ fn authorize_metrics(app: &App, request: &Request<Incoming>) -> Result<(), ApiEr
 }
 
 fn metrics(app: &App) -> Response {
-    let text = app.engine.render_metrics();
+    let mut text = app.engine.render_metrics();
+    if let Some(cluster) = app.engine.store().cluster() {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP eddy_cluster_connected Whether this node is connected to a NATS server.\n\
+             # TYPE eddy_cluster_connected gauge\neddy_cluster_connected {}\n\
+             # HELP eddy_cluster_disconnects_total Times this node lost its NATS connection.\n\
+             # TYPE eddy_cluster_disconnects_total counter\neddy_cluster_disconnects_total {}\n",
+            u8::from(cluster.link.connected()),
+            cluster.link.disconnects(),
+        );
+    }
     typed(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -101,9 +113,23 @@ fn metrics(app: &App) -> Response {
 
 /// 200 while the store can take new work, 503 (with the reason) while it cannot: the disk
 /// is almost full, or a write failed and the store has not reopened yet. A load balancer
-/// then sends new requests elsewhere.
+/// then sends new requests elsewhere. A cluster node also reports its NATS link (`null`
+/// on a sled node): while it has none, the store cannot write.
 fn health(app: &App) -> Response {
     let store = app.engine.store().health();
+    let nats = app.engine.store().cluster().map(|c| {
+        let server = c.link.server();
+        serde_json::json!({
+            "connected": c.link.connected(),
+            "server": format!("{}:{}", server.host, server.port),
+            "server_name": server.server_name,
+            "server_version": server.version,
+            "disconnects": c.link.disconnects(),
+            "prefix": c.settings().prefix,
+            "replicas": c.settings().replicas,
+            "cas": format!("{:?}", c.cas_mode()).to_lowercase(),
+        })
+    });
     let status = if store.writable {
         StatusCode::OK
     } else {
@@ -117,6 +143,7 @@ fn health(app: &App) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "open_sockets": app.sockets.hub.open_sockets(),
             "slow_readers": app.sockets.hub.slow_readers(),
+            "cluster": nats,
         }),
     )
 }

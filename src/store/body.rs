@@ -30,7 +30,7 @@ const INLINE: usize = 4 << 10;
 const CHUNK: usize = 6 << 10;
 
 /// The big texts of a record, by field number.
-fn fields(record: &mut Request) -> [Option<&mut String>; 4] {
+pub(crate) fn fields(record: &mut Request) -> [Option<&mut String>; 4] {
     [
         Some(&mut record.messages),
         Some(&mut record.customer_data),

@@ -7,7 +7,7 @@
 
 use bincode::{Decode, Encode};
 
-use super::{Result, Store, codec};
+use super::{Result, SledStore, codec};
 use crate::job::ProjectId;
 
 /// What a catalog entry is; the first byte of its key.
@@ -30,7 +30,7 @@ fn key(kind: Kind, project: &ProjectId, name: &[u8]) -> Vec<u8> {
     k
 }
 
-impl Store {
+impl SledStore {
     /// Writes one entry. Durable with the next commit.
     pub fn catalog_put<T: Encode>(
         &self,

@@ -6,12 +6,12 @@
 use std::sync::atomic::Ordering;
 
 use super::ids::{IdKey, unpair};
-use super::{Result, Store, codec};
+use super::{Result, SledStore, codec};
 use crate::job::{DeadLetter, ProjectId};
 
 /// `project ‖ dead_ms BE ‖ seq BE`: one project's dead letters are a contiguous range in
 /// time order.
-fn dlq_key(project: &ProjectId, dead_ms: u64, seq: u64) -> [u8; 32] {
+pub(super) fn dlq_key(project: &ProjectId, dead_ms: u64, seq: u64) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(project.as_bytes());
     k[16..24].copy_from_slice(&dead_ms.to_be_bytes());
@@ -20,7 +20,7 @@ fn dlq_key(project: &ProjectId, dead_ms: u64, seq: u64) -> [u8; 32] {
 }
 
 /// The public id of a dead letter: `dlq_` and 32 hex digits.
-fn dlq_id(ids: &IdKey, key: &[u8]) -> String {
+pub(super) fn dlq_id(ids: &IdKey, key: &[u8]) -> String {
     let tail: [u8; 16] = key
         .get(16..32)
         .and_then(|t| t.try_into().ok())
@@ -28,7 +28,7 @@ fn dlq_id(ids: &IdKey, key: &[u8]) -> String {
     format!("dlq_{}", ids.seal(tail))
 }
 
-fn parse_dlq_id(ids: &IdKey, id: &str) -> Option<(u64, u64)> {
+pub(super) fn parse_dlq_id(ids: &IdKey, id: &str) -> Option<(u64, u64)> {
     ids.open(id.strip_prefix("dlq_")?).map(unpair)
 }
 
@@ -38,7 +38,7 @@ fn next_project(project: &ProjectId) -> Option<ProjectId> {
     Some(ProjectId::from_bytes(n.to_be_bytes()))
 }
 
-impl Store {
+impl SledStore {
     /// Records a dead-lettered delivery; returns its id. Durable with the next commit.
     pub fn insert_dead_letter(&self, entry: &DeadLetter) -> Result<String> {
         let inner = self.inner()?;

@@ -13,7 +13,7 @@
 //! phase).
 
 use super::open::Inner;
-use super::{Result, Store, stored_record};
+use super::{Result, SledStore, stored_record};
 use crate::job::Request;
 
 /// The due time the index holds a key for: the record's, unless the record is active and
@@ -62,7 +62,7 @@ fn split_due_key(k: &[u8]) -> Option<(u64, u64)> {
     Some((due, id))
 }
 
-impl Store {
+impl SledStore {
     /// Due-index entries with `due_ms < until_ms`, oldest first, at most `limit`.
     pub fn due_before(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();

@@ -1,7 +1,7 @@
 //! Idempotency keys: `project ‖ sha256(key)` → the request created with the key, so a
 //! repeated `Idempotency-Key` gets the first request's answer.
 
-use super::{LOCK_STRIPES, Result, Store, be_u64, request_key};
+use super::{LOCK_STRIPES, Result, SledStore, be_u64, request_key};
 use crate::job::{ProjectId, Request};
 
 /// What [`Store::insert_request_once`] did.
@@ -13,7 +13,7 @@ pub enum Claim {
     Existing(u64),
 }
 
-impl Store {
+impl SledStore {
     /// Stores a new request unless `project ‖ key_hash` already names one that exists and
     /// is younger than `ttl_ms`; then returns that request's id and stores nothing. The
     /// check and the insert happen under one lock per key, so concurrent repeats of a key

@@ -19,7 +19,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::job::ChannelId;
+use crate::job::{ChannelId, ProjectId};
 
 const ROUNDS: u8 = 6;
 
@@ -32,6 +32,21 @@ pub struct IdKey {
 impl IdKey {
     pub fn new(key: [u8; 32]) -> IdKey {
         IdKey { key }
+    }
+
+    /// The id a cluster gives the project called `name`: the same on every node, so two
+    /// nodes creating it at once write one key (`create` lets one of them) and a name
+    /// names one project. Keyed, so it tells nothing about other ids.
+    pub fn project_of_name(&self, name: &str) -> ProjectId {
+        let mut hasher = Sha256::new();
+        hasher.update(self.key);
+        hasher.update(b"project\0");
+        hasher.update(name.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hasher.finalize()[..16]);
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        ProjectId::from_bytes(id)
     }
 
     fn round(&self, round: u8, width: u8, half: u64) -> u64 {

@@ -24,7 +24,7 @@ use bincode::{Decode, Encode};
 
 use super::ids::{pair, unpair};
 use super::open::Inner;
-use super::{CodecError, Result, Store, be_u64, codec, due_key, request_key};
+use super::{CodecError, Result, SledStore, be_u64, codec, due_key, request_key};
 use crate::job::{ChannelId, Failure, ProjectId, Request, State, Status};
 
 /// What a list shows of a request, kept beside its log key.
@@ -56,7 +56,7 @@ impl Summary {
 }
 
 /// The summary in a `log_state` value (after the 8-byte workflow hash).
-fn summary_of(value: &[u8]) -> std::result::Result<Summary, CodecError> {
+pub(super) fn summary_of(value: &[u8]) -> std::result::Result<Summary, CodecError> {
     codec::decode(value.get(8..).ok_or(CodecError::Empty)?)
 }
 
@@ -137,45 +137,136 @@ pub(super) fn id_of(key: &[u8]) -> Option<u64> {
     ))
 }
 
-/// Writes `r`'s log entry; `from`, when given, is the state it was listed under before
-/// (its key is removed if the phase changed).
-pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()> {
+/// `r`'s log entry: its key and value.
+pub(super) fn entry(r: &Request) -> Result<(Vec<u8>, Vec<u8>)> {
     let t = tail(r.created_ms, r.id);
     let mut value = workflow_hash(&r.workflow.name).to_vec();
     value.extend_from_slice(&codec::encode(&Summary::of(r))?);
-    inner.log_state.insert(
+    Ok((
         key(&[r.project_id.as_bytes(), &[phase(r.state)], &t]),
         value,
-    )?;
-    if let Some(from) = from.filter(|from| phase(*from) != phase(r.state)) {
-        inner
-            .log_state
-            .remove(key(&[r.project_id.as_bytes(), &[phase(from)], &t]))?;
+    ))
+}
+
+/// The key `r` was listed under in state `from`, if that is not its key now (the phase
+/// changed): to be removed once the new entry is written.
+pub(super) fn left_behind(r: &Request, from: State) -> Option<Vec<u8>> {
+    (phase(from) != phase(r.state)).then(|| {
+        let t = tail(r.created_ms, r.id);
+        key(&[r.project_id.as_bytes(), &[phase(from)], &t])
+    })
+}
+
+/// Writes `r`'s log entry; `from`, when given, is the state it was listed under before
+/// (its key is removed if the phase changed).
+pub(super) fn put(inner: &Inner, r: &Request, from: Option<State>) -> Result<()> {
+    let (k, value) = entry(r)?;
+    inner.log_state.insert(k, value)?;
+    if let Some(old) = from.and_then(|from| left_behind(r, from)) {
+        inner.log_state.remove(old)?;
     }
     Ok(())
+}
+
+/// The counts by state code of log entries `(key, value)`.
+pub(super) fn count<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    entries: impl Iterator<Item = (K, V)>,
+) -> std::result::Result<[i64; 7], CodecError> {
+    let mut counts = [0i64; 7];
+    for (k, v) in entries {
+        match k.as_ref().get(16) {
+            Some(&1) => counts[status_code(summary_of(v.as_ref())?.state.status()) as usize] += 1,
+            Some(&code) => counts[(code as usize).min(6)] += 1,
+            None => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// Log entries `(key, value)` in a key range, newest (highest key) first.
+pub(super) type Newest<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+/// A page of a project's requests from its log entries, newest first, and the cursor of
+/// the next page: the listing of both stores, each giving its ranges newest first.
+pub(super) fn list<'a>(
+    mut newest: impl FnMut(Vec<u8>, Vec<u8>) -> Newest<'a>,
+    project: &ProjectId,
+    query: &LogQuery<'_>,
+) -> Result<(Vec<Summary>, Option<Cursor>)> {
+    let wf = query.workflow.map(workflow_hash);
+    let phases: Vec<u8> = match query.status {
+        Some(status) => vec![phase_of_code(status_code(status))],
+        None => vec![1, 5, 6],
+    };
+    // An active status is told apart from the other active ones by its summary.
+    let exact = query
+        .status
+        .filter(|status| phase_of_code(status_code(*status)) == 1);
+    // The newest `limit` matching requests of each phase, then the newest `limit` of all.
+    let mut found: Vec<(Vec<u8>, Summary)> = Vec::new();
+    for ph in phases {
+        let prefix = key(&[project.as_bytes(), &[ph]]);
+        let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
+        let mut upper = key(&[&prefix, &tail(query.until_ms.unwrap_or(u64::MAX), 0)]);
+        if let Some(c) = query.before {
+            upper = upper.min(key(&[&prefix, &tail(c.created_ms, c.id)]));
+        }
+        if lower >= upper {
+            continue;
+        }
+        let mut taken = 0;
+        for kv in newest(lower, upper) {
+            let (k, v) = kv?;
+            if wf.is_some_and(|wf| v.get(..8) != Some(&wf[..])) {
+                continue;
+            }
+            let summary = summary_of(&v)?;
+            if exact.is_some_and(|status| summary.state.status() != status) {
+                continue;
+            }
+            found.push((k, summary));
+            taken += 1;
+            if taken >= query.limit {
+                break;
+            }
+        }
+    }
+    // Sort by `created_ms ‖ id`, the 16 bytes after the project and phase.
+    found.sort_by(|a, b| b.0[17..].cmp(&a.0[17..]));
+    found.truncate(query.limit);
+    let next = match found.last() {
+        Some((k, s)) if found.len() >= query.limit => Some(Cursor::of(s, id_of(k).unwrap_or(0))),
+        _ => None,
+    };
+    Ok((found.into_iter().map(|(_, s)| s).collect(), next))
 }
 
 /// Counts every request by state (at open) from the log alone; returns the counts and
 /// the keys of the active requests' entries.
 pub(super) fn count_states(inner: &Inner) -> Result<([i64; 7], Vec<sled::IVec>)> {
-    let mut counts = [0i64; 7];
     let mut active = Vec::new();
-    for kv in inner.log_state.iter() {
-        let (k, v) = kv?;
-        match k.get(16) {
+    let mut failed = None;
+    let entries = inner.log_state.iter().map_while(|kv| match kv {
+        Ok((k, v)) => {
             // An active entry is told apart by its summary; a finished one by its key.
-            Some(&1) => {
-                counts[status_code(summary_of(&v)?.state.status()) as usize] += 1;
-                active.push(k);
+            if k.get(16) == Some(&1) {
+                active.push(k.clone());
             }
-            Some(&code) => counts[(code as usize).min(6)] += 1,
-            None => {}
+            Some((k, v))
         }
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    let counts = count(entries)?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((counts, active)),
     }
-    Ok((counts, active))
 }
 
-impl Store {
+impl SledStore {
     /// The text of a list cursor: `cur_` and the sealed `created_ms ‖ id` (see `ids`).
     pub fn cursor_text(&self, cursor: Cursor) -> Result<String> {
         Ok(format!(
@@ -211,54 +302,16 @@ impl Store {
         query: &LogQuery<'_>,
     ) -> Result<(Vec<Summary>, Option<String>)> {
         let inner = self.inner()?;
-        let wf = query.workflow.map(workflow_hash);
-        let phases: Vec<u8> = match query.status {
-            Some(status) => vec![phase_of_code(status_code(status))],
-            None => vec![1, 5, 6],
-        };
-        // An active status is told apart from the other active ones by its summary.
-        let exact = query
-            .status
-            .filter(|status| phase_of_code(status_code(*status)) == 1);
-        // The newest `limit` matching requests of each phase, then the newest `limit` of all.
-        let mut found: Vec<(sled::IVec, Summary)> = Vec::new();
-        for ph in phases {
-            let prefix = key(&[project.as_bytes(), &[ph]]);
-            let lower = key(&[&prefix, &tail(query.since_ms, 0)]);
-            let mut upper = key(&[&prefix, &tail(query.until_ms.unwrap_or(u64::MAX), 0)]);
-            if let Some(c) = query.before {
-                upper = upper.min(key(&[&prefix, &tail(c.created_ms, c.id)]));
-            }
-            if lower >= upper {
-                continue;
-            }
-            let mut taken = 0;
-            for kv in inner.log_state.range(lower..upper).rev() {
+        let tree = &inner.log_state;
+        let newest = |lower: Vec<u8>, upper: Vec<u8>| -> Newest<'_> {
+            Box::new(tree.range(lower..upper).rev().map(|kv| {
                 let (k, v) = kv?;
-                if wf.is_some_and(|wf| v.get(..8) != Some(&wf[..])) {
-                    continue;
-                }
-                let summary = summary_of(&v)?;
-                if exact.is_some_and(|status| summary.state.status() != status) {
-                    continue;
-                }
-                found.push((k, summary));
-                taken += 1;
-                if taken >= query.limit {
-                    break;
-                }
-            }
-        }
-        // Sort by `created_ms ‖ id`, the 16 bytes after the project and phase.
-        found.sort_by(|a, b| b.0[17..].cmp(&a.0[17..]));
-        found.truncate(query.limit);
-        let next = match found.last() {
-            Some((k, s)) if found.len() >= query.limit => {
-                Some(self.cursor_text(Cursor::of(s, id_of(k).unwrap_or(0)))?)
-            }
-            _ => None,
+                Ok((k.to_vec(), v.to_vec()))
+            }))
         };
-        Ok((found.into_iter().map(|(_, s)| s).collect(), next))
+        let (page, next) = list(newest, project, query)?;
+        let next = next.map(|c| self.cursor_text(c)).transpose()?;
+        Ok((page, next))
     }
 
     /// Deletes terminal requests of `project` (record, channel, timeline, log entries)

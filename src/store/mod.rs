@@ -12,9 +12,11 @@
 //! | `catalog` | kind byte ‖ … | `[v][Project/ApiKey/Workflow/…]` | [`catalog`] |
 //! | `meta` | name | value (`ws_token_key`, `id_key`, …) | `open` |
 //!
-//! Each tree's keys and methods live in the file named in the table. This file holds the
-//! [`Store`] handle, its opening, and what the trees share: the error type, the striped
-//! locks, the counters, the group commit and the free-space check. The other files:
+//! Each tree's keys and methods live in the file named in the table. [`Store`], the handle
+//! every other module uses, is the seam over a backend (`seam`): this sled store, or (issue
+//! 15, being built) JetStream. This file holds the sled store's handle, its opening, and
+//! what the trees share: the error type, the striped locks, the counters, the group commit
+//! and the free-space check. The other files:
 //! `codec` (the value format), `commit` and `files` (the group commit and what it syncs),
 //! `ids` (public ids), `open` (opening, health, reopening), `space` (free disk space).
 //!
@@ -36,7 +38,7 @@
 //!   again once there is room. Every method reaches sled through [`Store::inner`] and
 //!   holds that one database for its whole run.
 
-mod body;
+pub(crate) mod body;
 pub mod catalog;
 mod codec;
 mod commit;
@@ -45,9 +47,11 @@ mod due;
 mod files;
 mod idempotency;
 mod ids;
+mod jet;
 mod log;
 mod open;
 mod requests;
+mod seam;
 mod space;
 mod timeline;
 
@@ -58,9 +62,11 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use codec::{CodecError, FORMAT_V1};
 pub use commit::{CommitResult, CommitStats, Committer};
 pub use idempotency::Claim;
+pub use jet::JetStore;
 pub use log::{Cursor, LogQuery, Summary, status_code};
 pub use open::Health;
 pub use requests::{Update, decode_request, encode_request};
+pub use seam::Store;
 
 use crate::job::Status;
 use due::due_key;
@@ -88,6 +94,12 @@ pub enum StoreError {
     NoRoomToOpen { free_mib: u64, need_mib: u64 },
     #[error("the store cannot write ({0}); it reopens by itself once the disk has room")]
     Failed(String),
+    /// What a cluster node cannot answer yet (issue 15 is being built).
+    #[error("{0} is not available in cluster mode yet")]
+    NotInCluster(&'static str),
+    /// A cluster node's store (NATS JetStream) failed or did not answer in time.
+    #[error("cluster store: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -97,9 +109,10 @@ const LOCK_STRIPES: usize = 256;
 /// Longest wait for a group commit before the caller gives up (and answers 503).
 pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The store; cheap to clone.
+/// The sled store (the single node's, the default); cheap to clone. Reached through
+/// [`Store`] (see `seam`).
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct SledStore {
     shared: Arc<Shared>,
 }
 
@@ -132,12 +145,12 @@ fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store under `dir` with a page cache of `cache_bytes`; new
     /// work is refused while the filesystem has less than `reserve` bytes free. A snapshot
     /// left incomplete by an interrupted start is removed first, and a disk without room
     /// for sled's own writes is refused before sled writes anything.
-    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<SledStore> {
         let stats = Arc::new(CommitStats::default());
         let inner = Inner::open(dir, cache_bytes, stats.clone())?;
         let shared = Arc::new(Shared {
@@ -154,7 +167,7 @@ impl Store {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             claim_stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         });
-        let store = Store { shared };
+        let store = SledStore { shared };
         store.install(inner)?;
         open::watch_health(&store.shared);
         Ok(store)

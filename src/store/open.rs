@@ -19,7 +19,7 @@ use sled::Tree;
 use super::commit::{CommitStats, Committer};
 use super::files::{self, Files};
 use super::ids::IdKey;
-use super::{Result, Shared, Store, StoreError, timeline};
+use super::{Result, Shared, SledStore, StoreError, timeline};
 
 /// How often the health thread looks at the store.
 const POLL: Duration = Duration::from_millis(200);
@@ -114,7 +114,7 @@ pub struct Health {
     pub reason: Option<String>,
 }
 
-impl Store {
+impl SledStore {
     /// Whether new work can be stored now: not while a write error waits for a reopen,
     /// nor while the disk is under its reserve.
     pub fn health(&self) -> Health {
@@ -238,7 +238,7 @@ pub(super) fn watch_health(shared: &Arc<Shared>) {
             loop {
                 std::thread::sleep(POLL);
                 let Some(shared) = weak.upgrade() else { return };
-                let store = Store { shared };
+                let store = SledStore { shared };
                 let Some(reason) = store.failure() else {
                     continue;
                 };

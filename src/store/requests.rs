@@ -5,7 +5,7 @@
 
 use super::due::keyed_due;
 use super::open::Inner;
-use super::{CodecError, Result, Store, Summary, body, codec, due_key, log};
+use super::{CodecError, Result, SledStore, Summary, body, codec, due_key, log};
 use crate::job::{ChannelId, Request};
 
 /// What [`Store::update`] did.
@@ -42,7 +42,7 @@ pub(super) fn stored_record(inner: &Inner, id: u64) -> Result<Option<Request>> {
     }
 }
 
-impl Store {
+impl SledStore {
     /// Stores a new request with its indexes. Not durable until [`Store::commit`].
     pub fn insert_request(&self, record: &mut Request) -> Result<()> {
         let inner = self.inner()?;

@@ -130,7 +130,7 @@ impl Hub {
     pub async fn join_cluster(
         self: &Arc<Self>,
         cluster: &Cluster,
-        resend: impl Fn(&Hub, Vec<ChannelId>) + Send + 'static,
+        resend: impl Fn(Arc<Hub>, Vec<ChannelId>) + Send + 'static,
     ) -> cluster::Result<()> {
         let pushes = cluster.pushes();
         let mut incoming = pushes.subscribe().await?;
@@ -159,7 +159,7 @@ impl Hub {
             while reconnected.changed().await.is_ok() {
                 let Some(hub) = hub.upgrade() else { break };
                 let joined: Vec<ChannelId> = hub.lock().keys().copied().collect();
-                resend(&hub, joined);
+                resend(hub, joined);
             }
         });
         Ok(())

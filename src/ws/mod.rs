@@ -15,6 +15,8 @@ pub mod token;
 
 pub use hub::Hub;
 
+use futures_util::future::BoxFuture;
+
 use crate::job::{ChannelId, ProjectId};
 pub use token::{Claims, TokenError, TokenKey};
 
@@ -22,7 +24,9 @@ pub use token::{Claims, TokenError, TokenKey};
 pub trait Replay: Send + Sync {
     /// The payload the request on `channel` would push now; `None` when there is no such
     /// request or it has nothing to say yet; an error when the store cannot be read.
-    fn latest(&self, channel: &ChannelId) -> crate::Result<Option<String>>;
+    /// A boxed future (the trait is used as `dyn Replay`): a cluster node reads from NATS.
+    fn latest<'a>(&'a self, channel: &'a ChannelId)
+    -> BoxFuture<'a, crate::Result<Option<String>>>;
 }
 
 /// `ai_response:<project_id>:<channel_id>`.

@@ -128,11 +128,11 @@ impl Session<'_> {
     }
 
     /// Handles one client frame, adding the frames to write back to `out`.
-    fn handle(&mut self, f: Frame, out: &mut Vec<String>) {
+    async fn handle(&mut self, f: Frame, out: &mut Vec<String>) {
         let ok = json!({});
         match (f.topic.as_str(), f.event.as_str()) {
             ("phoenix", "heartbeat") => out.push(frame::reply(&f, "ok", &ok)),
-            (_, "phx_join") => self.join(f, out),
+            (_, "phx_join") => self.join(f, out).await,
             (topic, "phx_leave") => {
                 // A leave for an earlier join (the phoenix client sends one after a join
                 // timed out) must not end the current join.
@@ -162,7 +162,7 @@ impl Session<'_> {
         }
     }
 
-    fn join(&mut self, f: Frame, out: &mut Vec<String>) {
+    async fn join(&mut self, f: Frame, out: &mut Vec<String>) {
         let channel = match check_join(&f.topic, &self.claims, crate::clock::now_ms() / 1000) {
             Ok(channel) => channel,
             Err(reason) => {
@@ -181,7 +181,7 @@ impl Session<'_> {
         self.ctx
             .hub
             .subscribe(channel, self.id, self.outbox.clone(), self.lagged.clone());
-        match self.ctx.replay.latest(&channel) {
+        match self.ctx.replay.latest(&channel).await {
             Ok(latest) => {
                 out.push(frame::reply(&f, "ok", &json!({})));
                 if let Some(latest) = latest {
@@ -300,7 +300,7 @@ where
                 let Ok(parsed) = frame::parse(&text) else {
                     break End::Close(CloseCode::Invalid, "not a Phoenix v2 frame");
                 };
-                session.handle(parsed, &mut replies);
+                session.handle(parsed, &mut replies).await;
                 let frames = replies.drain(..).map(Message::text);
                 if let Err(end) = write(&mut sink, frames, &ctx).await {
                     break end;

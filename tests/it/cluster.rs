@@ -17,7 +17,18 @@ use crate::support::nats::Nats;
 pub async fn node_on(nats: &Nats, first: usize) -> Cluster {
     let mut settings = nats.settings();
     settings.servers.rotate_left(first);
-    Cluster::open(settings).await.expect("the node connects")
+    open_node(settings).await
+}
+
+/// Opens a node that must open, trying again for up to 90 s while the servers are still
+/// settling (on a loaded machine the first JetStream requests of a fresh or restarted
+/// cluster can time out); how an open fails is tested on its own.
+pub async fn open_node(settings: Settings) -> Cluster {
+    let opened = crate::support::poll(std::time::Duration::from_secs(90), async || {
+        Cluster::open(settings.clone()).await
+    })
+    .await;
+    opened.unwrap_or_else(|e| panic!("the node did not open in 90 s: {e}"))
 }
 
 /// Adds one to the number `key` holds, by CAS. `Ok(true)`: done; `Ok(false)`: the
@@ -129,7 +140,7 @@ async fn changed_settings_are_updated_and_unchangeable_ones_refused() {
             .contains("KV_eddy_requests: max_age is 30days (eddy needs 1h)"),
         "{report}"
     );
-    let _b = Cluster::open(shorter.clone()).await.unwrap();
+    let _b = open_node(shorter.clone()).await;
     let report = check(&shorter).await;
     assert_eq!(report.count(Level::Warn), 0, "{report}");
 
@@ -277,8 +288,8 @@ async fn a_leader_read_sees_a_write_made_through_another_server() {
         servers: vec![nats.url(i)],
         ..nats.settings()
     };
-    let a = Cluster::open(one_server(0)).await.unwrap();
-    let b = Cluster::open(one_server(2)).await.unwrap();
+    let a = open_node(one_server(0)).await;
+    let b = open_node(one_server(2)).await;
     assert_ne!(a.link.server().server_name, b.link.server().server_name);
     let (wa, rb) = (
         a.bucket("log").await.unwrap(),

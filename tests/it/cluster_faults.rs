@@ -194,7 +194,7 @@ async fn lonely_writer(nats: &Nats, resolve_for: Duration) -> Bucket {
     let mut settings = on_server(nats, 0);
     settings.request_timeout = Duration::from_secs(2);
     settings.resolve_for = resolve_for;
-    let node = Cluster::open(settings).await.unwrap();
+    let node = crate::cluster::open_node(settings).await;
     node.bucket("requests").await.unwrap()
 }
 
@@ -236,7 +236,7 @@ async fn acknowledged_writes_survive_every_server_killed_at_once() {
 #[tokio::test]
 async fn a_node_reconnects_to_another_server_when_its_own_dies() {
     let mut nats = Nats::three().await;
-    let node = Cluster::open(on_server(&nats, 0)).await.unwrap();
+    let node = crate::cluster::open_node(on_server(&nats, 0)).await;
     let bucket = node.bucket("log").await.unwrap();
     bucket.put("before", Bytes::from("1")).await.unwrap();
     let mut reconnected = node.link.reconnected();
@@ -276,7 +276,7 @@ async fn a_watch_goes_on_after_the_watchers_server_dies() {
     let mut nats = Nats::three().await;
     let writer = node_on(&nats, 1).await.bucket("catalog").await.unwrap();
     writer.put("w.before", Bytes::from("1")).await.unwrap();
-    let watcher = Cluster::open(on_server(&nats, 0)).await.unwrap();
+    let watcher = crate::cluster::open_node(on_server(&nats, 0)).await;
     let mut changes = watcher
         .bucket("catalog")
         .await

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eddy::cluster::{Cluster, Job, Push};
+use eddy::cluster::{Job, Push};
 use eddy::job::ChannelId;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -89,7 +89,7 @@ async fn work_held_by_a_dead_node_goes_to_another() {
     let nats = Nats::three().await;
     let mut settings = nats.settings();
     settings.ack_wait = Duration::from_secs(2);
-    let a = Cluster::open(settings.clone()).await.unwrap();
+    let a = crate::cluster::open_node(settings.clone()).await;
     let queue = a.work().await.unwrap();
     let mut jobs = queue.jobs(1).await.unwrap();
     queue.publish(42, 7).await.unwrap().wait().await.unwrap();
@@ -99,7 +99,7 @@ async fn work_held_by_a_dead_node_goes_to_another() {
     drop((taken, jobs, queue, a));
 
     settings.servers.rotate_left(2);
-    let b = Cluster::open(settings).await.unwrap();
+    let b = crate::cluster::open_node(settings).await;
     let mut jobs = b.work().await.unwrap().jobs(1).await.unwrap();
     let again = next_job(&mut jobs).await;
     assert_eq!((again.id, again.due_ms), (42, 7));
@@ -382,9 +382,8 @@ async fn a_long_job_is_kept_and_a_deferred_one_comes_back() {
     let mut queues = Vec::new();
     for n in 0..2 {
         settings.servers.rotate_left(n);
-        let queue = eddy::cluster::Cluster::open(settings.clone())
+        let queue = crate::cluster::open_node(settings.clone())
             .await
-            .unwrap()
             .work()
             .await
             .unwrap();
@@ -455,7 +454,7 @@ async fn after_a_reconnect_the_hub_resends_its_joined_channels() {
     let mut nats = Nats::three().await;
     let mut settings = nats.settings();
     settings.servers = vec![nats.url(0)];
-    let node = eddy::cluster::Cluster::open(settings).await.unwrap();
+    let node = crate::cluster::open_node(settings).await;
     let hub = Arc::new(Hub::new());
     let (asked_tx, mut asked) = mpsc::unbounded_channel();
     hub.join_cluster(&node, move |hub, channels| {

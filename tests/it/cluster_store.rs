@@ -1,14 +1,25 @@
 //! Request records in JetStream (`cluster::records`) against three real nats-servers: the
-//! sled store's rules (updates by closure and CAS, the due index following the record,
-//! idempotency claims, leases) hold when several nodes write the same records at once.
+//! sled store's rules (updates by closure and CAS, the due index or the work queue
+//! following the record, idempotency claims, leases) hold when several nodes write the
+//! same records at once; and the cluster nodes' timer wheels (`scheduler`) that fire
+//! them and share their jobs.
 
 use eddy::cluster::Records;
 use eddy::job::{ChannelId, ProjectId, Request, State};
 use eddy::store::{Claim, Update};
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use eddy::cluster::Cluster;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
 use crate::cluster::node_on;
 use crate::golden::scenario;
+use crate::support::WAIT;
 use crate::support::nats::Nats;
+use crate::support::wait::{eventually, ok_if};
 
 /// A pending request `id` (due at once), as the golden scenario builds one.
 pub fn pending(id: u64) -> Request {
@@ -31,12 +42,22 @@ async fn records_on(nats: &Nats) -> Vec<Records> {
     out
 }
 
-/// A record stored through one node reads back whole through another, with its due key;
-/// an update moves the due key (the old one gone, the new one listed), a refused update
-/// writes nothing, a missing id is `Missing`, and a stale due key is dropped while the
-/// one the record owns is kept.
+/// The work message of `records`' queue that comes next, as `(id, due_ms)`, acknowledged.
+async fn next_firing(records: &Records) -> (u64, u64) {
+    let mut jobs = records.work().take(1, WAIT).await.unwrap();
+    let job = jobs.next().await.expect("a work message").unwrap();
+    job.done().await.unwrap();
+    (job.id, job.due_ms)
+}
+
+/// Issue 14's due rule on JetStream: a record stored through one node reads back whole
+/// through another; work due when written (a new request, a recorded callback) gets a
+/// work message and no due key, work due later a due key, which moves with the record (the
+/// old one gone, the new one listed, by minute too); a refused update writes nothing, a
+/// missing id is `Missing`, and a stale due key is dropped while the one the record owns
+/// is kept.
 #[tokio::test]
-async fn a_record_and_its_due_key_move_together_on_any_node() {
+async fn a_record_and_its_due_key_or_work_message_move_together_on_any_node() {
     let nats = Nats::three().await;
     let nodes = records_on(&nats).await;
     let mut record = pending(11);
@@ -47,15 +68,15 @@ async fn a_record_and_its_due_key_move_together_on_any_node() {
         nodes[1].request_leader(11).await.unwrap(),
         Some(record.clone())
     );
-    assert_eq!(
-        nodes[2].due_before(u64::MAX, 10).await.unwrap(),
-        [(first_due, 11)]
-    );
+    assert_eq!(next_firing(&nodes[2]).await, (11, first_due));
+    assert!(nodes[2].due_before(u64::MAX, 10).await.unwrap().is_empty());
 
     let later = first_due + 60_000;
+    let deadline = later + 90_000;
     let moved = nodes[1]
         .update(11, later, |r| {
-            r.state = State::Callback;
+            r.state = State::Delivered;
+            r.callback_deadline_ms = Some(deadline);
             Ok::<_, ()>("moved")
         })
         .await
@@ -63,12 +84,19 @@ async fn a_record_and_its_due_key_move_together_on_any_node() {
     let Update::Done(now, "moved") = moved else {
         panic!("{moved:?}");
     };
-    assert_eq!(now.due_ms, Some(later));
+    assert_eq!(now.due_ms, Some(deadline));
     assert_eq!(
         nodes[0].due_before(u64::MAX, 10).await.unwrap(),
-        [(later, 11)]
+        [(deadline, 11)]
     );
-    assert!(nodes[0].due_before(later, 10).await.unwrap().is_empty());
+    assert_eq!(
+        nodes[0]
+            .due_in_minutes(later / 60_000, deadline + 1)
+            .await
+            .unwrap(),
+        [(deadline, 11)]
+    );
+    assert!(nodes[0].due_before(deadline, 10).await.unwrap().is_empty());
 
     let refused = nodes[2]
         .update(11, later + 1, |_| Err::<(), _>("no"))
@@ -81,12 +109,24 @@ async fn a_record_and_its_due_key_move_together_on_any_node() {
         .await
         .unwrap();
     assert!(matches!(missing, Update::Missing), "{missing:?}");
-
     assert!(
-        !nodes[0].drop_stale_due(later, 11).await.unwrap(),
+        !nodes[0].drop_stale_due(deadline, 11).await.unwrap(),
         "the record owns it"
     );
     assert!(nodes[0].drop_stale_due(first_due, 11).await.unwrap());
+
+    // A callback: due at once again, so a work message, and the deadline's key is gone.
+    let called = later + 10;
+    let update = nodes[2]
+        .update(11, called, |r| {
+            r.state = State::Callback;
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap();
+    assert!(matches!(update, Update::Done(..)), "{update:?}");
+    assert_eq!(next_firing(&nodes[0]).await, (11, called));
+    assert!(nodes[1].due_before(u64::MAX, 10).await.unwrap().is_empty());
 }
 
 /// Three nodes update one record at once by closure, 20 times each: every update is
@@ -176,9 +216,6 @@ async fn one_idempotency_key_makes_one_request_across_nodes() {
 /// be leased again.
 #[tokio::test]
 async fn one_node_takes_a_lease_and_it_expires() {
-    use crate::support::wait::{eventually, ok_if};
-    use std::time::Duration;
-
     let nats = Nats::three().await;
     let mut settings = nats.settings();
     settings.lease_ttl = Duration::from_secs(2);
@@ -218,7 +255,6 @@ async fn one_node_takes_a_lease_and_it_expires() {
 /// applied, other prefixes left out.
 #[tokio::test]
 async fn a_mirror_started_mid_writes_ends_equal_to_the_bucket() {
-    use crate::support::wait::{eventually, ok_if};
     use bytes::Bytes;
     use eddy::cluster::Mirror;
 
@@ -253,4 +289,154 @@ async fn a_mirror_started_mid_writes_ends_equal_to_the_bucket() {
     .await;
     assert!(mirror.get("b.1").is_none() && mirror.range("b").is_empty());
     assert_eq!(mirror.len(), want.len());
+}
+
+/// A scheduler's work that reports each run as `(node, id)`; a run of `retried` asks once
+/// to run again, and the first run of `stuck` never ends.
+struct Runs {
+    node: usize,
+    tx: mpsc::UnboundedSender<(usize, u64)>,
+    handle: eddy::scheduler::SchedulerHandle,
+    retried: u64,
+    stuck: Option<u64>,
+    seen: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
+}
+
+impl eddy::scheduler::Work for Runs {
+    fn run(&self, id: u64, _due: u64) -> futures_util::future::BoxFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let _ = self.tx.send((self.node, id));
+            let first = self.seen.lock().unwrap().insert(id);
+            if first && id == self.retried {
+                self.handle.retry(id, eddy::clock::now_ms() + 300);
+            }
+            if first && Some(id) == self.stuck {
+                std::future::pending::<()>().await;
+            }
+            None
+        })
+    }
+}
+
+/// Three cluster wheels, each with its own stop token, on `nats` (ack_wait `ack_wait`).
+async fn wheels(
+    nats: &Nats,
+    ack_wait: Duration,
+    work: impl Fn(usize, eddy::scheduler::SchedulerHandle) -> Runs,
+) -> Vec<(tokio_util::sync::CancellationToken, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let mut settings = nats.settings();
+        settings.servers.rotate_left(i);
+        settings.ack_wait = ack_wait;
+        let cluster = Cluster::open(settings).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = eddy::store::Store::open(dir.path(), 8 << 20, 0).unwrap();
+        let (handle, inbox) = eddy::scheduler::channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let settings = eddy::scheduler::Settings {
+            refill_every: Duration::from_millis(500),
+            max_inflight: 4,
+            ..Default::default()
+        };
+        let work = std::sync::Arc::new(work(i, handle));
+        eddy::scheduler::spawn_on(inbox, store, Some(cluster), work, settings, stop.clone());
+        out.push((stop, dir));
+    }
+    out
+}
+
+/// Three nodes' wheels share the work: each request stored due at once runs exactly once
+/// on some node; one whose due key falls due later is fired by the wheels (every node
+/// publishes, one message is stored) and runs once, not before its time; a run that asks
+/// to retry runs again; then every job is acknowledged.
+#[tokio::test]
+async fn cluster_wheels_run_each_firing_once_and_retries_again() {
+    let nats = Nats::three().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = std::sync::Arc::default();
+    let _wheels = wheels(&nats, Duration::from_secs(30), |node, handle| Runs {
+        node,
+        tx: tx.clone(),
+        handle,
+        retried: 7,
+        stuck: None,
+        seen: std::sync::Arc::clone(&seen),
+    })
+    .await;
+    let records = node_on(&nats, 0).await.records().await.unwrap();
+    for id in 1..=20 {
+        records.insert_request(&mut pending(id)).await.unwrap();
+    }
+    let mut later = pending(100);
+    records.insert_request(&mut later).await.unwrap();
+    let deadline = eddy::clock::now_ms() + 1500;
+    records
+        .update(100, eddy::clock::now_ms(), |r| {
+            r.state = eddy::job::State::Delivered;
+            r.callback_deadline_ms = Some(deadline);
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap();
+    // 20 + the retried one again + 100 twice (its insert's message, its deadline).
+    let mut runs: Vec<(usize, u64)> = Vec::new();
+    while runs.len() < 23 {
+        let run = tokio::time::timeout(WAIT, rx.recv()).await.expect("runs");
+        runs.push(run.unwrap());
+        if runs.last().unwrap().1 == 100 && runs.iter().filter(|r| r.1 == 100).count() == 2 {
+            assert!(eddy::clock::now_ms() >= deadline, "not before its time");
+        }
+    }
+    let queue = records.work().clone();
+    eventually("every job acknowledged", async || {
+        let backlog = queue.backlog().await.unwrap();
+        ok_if(backlog == (0, 0), backlog)
+    })
+    .await;
+    let count = |id| runs.iter().filter(|r| r.1 == id).count();
+    assert!(
+        (1..=20).all(|id| count(id) == 1 + (id == 7) as usize),
+        "{runs:?}"
+    );
+    assert_eq!(count(100), 2, "{runs:?}");
+    assert!(rx.try_recv().is_err(), "no run twice");
+}
+
+/// A node stopped while it runs a job (as `kill -9` would) leaves the job to another
+/// node once its `ack_wait` passes, and that node runs it.
+#[tokio::test]
+async fn a_job_held_by_a_stopped_node_runs_on_another() {
+    let nats = Nats::three().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = std::sync::Arc::default();
+    let wheels = wheels(&nats, Duration::from_secs(2), |node, handle| Runs {
+        node,
+        tx: tx.clone(),
+        handle,
+        retried: 0,
+        stuck: Some(5),
+        seen: std::sync::Arc::clone(&seen),
+    })
+    .await;
+    // Opened with the same ack_wait (a node opening with another one would change it).
+    let mut settings = nats.settings();
+    settings.ack_wait = Duration::from_secs(2);
+    let records = Cluster::open(settings).await.unwrap().records().await;
+    records
+        .unwrap()
+        .insert_request(&mut pending(5))
+        .await
+        .unwrap();
+    let (first, _) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    wheels[first].0.cancel();
+    let (second, id) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, 5);
+    assert_ne!(second, first, "another node");
 }

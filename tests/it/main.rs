@@ -4,7 +4,10 @@
 mod browser;
 mod cluster;
 mod cluster_faults;
+mod cluster_nodes;
+mod cluster_nodes_faults;
 mod cluster_queue;
+mod cluster_seam;
 mod cluster_store;
 mod compat;
 mod connections;

@@ -22,11 +22,15 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
             let limit = query.limit()?;
             let page = engine
                 .store()
-                .dead_letters(project, query.get("before"), limit)?;
+                .dead_letters(project, query.get("before"), limit)
+                .await?;
             let next = (page.len() == limit)
                 .then(|| page.last().map(|(id, _)| id.clone()))
                 .flatten();
-            let data: Vec<Value> = page.iter().map(|(id, d)| entry(cx, id, d)).collect();
+            let mut data: Vec<Value> = Vec::with_capacity(page.len());
+            for (id, d) in &page {
+                data.push(entry(cx, id, d).await);
+            }
             Ok(ok(&json!({ "data": data, "next_before": next })))
         }
         (&Method::POST, ["retry"]) => {
@@ -54,11 +58,11 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
             ))
         }
         (&Method::GET, [id]) => {
-            let d = engine.dead_letter(project, id)?;
-            Ok(ok(&entry(cx, id, &d)))
+            let d = engine.dead_letter(project, id).await?;
+            Ok(ok(&entry(cx, id, &d).await))
         }
         (&Method::POST, [id, "retry"]) => {
-            let d = engine.dead_letter(project, id)?;
+            let d = engine.dead_letter(project, id).await?;
             engine.redrive(project, id).await?;
             Ok(ok(&json!({
                 "retried": true,
@@ -77,13 +81,14 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
 }
 
 /// An entry with its id and a summary of its request as it is now.
-fn entry(cx: &Cx<'_>, id: &str, d: &DeadLetter) -> Value {
+async fn entry(cx: &Cx<'_>, id: &str, d: &DeadLetter) -> Value {
     let mut v = views::dead_letter(d);
     v["id"] = Value::String(id.to_string());
     v["request"] = cx
         .engine()
         .store()
         .summary(d.request_id)
+        .await
         .ok()
         .flatten()
         .map_or(Value::Null, |s| views::request_summary(&s));

@@ -16,11 +16,11 @@ use crate::store::{Cursor, LogQuery};
 
 pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]) -> Answer {
     match (&cx.method, tail) {
-        (&Method::GET, []) => list(cx, &Query::of(&request)),
+        (&Method::GET, []) => list(cx, &Query::of(&request)).await,
         (&Method::GET, [channel]) => {
             let channel = parse_channel(channel)?;
-            let record = cx.engine().request_of(&cx.project.id, &channel)?;
-            let stored = cx.engine().store().timeline(record.id)?;
+            let record = cx.engine().request_of(&cx.project.id, &channel).await?;
+            let stored = cx.engine().store().timeline(record.id).await?;
             Ok(ok(&views::request(&record, &record.timeline_with(stored))))
         }
         (_, [] | [_]) => Err(ApiError::method_not_allowed()),
@@ -28,7 +28,7 @@ pub(super) async fn route(cx: &Cx<'_>, request: Request<Incoming>, tail: &[&str]
     }
 }
 
-fn list(cx: &Cx<'_>, query: &Query) -> Answer {
+async fn list(cx: &Cx<'_>, query: &Query) -> Answer {
     let store = cx.engine().store();
     let status = query
         .get("status")
@@ -45,7 +45,8 @@ fn list(cx: &Cx<'_>, query: &Query) -> Answer {
                 None => {
                     let channel = parse_channel(text).map_err(|_| not_found())?;
                     let (id, summary) = store
-                        .summary_by_channel(&cx.project.id, &channel)?
+                        .summary_by_channel(&cx.project.id, &channel)
+                        .await?
                         .ok_or_else(not_found)?;
                     Cursor::of(&summary, id)
                 }

@@ -192,7 +192,7 @@ struct ReconnectBody {
 async fn reconnect(app: &App, project: Arc<Project>, request: Request<Incoming>) -> Answer {
     let body: ReconnectBody = read_json(request, app.engine.config()).await?;
     let channel = parse_channel(&body.channel_id)?;
-    let ticket = app.engine.reconnect(&project.id, &channel)?;
+    let ticket = app.engine.reconnect(&project.id, &channel).await?;
     Ok(ok(&json!({
         "channel_id": ticket.channel_id,
         "project_id": ticket.project_id,

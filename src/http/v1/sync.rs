@@ -71,7 +71,7 @@ pub async fn ai(app: &App, project: Arc<Project>, request: Request<Incoming>) ->
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        id: app.engine.store().new_request_id()?,
+        id: app.engine.store().new_request_id().await?,
     };
     let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;
     let customer_data: Value = serde_json::from_str(&record.customer_data).unwrap_or_default();
@@ -241,7 +241,7 @@ pub async fn chat_completions(
         messages: messages_value(body.messages),
         metadata: body.metadata.unwrap_or_default(),
         test_mode: body.test_mode.unwrap_or(false),
-        id: app.engine.store().new_request_id()?,
+        id: app.engine.store().new_request_id().await?,
     };
     if body.stream != Some(true) {
         let SyncAnswer { record, result } = app.engine.run_sync(&project, input, None).await?;

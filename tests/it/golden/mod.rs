@@ -99,11 +99,11 @@ async fn the_golden_store_reads_back() {
     load(dir.path(), golden).await;
     let store = open_store(dir.path()).await;
     let records = scenario::requests(&ids.requests);
-    check_requests(&store, ids, &records);
-    check_dead_letters(&store, ids, &records);
+    check_requests(&store, ids, &records).await;
+    check_dead_letters(&store, ids, &records).await;
     check_catalog(&store, &scenario::catalog()).await;
     // `meta_or_init` stores (and returns) the empty value when the key is missing.
-    let ws_key = store.meta_or_init("ws_token_key", Vec::new).unwrap();
+    let ws_key = store.meta_or_init("ws_token_key", Vec::new).await.unwrap();
     assert_eq!(ws_key, scenario::WS_TOKEN_KEY, "meta/ws_token_key");
     for ((tree, key), value) in golden.iter().filter(|((tree, _), _)| tree == "requests") {
         let record = eddy::store::decode_request(value)
@@ -113,18 +113,21 @@ async fn the_golden_store_reads_back() {
     }
 }
 
-fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
+async fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     let project = project();
     for (n, expected) in records.iter().enumerate() {
         let id = expected.id;
-        let read = store.request(id).unwrap();
+        let read = store.request(id).await.unwrap();
         assert_eq!(
             read.as_ref(),
             Some(expected),
             "request {n} ({:?})",
             expected.state
         );
-        let by_channel = store.request_by_channel(&expected.channel_id).unwrap();
+        let by_channel = store
+            .request_by_channel(&expected.channel_id)
+            .await
+            .unwrap();
         assert_eq!(
             by_channel.map(|r| r.id),
             Some(id),
@@ -132,6 +135,7 @@ fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
         );
         let summary = store
             .summary_by_channel(&project, &expected.channel_id)
+            .await
             .unwrap();
         assert_eq!(
             summary,
@@ -139,7 +143,11 @@ fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
             "request {n}'s summary"
         );
         let steps: Vec<(u64, Step)> = scenario::timeline(n).into_iter().flatten().collect();
-        assert_eq!(store.timeline(id).unwrap(), steps, "request {n}'s timeline");
+        assert_eq!(
+            store.timeline(id).await.unwrap(),
+            steps,
+            "request {n}'s timeline"
+        );
     }
     let query = LogQuery {
         limit: 100,
@@ -177,6 +185,7 @@ fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     let hash = eddy::secret::hash_key(scenario::IDEMPOTENCY_KEY);
     let claim = store
         .insert_request_once(&mut repeat, &project, &hash, 86_400_000)
+        .await
         .unwrap();
     assert!(
         matches!(claim, Claim::Existing(id) if id == records[0].id),
@@ -184,7 +193,7 @@ fn check_requests(store: &Store, ids: &PublicIds, records: &[Request]) {
     );
 }
 
-fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
+async fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
     let project = project();
     let expected = scenario::dead_letters(&records[6]);
     assert_eq!(
@@ -200,12 +209,12 @@ fn check_dead_letters(store: &Store, ids: &PublicIds, records: &[Request]) {
         .rev()
         .collect();
     assert_eq!(
-        store.dead_letters(&project, None, 10).unwrap(),
+        store.dead_letters(&project, None, 10).await.unwrap(),
         newest_first
     );
     for (id, entry) in &newest_first {
         assert_eq!(
-            store.dead_letter(&project, id).unwrap().as_ref(),
+            store.dead_letter(&project, id).await.unwrap().as_ref(),
             Some(entry),
             "{id}"
         );
@@ -329,30 +338,33 @@ async fn write_scenario(dir: &Path, known: Option<&PublicIds>) -> PublicIds {
         db.flush().unwrap();
     }
     let store = open_store(dir).await;
-    let requests: Vec<(u64, ChannelId)> = (0..REQUESTS)
-        .map(|n| match known {
-            None => store.new_request_id().unwrap(),
+    let mut requests: Vec<(u64, ChannelId)> = Vec::with_capacity(REQUESTS);
+    for n in 0..REQUESTS {
+        requests.push(match known {
+            None => store.new_request_id().await.unwrap(),
             Some(ids) => (store.next_id().unwrap(), ids.requests[n].1),
-        })
-        .collect();
+        });
+    }
     let records = scenario::requests(&requests);
     for (n, record) in records.iter().enumerate() {
         let mut record = record.clone();
         if n == 0 {
             let hash = eddy::secret::hash_key(scenario::IDEMPOTENCY_KEY);
-            let claim = store.insert_request_once(&mut record, &project(), &hash, 86_400_000);
+            let claim = store
+                .insert_request_once(&mut record, &project(), &hash, 86_400_000)
+                .await;
             assert!(matches!(claim, Ok(Claim::New)), "{claim:?}");
         } else {
-            store.insert_request(&mut record).unwrap();
+            store.insert_request(&mut record).await.unwrap();
         }
         for batch in scenario::timeline(n) {
-            store.append_steps(record.id, &batch).unwrap();
+            store.append_steps(record.id, &batch).await.unwrap();
         }
     }
-    let dead_letters = scenario::dead_letters(&records[6])
-        .iter()
-        .map(|entry| store.insert_dead_letter(entry).unwrap())
-        .collect();
+    let mut dead_letters = Vec::new();
+    for entry in &scenario::dead_letters(&records[6]) {
+        dead_letters.push(store.insert_dead_letter(entry).await.unwrap());
+    }
     write_catalog(&store, &scenario::catalog());
     let cursor = Cursor {
         created_ms: records[4].created_ms,

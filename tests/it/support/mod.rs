@@ -10,6 +10,7 @@ pub mod binary;
 pub mod browser;
 pub mod log;
 pub mod nats;
+pub mod nodes;
 pub mod phoenix;
 pub mod powerfs;
 pub mod provider;

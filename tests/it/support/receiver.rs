@@ -1,7 +1,8 @@
 //! A real webhook endpoint: a hyper server on an ephemeral port that records every request
 //! in order (headers and exact body bytes), answers with a status the test can change or
 //! script, and can act as the seed's backend: after a 2xx to a `task.ai_generated` webhook
-//! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`.
+//! it POSTs `{data: {...ai data, slug, saved_at}, task_id}` to the payload's `callback_url`
+//! (again while eddy cannot be reached or answers 503, as a real backend retries).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::log::Log;
-use super::{FakeServer, WAIT, poll};
+use super::{FakeServer, poll};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -41,6 +42,10 @@ impl Received {
         super::header(&self.headers, name)
     }
 }
+
+/// How long the backend keeps trying a callback that eddy does not take (unreachable, or
+/// 503): longer than any test waits.
+const CALLBACK_PATIENCE: Duration = Duration::from_secs(600);
 
 /// What the receiver does after answering a `task.ai_generated` webhook with a 2xx.
 #[derive(Debug, Clone)]
@@ -293,27 +298,34 @@ async fn call_back(inner: Arc<Inner>, payload: Value, callback: Callback, key: S
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // Like a real backend, keep calling back while eddy cannot be reached (restarting).
+    // Like a real backend, keep calling back while eddy cannot be reached (restarting) or
+    // answers 503 (a cluster node while NATS elects a leader: "try again"), for as long as
+    // eddy waits for a callback (minutes): a test ends first.
     let body = serde_json::to_vec(&sent).expect("json");
     // The probe owns what it uses (a task spawned with a borrowing probe is not `Send`).
     let http = inner.http.clone();
-    let answered = poll(WAIT, move || {
+    let answered = poll(CALLBACK_PATIENCE, move || {
         let request = http
             .post(&url)
             .bearer_auth(&key)
             .header("content-type", "application/json")
             .body(body.clone());
         async move {
-            let response = request.send().await?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| (0, json!({"transport_error": e.to_string()})))?;
             let status = response.status().as_u16();
             let bytes = response.bytes().await.unwrap_or_default();
             let reply = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            Ok::<_, reqwest::Error>((status, reply))
+            if status == 503 {
+                return Err((status, reply));
+            }
+            Ok((status, reply))
         }
     })
     .await;
-    let (status, reply) =
-        answered.unwrap_or_else(|e| (0, json!({"transport_error": e.to_string()})));
+    let (status, reply) = answered.unwrap_or_else(|last| last);
     inner.callbacks.push(CallbackResult {
         channel_id,
         sent,
