@@ -48,6 +48,28 @@ impl Catalog {
         found(&self.read().workflows, project, name)
     }
 
+    /// [`Catalog::workflow`], and on a miss on a cluster node the workflow another node
+    /// created a moment ago, before this node's copy of the catalog heard of it (read from
+    /// the bucket's leader): a request may name a workflow made through any node.
+    pub async fn workflow_current(
+        &self,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<Option<Arc<Workflow>>, crate::store::StoreError> {
+        if let Some(found) = self.workflow(project, name) {
+            return Ok(Some(found));
+        }
+        let kind = Kind::Workflow;
+        if self
+            .store
+            .catalog_catch_up(kind, project, name.as_bytes())
+            .await?
+        {
+            self.reload()?;
+        }
+        Ok(self.workflow(project, name))
+    }
+
     pub fn workflows(&self, project: &ProjectId) -> Vec<Arc<Workflow>> {
         listed(&self.read().workflows, project)
     }

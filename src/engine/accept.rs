@@ -91,7 +91,8 @@ impl Engine {
     ) -> Result<Ticket> {
         let workflow = self
             .catalog
-            .workflow(&project.id, &input.workflow)
+            .workflow_current(&project.id, &input.workflow)
+            .await?
             .ok_or_else(|| Error::WorkflowNotFound(input.workflow.clone()))?;
         self.store.ensure_space()?;
         let snapshot = self.snapshot(&workflow, input.events.first());

@@ -275,6 +275,18 @@ impl Store {
         on!(self, s => s.catalog_load(kind), j => j.catalog.load(kind))
     }
 
+    /// On a cluster node, reads one catalog entry from its bucket's leader into this node's
+    /// copy when the copy lacks it (another node wrote it a moment ago); true when the copy
+    /// changed and the catalog must be loaded again. Always false on a sled node.
+    pub async fn catalog_catch_up(
+        &self,
+        kind: Kind,
+        project: &ProjectId,
+        name: &[u8],
+    ) -> Result<bool> {
+        on!(self, _s => Ok(false), j => Box::pin(j.catalog.catch_up(kind, project, name)).await)
+    }
+
     /// For one catalog change on a cluster node: a handle whose catalog writes queue apart
     /// from every other's, to be sent by [`Store::catalog_flush`]. `None` on a sled node,
     /// whose catalog writes are made at once and durable with the next commit.

@@ -65,6 +65,25 @@ impl CatalogBatch {
         })
     }
 
+    /// Reads one key from the bucket's leader into the copy, for a resource another node
+    /// wrote a moment ago that this node's watch has not brought yet. True when the copy
+    /// learned something.
+    pub async fn catch_up(&self, kind: Kind, project: &ProjectId, name: &[u8]) -> Result<bool> {
+        let key = catalog_key(kind, project, name);
+        let Some(entry) = self.bucket.get_leader(&key).await? else {
+            return Ok(false);
+        };
+        if self
+            .copy
+            .get(&key)
+            .is_some_and(|have| have.revision >= entry.revision)
+        {
+            return Ok(false);
+        }
+        self.copy.note(&key, Some(entry.value), entry.revision);
+        Ok(true)
+    }
+
     /// The same bucket and copy with an empty queue of its own: one catalog change's.
     pub fn fresh(&self) -> CatalogBatch {
         CatalogBatch {
