@@ -115,15 +115,18 @@ async fn wait_completed(nodes: &Nodes, accepted: &BTreeSet<String>) -> BTreeMap<
     states
 }
 
-/// Tallies final states; asserts that all are `completed`, printing the counts first.
+/// Waits for every accepted request to finish, tallies the final states and the
+/// receiver's deliveries, and asserts that all completed (printing the counts first) and
+/// that each request's deliveries share one `webhook-id`.
 async fn assert_all_completed(
     nodes: &Nodes,
     what: &str,
     accepted: &BTreeSet<String>,
-    states: &BTreeMap<String, String>,
-    d: &Deliveries,
+    receiver: &Receiver,
     started: Instant,
 ) {
+    let states = wait_completed(nodes, accepted).await;
+    let d = &Deliveries::of(receiver);
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
     for state in states.values() {
         *tally.entry(state).or_default() += 1;
@@ -162,6 +165,7 @@ async fn assert_all_completed(
         "{} accepted but not completed: {unfinished:?}",
         unfinished.len()
     );
+    d.assert_one_id_each();
 }
 
 /// The crash loop across nodes: three eddy nodes on three NATS servers behind a load
@@ -222,8 +226,6 @@ async fn crash_loop_across_three_nodes_loses_nothing() {
         nodes.restart(victim);
     }
     let before_end = receiver.received().len();
-    let states = wait_completed(&nodes, &accepted).await;
-    let d = Deliveries::of(&receiver);
     eprintln!(
         "crash loop: {ROUNDS} kills, {} sends refused or unanswered ({before_end} webhook \
          attempts before the last restart): {refused:?}",
@@ -233,12 +235,10 @@ async fn crash_loop_across_three_nodes_loses_nothing() {
         &nodes,
         "crash loop across nodes",
         &accepted,
-        &states,
-        &d,
+        &receiver,
         started,
     )
     .await;
-    d.assert_one_id_each();
 }
 
 /// The name of the server that leads the requests bucket's stream (the worst one to
@@ -314,18 +314,7 @@ async fn a_nats_server_killed_mid_load_loses_nothing() {
         refused.len(),
         refused.iter().take(5).collect::<Vec<_>>()
     );
-    let states = wait_completed(&nodes, &accepted).await;
-    let d = Deliveries::of(&receiver);
-    assert_all_completed(
-        &nodes,
-        "nats server killed",
-        &accepted,
-        &states,
-        &d,
-        started,
-    )
-    .await;
-    d.assert_one_id_each();
+    assert_all_completed(&nodes, "nats server killed", &accepted, &receiver, started).await;
     nodes.nats.restart(victim).await;
 }
 
@@ -386,8 +375,5 @@ async fn nodes_refuse_accepts_while_nats_is_down_and_resume_after() {
         .await;
         accepted.insert(channel);
     }
-    let states = wait_completed(&nodes, &accepted).await;
-    let d = Deliveries::of(&receiver);
-    assert_all_completed(&nodes, "nats restarted", &accepted, &states, &d, started).await;
-    d.assert_one_id_each();
+    assert_all_completed(&nodes, "nats restarted", &accepted, &receiver, started).await;
 }

@@ -15,6 +15,14 @@ use crate::support::{
     Callback, KEY, Receiver, holding_workflow, message_request, seed_request, start, text,
 };
 
+/// A node's settings on the one-server cluster `nats` (replicas 1).
+fn on_one(nats: &Nats) -> impl Fn(&mut eddy::Config) + Copy + '_ {
+    |c| {
+        c.cluster = Some(nats.url(0));
+        c.cluster_replicas = 1;
+    }
+}
+
 /// A request stored through one node is found by its channel id through another (both
 /// read the one id key), an update made on the second shows on the first, and a refused
 /// update writes nothing.
@@ -105,11 +113,7 @@ async fn the_first_meta_value_wins_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_runs_the_seed_flow() {
     let nats = Nats::one().await;
-    let server = start(|c| {
-        c.cluster = Some(nats.url(0));
-        c.cluster_replicas = 1;
-    })
-    .await;
+    let server = start(on_one(&nats)).await;
     let receiver = Receiver::start().await;
     receiver.call_back(&server.key, Callback::Enrich);
     server.event_workflow("content_generator", json!({})).await;
@@ -141,10 +145,7 @@ async fn a_cluster_node_runs_the_seed_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cluster_nodes_list_the_same_request_log() {
     let nats = Nats::one().await;
-    let on_nats = |c: &mut eddy::Config| {
-        c.cluster = Some(nats.url(0));
-        c.cluster_replicas = 1;
-    };
+    let on_nats = on_one(&nats);
     let a = start(on_nats).await;
     let b = start(on_nats).await;
     a.create_workflow(holding_workflow("held")).await;
@@ -192,10 +193,7 @@ async fn two_cluster_nodes_list_the_same_request_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_at_once_share_one_catalog() {
     let nats = Nats::one().await;
-    let on_nats = |c: &mut eddy::Config| {
-        c.cluster = Some(nats.url(0));
-        c.cluster_replicas = 1;
-    };
+    let on_nats = on_one(&nats);
     // Boxed: three starts at once would overflow the test's stack.
     let (a, b, c) = tokio::join!(
         Box::pin(start(on_nats)),
@@ -246,8 +244,7 @@ async fn nodes_started_at_once_share_one_catalog() {
 async fn a_request_over_max_payload_is_stored_in_chunks() {
     let nats = Nats::one().await;
     let on_nats = |c: &mut eddy::Config| {
-        c.cluster = Some(nats.url(0));
-        c.cluster_replicas = 1;
+        on_one(&nats)(c);
         c.body_limit = 2 << 20;
     };
     let (a, b) = tokio::join!(Box::pin(start(on_nats)), Box::pin(start(on_nats)));
@@ -273,10 +270,7 @@ async fn a_request_over_max_payload_is_stored_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dlq_reads_the_same_on_two_nodes_and_either_re_drives() {
     let nats = Nats::one().await;
-    let on_nats = |c: &mut eddy::Config| {
-        c.cluster = Some(nats.url(0));
-        c.cluster_replicas = 1;
-    };
+    let on_nats = on_one(&nats);
     let (a, b) = tokio::join!(Box::pin(start(on_nats)), Box::pin(start(on_nats)));
     let receiver = Receiver::start().await;
     receiver.set_status(500);
